@@ -1,0 +1,29 @@
+"""rl_lightning: reinforcement learning on PyTorch Lightning."""
+
+from rl_lightning.algorithms import PPO
+from rl_lightning.builders import TRAINER_DEFAULTS, build, make_trainer
+from rl_lightning.callbacks import FunctionHook, RLCallback
+from rl_lightning.collector import Collector, evaluate
+from rl_lightning.data import RLDataModule
+from rl_lightning.envs import FrameSkip, make_env, make_vec_env
+from rl_lightning.loop import RLLoop
+from rl_lightning.module import RLModule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PPO",
+    "TRAINER_DEFAULTS",
+    "Collector",
+    "FrameSkip",
+    "FunctionHook",
+    "RLCallback",
+    "RLDataModule",
+    "RLLoop",
+    "RLModule",
+    "build",
+    "evaluate",
+    "make_env",
+    "make_trainer",
+    "make_vec_env",
+]

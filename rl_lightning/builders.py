@@ -1,0 +1,49 @@
+"""Builders for use outside the CLI: a ready Trainer, or trainer + model + data from a config in one call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+
+if TYPE_CHECKING:
+    from rl_lightning.data import RLDataModule
+    from rl_lightning.module import RLModule
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": -1,  # the data's total_frames ends the run
+    "num_sanity_val_steps": 0,  # a sanity evaluation of an untrained policy only costs time
+    "log_every_n_steps": 1,  # a training step is a whole collector batch
+    "check_val_every_n_epoch": None,  # validate every `val_check_interval` batches within the single epoch
+    "val_check_interval": 10,
+}
+"""Trainer arguments that suit RL, used by the CLI and :func:`make_trainer` unless overridden."""
+
+
+def make_trainer(**kwargs: Any) -> pl.Trainer:
+    """A ``lightning.Trainer`` with :data:`TRAINER_DEFAULTS`, overridden by ``kwargs``.
+
+    Example:
+        >>> trainer = make_trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+        >>> trainer.val_check_interval
+        10
+    """
+    return pl.Trainer(**{**TRAINER_DEFAULTS, **kwargs})
+
+
+def build(
+    config: str | Path | None = None, overrides: list[str] | None = None
+) -> tuple[pl.Trainer, RLModule, RLDataModule]:
+    """Trainer, model and data from a config file and CLI-style overrides, exactly as ``rl-lightning fit`` builds them.
+
+    Example::
+
+        trainer, model, data = build("configs/ppo.yaml", ["--data.total_frames=20000"])
+        trainer.fit(model, datamodule=data)
+    """
+    from rl_lightning.cli import cli
+
+    args = ([f"--config={config}"] if config is not None else []) + list(overrides or [])
+    built = cli(args, run=False)
+    return built.trainer, built.model, built.datamodule  # type: ignore[return-value]

@@ -1,0 +1,104 @@
+"""``RLCallback``: a Lightning callback with the ten hook points of the RL loop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+from tensordict import TensorDict
+
+if TYPE_CHECKING:
+    from rl_lightning.module import RLModule
+
+RL_HOOKS = (
+    "on_batch_process",
+    "on_pre_steps_log",
+    "on_pre_optim_steps",
+    "on_process_optim_batch",
+    "on_post_loss",
+    "on_optimizer",
+    "on_post_optim",
+    "on_post_optim_log",
+    "on_post_steps",
+    "on_post_steps_log",
+)
+"""The hook points in the order the RL loop reaches them (``on_`` + torchrl's stage name)."""
+
+LogDict = dict[str, Any] | None
+
+
+class RLCallback(pl.Callback):
+    """A Lightning callback that also plugs into the RL loop run by ``RLModule.training_step``.
+
+    For each collector batch the loop calls, on the callbacks that override them::
+
+        batch = on_batch_process(trainer, module, batch)           # may return a replacement batch
+        on_pre_steps_log(trainer, module, batch) -> dict | None     # logged
+        on_pre_optim_steps(trainer, module)
+        for each inner step:
+            sub = on_process_optim_batch(trainer, module, sub)      # may replace the minibatch
+            losses = module.loss(sub)
+            on_post_loss(trainer, module, sub, losses)
+            losses = on_optimizer(trainer, module, losses)          # may take over part of the step
+            module.optimizer_step(losses)                           # backward, clip, step
+            on_post_optim(trainer, module)
+            on_post_optim_log(trainer, module, sub) -> dict | None  # logged
+        on_post_steps(trainer, module)
+        on_post_steps_log(trainer, module, batch) -> dict | None    # logged
+
+    Data-processing hooks return a replacement TensorDict, or ``None`` to keep what they were given.
+    Logging hooks return a dict of metrics (logged through the module, with ``"log_pbar": True`` putting
+    them on the progress bar) or ``None``. Only overridden hooks are called; the dispatch table is built
+    once per fit. Being a Lightning ``Callback``, an ``RLCallback`` also receives every Lightning hook
+    and keeps its state in ``state_dict``/``load_state_dict``.
+
+    Example:
+        >>> class CountUpdates(RLCallback):
+        ...     def __init__(self):
+        ...         self.count = 0
+        ...     def on_post_optim(self, trainer, module):
+        ...         self.count += 1
+        ...     def on_post_steps_log(self, trainer, module, batch):
+        ...         return {"updates_seen": self.count}
+    """
+
+    def on_batch_process(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> TensorDict | None:
+        """A new collector batch arrived (e.g. extend a replay buffer, normalize rewards, select keys)."""
+
+    def on_pre_steps_log(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> LogDict:
+        """Log something about the collected batch before the optimization steps."""
+
+    def on_pre_optim_steps(self, trainer: pl.Trainer, module: RLModule) -> None:
+        """The optimization steps of this batch are about to start."""
+
+    def on_process_optim_batch(
+        self, trainer: pl.Trainer, module: RLModule, batch: TensorDict
+    ) -> TensorDict | None:
+        """The algorithm picked the minibatch of an inner step; return a replacement or ``None``."""
+
+    def on_post_loss(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict, losses: TensorDict) -> None:
+        """The loss of an inner step was computed (e.g. update priorities from TD errors)."""
+
+    def on_optimizer(self, trainer: pl.Trainer, module: RLModule, losses: TensorDict) -> TensorDict | None:
+        """The optimizer step is about to run on ``losses``.
+
+        Return the losses the module's own step should still handle (e.g. ``losses`` without the entries
+        this callback stepped with its own optimizer), or ``None`` to leave them all to the module. When no
+        ``loss_*`` entry is left, the module's step is skipped.
+        """
+
+    def on_post_optim(self, trainer: pl.Trainer, module: RLModule) -> None:
+        """An optimizer step finished (e.g. update target networks)."""
+
+    def on_post_optim_log(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> LogDict:
+        """Log something after an optimizer step."""
+
+    def on_post_steps(self, trainer: pl.Trainer, module: RLModule) -> None:
+        """All optimization steps of the batch finished (e.g. push weights to remote collectors)."""
+
+    def on_post_steps_log(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> LogDict:
+        """Log something after the optimization steps of the batch."""
+
+    def implemented_rl_hooks(self) -> set[str]:
+        """The RL hooks this callback implements: those its class overrides."""
+        return {name for name in RL_HOOKS if getattr(type(self), name) is not getattr(RLCallback, name)}

@@ -1,0 +1,54 @@
+"""The ``rl-lightning`` command: a LightningCLI with the data's spaces linked into the model.
+
+    rl-lightning fit --config configs/ppo.yaml
+    rl-lightning fit --config configs/ppo.yaml --data.env_id Acrobot-v1 --model.lr 3e-4
+    rl-lightning validate --config configs/ppo.yaml --ckpt_path runs/ppo/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from rl_lightning.builders import TRAINER_DEFAULTS
+from rl_lightning.data import RLDataModule
+from rl_lightning.module import RLModule
+
+
+class RLLightningCLI(LightningCLI):
+    """LightningCLI for an :class:`~rl_lightning.RLModule` (chosen by ``model.class_path``) and an
+    :class:`~rl_lightning.RLDataModule` (``data.*``)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            "data", "model.init_args.observation_space", compute_fn=_observation_space, apply_on="instantiate"
+        )
+        parser.link_arguments("data", "model.init_args.action_space", compute_fn=_action_space, apply_on="instantiate")
+
+
+def _observation_space(data: RLDataModule) -> dict[str, Any]:
+    return data.spaces["observation"]
+
+
+def _action_space(data: RLDataModule) -> dict[str, Any]:
+    return data.spaces["action"]
+
+
+def cli(args: list[str] | None = None, run: bool = True) -> RLLightningCLI:
+    """Builds (and with ``run=True`` runs) the CLI on ``args`` (``sys.argv`` when ``None``)."""
+    return RLLightningCLI(
+        RLModule,
+        RLDataModule,
+        subclass_mode_model=True,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def main() -> None:
+    """Entry point of ``rl-lightning`` and ``python -m rl_lightning``."""
+    cli()

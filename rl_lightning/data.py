@@ -1,0 +1,238 @@
+"""The collector as a Lightning DataModule: one training item is one collector batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import lightning.pytorch as pl
+import torch
+from tensordict import TensorDict
+from torch.utils.data import DataLoader, IterableDataset
+
+from rl_lightning._checks import check_positive
+from rl_lightning.collector import Collector, Policy, evaluate
+from rl_lightning.envs import Vectorization, WrapperSpec, make_env, make_vec_env
+from rl_lightning.spaces import space_to_dict
+
+if TYPE_CHECKING:
+    from rl_lightning.module import RLModule
+
+SEED_OFFSET_PER_RANK = 1_000
+"""Rank ``r`` seeds its envs from ``seed + r * SEED_OFFSET_PER_RANK``, so ranks never share a seed."""
+EVAL_SEED_OFFSET = 1_000_000
+"""Evaluation envs are seeded apart from the training envs."""
+
+
+def _as_is(item: TensorDict) -> TensorDict:
+    """The DataLoader's ``collate_fn``: items are whole batches already (the default would unpack TensorDicts)."""
+    return item
+
+
+class _Rollouts(IterableDataset):
+    """Yields collector batches until the global frame budget is spent, resuming from the module's count."""
+
+    def __init__(self, data: RLDataModule) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.num_batches
+
+    def __iter__(self) -> Iterator[TensorDict]:
+        data = self.data
+        done_batches = data.module.frames // data.global_frames_per_batch
+        for _ in range(done_batches, data.num_batches):
+            yield data.collector.collect()
+
+
+class _Evaluation(IterableDataset):
+    """One item: the returns of ``eval_episodes`` episodes of the module's deterministic policy."""
+
+    def __init__(self, data: RLDataModule) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[TensorDict]:
+        data = self.data
+        data.eval_rounds += 1
+        seed = None if data.seed is None else data.rank_seed + EVAL_SEED_OFFSET + data.eval_rounds
+        yield evaluate(data.eval_envs, data.deterministic_policy, data.eval_episodes, seed=seed)
+
+
+class RLDataModule(pl.LightningDataModule):
+    """Gymnasium vector envs stepped by the module's current policy, served as Lightning data.
+
+    The training "dataset" yields one collector batch (a TensorDict ``[num_envs, T]``) per item until
+    ``total_frames`` (all ranks together) are spent; validation and test run deterministic evaluation
+    episodes. Observation and action spaces are known at construction, so the CLI links them into the model.
+
+    Args:
+        env_id: a registered gymnasium id; ``"my_package.module:MyEnv-v0"`` imports the module first.
+        num_envs: envs per rank, stepped together by one policy call.
+        frames_per_batch: env frames per collector batch on each rank (Lightning's per-device convention).
+        total_frames: frame budget of the whole run, all ranks together; the run stops when it is spent.
+        frame_skip: env frames per agent step (each action repeated, rewards summed); frames count env frames.
+        vectorization: ``"sync"`` steps the envs in this process, ``"async"`` in one subprocess per env.
+        wrappers: gymnasium wrappers applied to each env, innermost first: import paths or
+            ``{"class_path": ..., "init_args": {...}}``.
+        seed: seeds the envs (``seed + rank * 1000 + env index``); ``None`` leaves them unseeded.
+        eval_episodes: episodes per validation/test round.
+        eval_envs: envs stepped together during evaluation (at most ``eval_episodes``).
+
+    Example:
+        >>> data = RLDataModule("CartPole-v1", num_envs=4, frames_per_batch=64, total_frames=640)
+        >>> data.observation_space.shape, data.action_space.n
+        ((4,), np.int64(2))
+    """
+
+    def __init__(
+        self,
+        env_id: str = "CartPole-v1",
+        num_envs: int = 8,
+        frames_per_batch: int = 1024,
+        total_frames: int = 100_000,
+        frame_skip: int = 1,
+        vectorization: Vectorization = "sync",
+        wrappers: list[WrapperSpec] | None = None,
+        seed: int | None = 0,
+        eval_episodes: int = 10,
+        eval_envs: int = 10,
+    ) -> None:
+        super().__init__()
+        check_positive("num_envs", num_envs)
+        check_positive("frame_skip", frame_skip)
+        check_positive("frames_per_batch", frames_per_batch)
+        check_positive("eval_episodes", eval_episodes)
+        check_positive("eval_envs", eval_envs)
+        if frames_per_batch % (num_envs * frame_skip):
+            raise ValueError(
+                f"frames_per_batch={frames_per_batch} does not split evenly over num_envs={num_envs} envs "
+                f"with frame_skip={frame_skip}: expected a multiple of {num_envs * frame_skip}, "
+                f"e.g. frames_per_batch={max(1, round(frames_per_batch / (num_envs * frame_skip))) * num_envs * frame_skip}."
+            )
+        if total_frames < frames_per_batch:
+            raise ValueError(
+                f"total_frames={total_frames} is below frames_per_batch={frames_per_batch}: the budget would not "
+                "fill one batch. Raise total_frames or lower frames_per_batch."
+            )
+        if vectorization not in ("sync", "async"):
+            raise ValueError(f"vectorization={vectorization!r} is invalid: expected 'sync' or 'async'.")
+        self.save_hyperparameters()
+        self.env_id = env_id
+        self.num_envs = num_envs
+        self.frames_per_batch = frames_per_batch
+        self.total_frames = total_frames
+        self.frame_skip = frame_skip
+        self.vectorization: Vectorization = vectorization
+        self.wrappers = wrappers
+        self.seed = seed
+        self.eval_episodes = eval_episodes
+        self.eval_envs_count = min(eval_envs, eval_episodes)
+        self.steps_per_batch = frames_per_batch // (num_envs * frame_skip)
+        self.eval_rounds = 0
+
+        probe = make_env(env_id, wrappers, frame_skip)
+        self.observation_space: gym.Space = probe.observation_space
+        self.action_space: gym.Space = probe.action_space
+        probe.close()
+        self._collector: Collector | None = None
+        self._eval_envs: gym.vector.VectorEnv | None = None
+
+    # -- spaces, linked into the model by the CLI -------------------------------------------------------
+
+    @property
+    def spaces(self) -> dict[str, dict[str, Any]]:
+        """The observation and action spaces as plain data (what models store in their hyperparameters)."""
+        return {"observation": space_to_dict(self.observation_space), "action": space_to_dict(self.action_space)}
+
+    # -- counting -----------------------------------------------------------------------------------
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
+    def global_frames_per_batch(self) -> int:
+        """Frames one training batch adds over all ranks."""
+        return self.frames_per_batch * self.world_size
+
+    @property
+    def num_batches(self) -> int:
+        """Training batches per rank that spend ``total_frames`` (rounded up: the budget is always met)."""
+        return math.ceil(self.total_frames / self.global_frames_per_batch)
+
+    @property
+    def rank_seed(self) -> int:
+        return (self.seed or 0) + self.rank * SEED_OFFSET_PER_RANK
+
+    # -- the policy comes from the module the trainer is fitting --------------------------------------
+
+    @property
+    def module(self) -> RLModule:
+        from rl_lightning.module import RLModule
+
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if not isinstance(module, RLModule):
+            raise RuntimeError(
+                f"RLDataModule collects with the policy of an RLModule, but the trainer holds {type(module)}. "
+                "Pass an RLModule (e.g. rl_lightning.PPO) to trainer.fit together with this DataModule."
+            )
+        return module
+
+    @property
+    def policy(self) -> Policy:
+        return self.module.act
+
+    def deterministic_policy(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.module.act(obs, deterministic=True)
+
+    @property
+    def collector(self) -> Collector:
+        if self._collector is None:
+            envs = make_vec_env(
+                self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization, seed=None
+            )
+            self._collector = Collector(envs, self.policy, self.steps_per_batch)
+            self._collector.reset(seed=None if self.seed is None else self.rank_seed)
+        return self._collector
+
+    @property
+    def eval_envs(self) -> gym.vector.VectorEnv:
+        if self._eval_envs is None:
+            self._eval_envs = make_vec_env(
+                self.env_id, self.eval_envs_count, self.wrappers, self.frame_skip, self.vectorization
+            )
+        return self._eval_envs
+
+    # -- Lightning hooks -----------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Rollouts(self), batch_size=None, collate_fn=_as_is)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Evaluation(self), batch_size=None, collate_fn=_as_is)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(_Evaluation(self), batch_size=None, collate_fn=_as_is)
+
+    def teardown(self, stage: str) -> None:
+        if self._collector is not None:
+            self._collector.envs.close()
+            self._collector = None
+        if self._eval_envs is not None:
+            self._eval_envs.close()
+            self._eval_envs = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"eval_rounds": self.eval_rounds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.eval_rounds = int(state_dict.get("eval_rounds", 0))

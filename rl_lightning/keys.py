@@ -1,0 +1,46 @@
+"""The data contract: the keys of a collector batch, defined once.
+
+Every batch is a :class:`tensordict.TensorDict` with batch dims ``[num_envs, T]`` (env first, time
+last, torchrl's convention). Entries carry a trailing ``[1]`` dim for scalars.
+
+========================================  ===========================================================
+key                                       meaning
+========================================  ===========================================================
+``observation``                           observation at t
+``action``                                action taken at t (before clipping to the env's bounds)
+``action_log_prob``                       log-prob of the action under the collecting policy
+``done`` / ``terminated`` / ``truncated`` flags of the observation at t (always False after autoreset)
+``("next", "observation")``               the true next observation; the final one when the episode ended
+``("next", "reward")``                    reward of the transition
+``("next", "done" / "terminated" /        how the transition ended; values bootstrap on truncation,
+"truncated")``                            never on termination
+``("next", "episode_return")``            return of the episode that ended at this transition (0 elsewhere)
+``("next", "episode_length")``            length of the episode that ended at this transition (0 elsewhere)
+``state_value`` / ``advantage`` /         written by value estimators (GAE)
+``value_target``
+========================================  ===========================================================
+"""
+
+from __future__ import annotations
+
+OBSERVATION = "observation"
+ACTION = "action"
+ACTION_LOG_PROB = "action_log_prob"
+DONE = "done"
+TERMINATED = "terminated"
+TRUNCATED = "truncated"
+NEXT = "next"
+REWARD = "reward"
+EPISODE_RETURN = "episode_return"
+EPISODE_LENGTH = "episode_length"
+STATE_VALUE = "state_value"
+ADVANTAGE = "advantage"
+VALUE_TARGET = "value_target"
+
+NEXT_OBSERVATION = (NEXT, OBSERVATION)
+NEXT_REWARD = (NEXT, REWARD)
+NEXT_DONE = (NEXT, DONE)
+NEXT_TERMINATED = (NEXT, TERMINATED)
+NEXT_TRUNCATED = (NEXT, TRUNCATED)
+NEXT_EPISODE_RETURN = (NEXT, EPISODE_RETURN)
+NEXT_EPISODE_LENGTH = (NEXT, EPISODE_LENGTH)

@@ -1,0 +1,126 @@
+"""``RLLoop``: the inner optimization loop of one collector batch, with the RL hooks around it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+from tensordict import TensorDict
+
+from rl_lightning.callbacks.rl_callback import RL_HOOKS, RLCallback
+
+if TYPE_CHECKING:
+    from rl_lightning.module import RLModule
+
+LOG_PBAR = "log_pbar"
+
+
+def _has_losses(losses: TensorDict) -> bool:
+    return any(isinstance(k, str) and k.startswith("loss_") for k in losses.keys())
+
+
+class RLLoop:
+    """Runs once per collector batch, from ``RLModule.training_step``.
+
+    Lightning's fit loop is the outer loop (one iteration per collector batch); this is the inner one:
+    ``module.optim_epochs`` passes over ``module.optim_batches(batch)``, each item one optimizer step,
+    with the RL hooks of :class:`~rl_lightning.RLCallback` around them. The same number of steps runs on
+    every rank; an early stop (``module.stop_optim_early``) must be agreed across ranks by the module.
+
+    The dispatch table (which callbacks implement which hook) is built once per fit in :meth:`setup`.
+    Callbacks are called in ``trainer.callbacks`` order, then the module if it implements the hook.
+    """
+
+    def __init__(self, module: RLModule) -> None:
+        self.module = module
+        self.hooks: dict[str, list[Callable[..., Any]]] = {name: [] for name in RL_HOOKS}
+        self.batches = 0
+        """Collector batches processed (all of this run and the runs it resumed)."""
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        """Works out which callbacks (and whether the module) implement each hook."""
+        callbacks = [cb for cb in trainer.callbacks if isinstance(cb, RLCallback)]  # type: ignore[attr-defined]
+        for name in RL_HOOKS:
+            fns = [getattr(cb, name) for cb in callbacks if name in cb.implemented_rl_hooks()]
+            module_fn = getattr(self.module, name, None)
+            if callable(module_fn):
+                fns.append(module_fn)
+            self.hooks[name] = fns
+
+    # -- dispatch ------------------------------------------------------------------------------------
+
+    def _call(self, name: str, *args: Any) -> None:
+        trainer, module = self.module.trainer, self.module
+        for fn in self.hooks[name]:
+            fn(trainer, module, *args)
+
+    def _process(self, name: str, data: TensorDict, *args: Any) -> TensorDict:
+        trainer, module = self.module.trainer, self.module
+        for fn in self.hooks[name]:
+            replacement = fn(trainer, module, data, *args)
+            if replacement is not None:
+                data = replacement
+        return data
+
+    def _log(self, name: str, *args: Any) -> None:
+        trainer, module = self.module.trainer, self.module
+        for fn in self.hooks[name]:
+            metrics = fn(trainer, module, *args)
+            if metrics:
+                metrics = dict(metrics)
+                prog_bar = bool(metrics.pop(LOG_PBAR, False))
+                module.log_dict(metrics, prog_bar=prog_bar, on_step=True, on_epoch=False, batch_size=1)
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def run(self, batch: TensorDict) -> None:
+        """Processes one collector batch: hooks, ``module.prepare_batch``, the optimizer steps, logging."""
+        module = self.module
+        batch = self._process("on_batch_process", batch)
+        batch = module.prepare_batch(batch)
+        self._log("on_pre_steps_log", batch)
+        self._call("on_pre_optim_steps")
+
+        total: TensorDict | None = None
+        steps = 0
+        for epoch in range(module.optim_epochs):
+            epoch_total: TensorDict | None = None
+            epoch_steps = 0
+            for sub in module.optim_batches(batch, epoch):
+                sub = self._process("on_process_optim_batch", sub)
+                losses = module.loss(sub)
+                self._call("on_post_loss", sub, losses)
+                remaining = self._process("on_optimizer", losses)
+                if _has_losses(remaining):
+                    module.optimizer_step(remaining)
+                module.updates += 1
+                self._call("on_post_optim")
+                self._log("on_post_optim_log", sub)
+                detached = losses.detach()
+                epoch_total = detached.clone() if epoch_total is None else epoch_total.add_(detached)
+                epoch_steps += 1
+            if epoch_total is None:
+                break
+            total = epoch_total.clone() if total is None else total.add_(epoch_total)
+            steps += epoch_steps
+            if epoch + 1 < module.optim_epochs and module.stop_optim_early(epoch_total / epoch_steps):
+                break
+
+        self._call("on_post_steps")
+        if total is not None:
+            self._log_losses(total / steps)
+        self._log("on_post_steps_log", batch)
+        self.batches += 1
+
+    def _log_losses(self, mean: TensorDict) -> None:
+        """Logs the batch's mean of every loss entry as ``train/<key>``, and their sum as ``train/loss``."""
+        metrics = {f"train/{k}": v for k, v in mean.items()}
+        metrics["train/loss"] = sum(v for k, v in mean.items() if k.startswith("loss_"))
+        self.module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches = int(state["batches"])

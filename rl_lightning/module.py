@@ -1,0 +1,218 @@
+"""``RLModule``: the LightningModule every algorithm derives from."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+import gymnasium as gym
+import lightning.pytorch as pl
+import torch
+from tensordict import TensorDict
+
+from rl_lightning import keys
+from rl_lightning.data import RLDataModule
+from rl_lightning.loop import RLLoop
+from rl_lightning.spaces import SpaceLike, space_from_dict, space_to_dict
+
+
+class RLModule(pl.LightningModule, ABC):
+    """Base of the algorithms: counters, the RL loop in ``training_step``, evaluation, checkpoint state.
+
+    Lightning's fit loop fetches one collector batch per ``training_step`` (through ``dataloader_iter``,
+    which turns off Lightning's one-batch prefetch, so every rollout is collected by the current policy);
+    :class:`~rl_lightning.loop.RLLoop` then runs the optimizer steps under manual optimization.
+
+    A subclass implements :meth:`act`, :meth:`loss` and :meth:`optim_batches`, and may override
+    :meth:`prepare_batch`, :meth:`optimizer_step`, :meth:`stop_optim_early` and ``optim_epochs``. It may also
+    implement any hook of :class:`~rl_lightning.RLCallback` under the same name and signature.
+
+    Counters (independent of ``trainer.global_step``, which counts every ``optimizer.step()``):
+        ``frames``: env frames collected over all ranks. ``updates``: inner optimization steps.
+        ``episodes``: completed training episodes over all ranks.
+    """
+
+    optim_epochs: int = 1
+    """Passes over :meth:`optim_batches` per collector batch."""
+
+    def __init__(self, observation_space: SpaceLike | None, action_space: SpaceLike | None) -> None:
+        super().__init__()
+        if observation_space is None or action_space is None:
+            raise ValueError(
+                f"{type(self).__name__} needs observation_space and action_space. The CLI links them from the "
+                "data; in Python pass them from the DataModule, e.g. "
+                f"{type(self).__name__}(data.observation_space, data.action_space, ...)."
+            )
+        self.automatic_optimization = False
+        self.observation_space = space_from_dict(observation_space)
+        self.action_space = space_from_dict(action_space)
+        self.frames = 0
+        self.updates = 0
+        self.episodes = 0
+        self.loop = RLLoop(self)
+        self._start_time = 0.0
+        self._start_frames = 0
+
+    def save_rl_hyperparameters(self) -> None:
+        """``save_hyperparameters`` of the caller's arguments, with the spaces stored as plain data."""
+        self.save_hyperparameters(ignore=["observation_space", "action_space"], frame=_caller_frame())
+        self.hparams["observation_space"] = space_to_dict(self.observation_space)
+        self.hparams["action_space"] = space_to_dict(self.action_space)
+
+    # -- the algorithm's interface ---------------------------------------------------------------------
+
+    @abstractmethod
+    def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
+        """The collector's policy: maps observations ``[num_envs, ...]`` to ``{"action": ..., ...}``."""
+
+    @abstractmethod
+    def loss(self, batch: TensorDict) -> TensorDict:
+        """The losses of one minibatch: ``loss_*`` entries sum to the objective, the rest are diagnostics."""
+
+    @abstractmethod
+    def optim_batches(self, batch: TensorDict, epoch: int) -> Iterator[TensorDict]:
+        """The minibatches of one pass over the collector batch, one per optimizer step."""
+
+    def prepare_batch(self, batch: TensorDict) -> TensorDict:
+        """Turns a collected batch into training data (e.g. writes advantages). Runs after ``on_batch_process``."""
+        return batch
+
+    def stop_optim_early(self, epoch_losses: TensorDict) -> bool:
+        """Whether to skip the remaining epochs, given the mean losses of the last one.
+
+        Must return the same answer on every rank (see ``trainer.strategy.reduce_boolean_decision``).
+        """
+        return False
+
+    def optimizer_step(self, losses: TensorDict) -> None:
+        """Backward on the sum of ``loss_*`` entries, gradient clipping, one step of the (single) optimizer."""
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)
+        total = sum(v for k, v in losses.items() if k.startswith("loss_"))
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        max_norm = self.hparams.get("max_grad_norm")
+        if max_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    # -- access to the data ------------------------------------------------------------------------------
+
+    @property
+    def data(self) -> RLDataModule:
+        """The :class:`~rl_lightning.RLDataModule` the trainer is using."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not isinstance(datamodule, RLDataModule):
+            raise RuntimeError(
+                f"{type(self).__name__} is trained on an RLDataModule, but the trainer has {datamodule!r}. "
+                "Call trainer.fit(model, datamodule=RLDataModule(...))."
+            )
+        return datamodule
+
+    def check_data(self, data: RLDataModule) -> None:
+        """Raises if the data does not fit this module (spaces, batch sizes). Runs in :meth:`setup`."""
+        if space_to_dict(data.observation_space) != space_to_dict(self.observation_space) or space_to_dict(
+            data.action_space
+        ) != space_to_dict(self.action_space):
+            raise ValueError(
+                f"The data's env {data.env_id!r} has observation space {data.observation_space} and action space "
+                f"{data.action_space}, but the model was built for {self.observation_space} and "
+                f"{self.action_space}. Build the model from this data's spaces."
+            )
+
+    # -- Lightning hooks -----------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        self.check_data(self.data)
+
+    def on_fit_start(self) -> None:
+        self.loop.setup(self.trainer)
+        self._start_time = time.perf_counter()
+        self._start_frames = self.frames
+
+    def training_step(self, dataloader_iter: Iterator[Any]) -> None:
+        batch, _, _ = next(dataloader_iter)
+        batch = batch.to(self.device, non_blocking=True)
+        self.frames += self.data.global_frames_per_batch
+        self._log_rollout(batch)
+        self.loop.run(batch)
+        if self.frames >= self.data.total_frames:
+            self.trainer.should_stop = True
+
+    def _log_rollout(self, batch: TensorDict) -> None:
+        """Logs counters, fps and the returns and lengths of episodes completed in this batch (all ranks)."""
+        done = batch[keys.NEXT_DONE]
+        stats = torch.stack(
+            [
+                batch[keys.NEXT_EPISODE_RETURN][done].sum(),
+                batch[keys.NEXT_EPISODE_LENGTH][done].sum().to(torch.float32),
+                done.sum().to(torch.float32),
+            ]
+        ).to(torch.float64)
+        stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        returns, lengths, count = stats.tolist()
+        self.episodes += int(count)
+        elapsed = max(time.perf_counter() - self._start_time, 1e-9)
+        metrics: dict[str, float] = {
+            "step": float(self.frames),
+            "frames": float(self.frames),
+            "time/fps": (self.frames - self._start_frames) / elapsed,
+            "rollout/episodes": float(self.episodes),
+        }
+        if count:
+            metrics["rollout/episode_return"] = returns / count
+            metrics["rollout/episode_length"] = lengths / count
+        on_bar = {k: metrics.pop(k) for k in ("rollout/episode_return", "time/fps") if k in metrics}
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        self.log_dict(on_bar, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+
+    def _log_evaluation(self, batch: TensorDict, prefix: str) -> None:
+        size = batch.batch_size[0]
+        returns = batch[keys.EPISODE_RETURN].to(torch.float32)
+        lengths = batch[keys.EPISODE_LENGTH].to(torch.float32)
+        self.log(f"{prefix}/episode_return", returns.mean(), prog_bar=True, sync_dist=True, batch_size=size)
+        self.log(f"{prefix}/episode_length", lengths.mean(), sync_dist=True, batch_size=size)
+        if prefix == "val" and self.trainer.training:
+            self.log("step", float(self.frames), batch_size=size)
+
+    def validation_step(self, batch: TensorDict, batch_idx: int) -> None:
+        self._log_evaluation(batch, "val")
+
+    def test_step(self, batch: TensorDict, batch_idx: int) -> None:
+        self._log_evaluation(batch, "test")
+
+    # -- checkpoint state ---------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rl_lightning"] = {
+            "algorithm": type(self).__name__,
+            "frames": self.frames,
+            "updates": self.updates,
+            "episodes": self.episodes,
+            "loop": self.loop.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("rl_lightning")
+        if state is None:
+            raise ValueError("This checkpoint was not written by rl_lightning (it has no 'rl_lightning' entry).")
+        if state["algorithm"] != type(self).__name__:
+            raise ValueError(
+                f"This checkpoint holds a {state['algorithm']} model and cannot be loaded into "
+                f"{type(self).__name__}. Load it with rl_lightning.{state['algorithm']} (model.class_path)."
+            )
+        self.frames = int(state["frames"])
+        self.updates = int(state["updates"])
+        self.episodes = int(state["episodes"])
+        self.loop.load_state_dict(state["loop"])
+
+
+def _caller_frame() -> Any:
+    """The frame of the algorithm's ``__init__`` that called :meth:`RLModule.save_rl_hyperparameters`."""
+    import inspect
+
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None and frame.f_back.f_back is not None
+    return frame.f_back.f_back

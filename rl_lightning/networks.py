@@ -1,0 +1,187 @@
+"""Network building blocks: observation encoding (with running normalization), MLPs and action heads.
+
+Networks take and return plain tensors: the collector calls the policy once per env step, where building
+a TensorDict per call would cost more than the forward pass of a small MLP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import gymnasium as gym
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Activation = Literal["tanh", "relu", "elu", "gelu", "silu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+def orthogonal_linear(in_features: int, out_features: int, gain: float) -> nn.Linear:
+    """A linear layer with orthogonal weights (scaled by ``gain``) and zero bias, as in PPO implementations."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def mlp(
+    in_features: int,
+    hidden_sizes: list[int],
+    activation: Activation,
+    out_features: int | None = None,
+    out_gain: float = 1.0,
+) -> nn.Sequential:
+    """``Linear → activation`` per hidden size, then an optional output layer with weights scaled by ``out_gain``."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is unknown; expected one of {sorted(ACTIVATIONS)}.")
+    layers: list[nn.Module] = []
+    size = in_features
+    for hidden in hidden_sizes:
+        layers += [orthogonal_linear(size, hidden, math.sqrt(2)), ACTIVATIONS[activation]()]
+        size = hidden
+    if out_features is not None:
+        layers.append(orthogonal_linear(size, out_features, out_gain))
+    return nn.Sequential(*layers)
+
+
+class ObservationEncoder(nn.Module):
+    """Flattens ``Box`` observations (one-hot encodes ``Discrete`` ones), optionally normalizing them.
+
+    Normalization uses running mean and variance over every observation seen in training, kept in buffers
+    (so they are checkpointed) and updated with :meth:`update`, which merges statistics across ranks when
+    given a ``reduce`` function.
+    """
+
+    def __init__(self, space: gym.Space, normalize: bool = False, clip: float = 10.0) -> None:
+        super().__init__()
+        if isinstance(space, gym.spaces.Box):
+            self.discrete_n = 0
+            self.obs_shape: tuple[int, ...] = tuple(space.shape)
+            self.out_features = math.prod(space.shape)
+        elif isinstance(space, gym.spaces.Discrete):
+            self.discrete_n = int(space.n)
+            self.obs_shape = ()
+            self.out_features = self.discrete_n
+        else:
+            raise ValueError(
+                f"Observation space {space} is not supported by the MLP networks; expected a Box or Discrete "
+                "space. Flatten it with a wrapper such as gymnasium.wrappers.FlattenObservation."
+            )
+        self.normalize = normalize
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(self.out_features, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(self.out_features, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observation (batch dims first) → flat float features, without normalization."""
+        if self.discrete_n:
+            return F.one_hot(obs.long().reshape(-1), self.discrete_n).float()
+        return obs.reshape(obs.shape[0], -1).float()
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = self.encode(obs)
+        if self.normalize:
+            x = ((x - self.mean.float()) * torch.rsqrt(self.var.float() + 1e-8)).clamp(-self.clip, self.clip)
+        return x
+
+    @torch.no_grad()
+    def update(self, obs: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Merges the statistics of a batch of observations (any batch dims) into the running ones.
+
+        Args:
+            obs: observations ``[..., *obs_shape]``.
+            reduce: a function summing a tensor across ranks (``trainer.strategy.reduce`` with
+                ``reduce_op="sum"``), so every rank ends with the same statistics.
+        """
+        x = self.encode(obs.reshape(-1, *self.obs_shape)).double()
+        stats = torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])])
+        if reduce is not None:
+            stats = reduce(stats)
+        n = self.out_features
+        total, total_sq, count = stats[:n], stats[n : 2 * n], stats[-1]
+        batch_mean = total / count
+        batch_var = (total_sq / count - batch_mean**2).clamp_min(0.0)
+        new_count = self.count + count
+        delta = batch_mean - self.mean
+        self.mean += delta * count / new_count
+        self.var.copy_(
+            (self.var * self.count + batch_var * count + delta**2 * self.count * count / new_count) / new_count
+        )
+        self.count.copy_(new_count)
+
+
+class CategoricalHead(nn.Module):
+    """Logits over ``n`` discrete actions."""
+
+    def __init__(self, in_features: int, n: int) -> None:
+        super().__init__()
+        self.logits = orthogonal_linear(in_features, n, 0.01)
+
+    def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_probs = F.log_softmax(self.logits(features), dim=-1)
+        action = torch.multinomial(log_probs.exp(), 1)
+        return action.squeeze(-1), log_probs.gather(-1, action).squeeze(-1)
+
+    def mode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits(features).argmax(-1)
+
+    def log_prob_entropy(self, features: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_probs = F.log_softmax(self.logits(features), dim=-1)
+        log_prob = log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return log_prob, entropy
+
+
+class GaussianHead(nn.Module):
+    """A diagonal Gaussian with a state-independent, learned log standard deviation."""
+
+    def __init__(self, in_features: int, action_dim: int, log_std_init: float = 0.0) -> None:
+        super().__init__()
+        self.mean = orthogonal_linear(in_features, action_dim, 0.01)
+        self.log_std = nn.Parameter(torch.full((action_dim,), log_std_init))
+
+    def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.mean(features), self.log_std.exp()
+        noise = torch.randn_like(mean)
+        action = mean + std * noise
+        log_prob = (-0.5 * noise**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return action, log_prob
+
+    def mode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mean(features)
+
+    def log_prob_entropy(self, features: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.mean(features)
+        z = (action - mean) * torch.exp(-self.log_std)
+        log_prob = (-0.5 * z**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(mean.shape[0])
+        return log_prob, entropy
+
+
+ActionHead = CategoricalHead | GaussianHead
+
+
+def make_action_head(space: gym.Space, in_features: int, log_std_init: float = 0.0) -> ActionHead:
+    """A categorical head for ``Discrete`` actions, a Gaussian head for ``Box`` actions.
+
+    Raises:
+        ValueError: for other action spaces, naming the space.
+    """
+    if isinstance(space, gym.spaces.Discrete):
+        return CategoricalHead(in_features, int(space.n))
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
+        return GaussianHead(in_features, space.shape[0], log_std_init)
+    raise ValueError(
+        f"Action space {space} is not supported: expected Discrete or a 1-D Box. For MultiDiscrete or "
+        "multi-dimensional Box actions, flatten or discretize them with a gymnasium wrapper."
+    )

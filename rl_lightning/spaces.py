@@ -1,0 +1,51 @@
+"""Observation and action spaces as plain data, so they live in hyperparameters and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+SpaceLike = gym.spaces.Space | dict[str, Any]
+
+
+def space_to_dict(space: gym.spaces.Space) -> dict[str, Any]:
+    """Describes a ``Box``, ``Discrete``, ``MultiDiscrete`` or ``MultiBinary`` space with builtin types."""
+    if isinstance(space, gym.spaces.Box):
+        low, high = space.low, space.high
+        uniform = bool(np.all(low == low.flat[0]) and np.all(high == high.flat[0]))
+        return {
+            "type": "Box",
+            "shape": list(space.shape),
+            "dtype": str(space.dtype),
+            "low": float(low.flat[0]) if uniform else low.tolist(),
+            "high": float(high.flat[0]) if uniform else high.tolist(),
+        }
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist()}
+    if isinstance(space, gym.spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": space.n if isinstance(space.n, int) else list(space.n)}
+    raise ValueError(f"Space {space} is not supported; expected Box, Discrete, MultiDiscrete or MultiBinary.")
+
+
+def space_from_dict(data: SpaceLike) -> gym.spaces.Space:
+    """Inverse of :func:`space_to_dict`; a space passes through unchanged."""
+    if isinstance(data, gym.spaces.Space):
+        return data
+    kind = data.get("type")
+    if kind == "Box":
+        dtype = np.dtype(data["dtype"])
+        shape = tuple(data["shape"])
+        low = np.broadcast_to(np.asarray(data["low"], dtype=dtype), shape)
+        high = np.broadcast_to(np.asarray(data["high"], dtype=dtype), shape)
+        return gym.spaces.Box(low=low, high=high, shape=shape, dtype=dtype)  # type: ignore[arg-type]
+    if kind == "Discrete":
+        return gym.spaces.Discrete(data["n"], start=data.get("start", 0))
+    if kind == "MultiDiscrete":
+        return gym.spaces.MultiDiscrete(data["nvec"])
+    if kind == "MultiBinary":
+        return gym.spaces.MultiBinary(data["n"])
+    raise ValueError(f"Cannot read a space from {data!r}; expected a dict written by space_to_dict.")
