@@ -1,8 +1,9 @@
 """rl_lightning: reinforcement learning on PyTorch Lightning."""
 
+from rl_lightning import keys
 from rl_lightning.algorithms import PPO
 from rl_lightning.builders import TRAINER_DEFAULTS, build, make_trainer
-from rl_lightning.callbacks import FunctionHook, RLCallback
+from rl_lightning.callbacks import RL_HOOKS, FunctionHook, RLCallback
 from rl_lightning.collector import Collector, evaluate
 from rl_lightning.data import RLDataModule
 from rl_lightning.envs import FrameSkip, make_env, make_vec_env
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PPO",
+    "RL_HOOKS",
     "TRAINER_DEFAULTS",
     "Collector",
     "FrameSkip",
@@ -23,6 +25,7 @@ __all__ = [
     "RLModule",
     "build",
     "evaluate",
+    "keys",
     "make_env",
     "make_trainer",
     "make_vec_env",

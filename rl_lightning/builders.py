@@ -46,4 +46,4 @@ def build(
 
     args = ([f"--config={config}"] if config is not None else []) + list(overrides or [])
     built = cli(args, run=False)
-    return built.trainer, built.model, built.datamodule  # type: ignore[return-value]
+    return built.trainer, built.model, built.datamodule

@@ -1,12 +1,13 @@
 """The ``rl-lightning`` command: a LightningCLI with the data's spaces linked into the model.
 
-    rl-lightning fit --config configs/ppo.yaml
-    rl-lightning fit --config configs/ppo.yaml --data.env_id Acrobot-v1 --model.lr 3e-4
-    rl-lightning validate --config configs/ppo.yaml --ckpt_path runs/ppo/checkpoints/last.ckpt
+rl-lightning fit --config configs/ppo.yaml
+rl-lightning fit --config configs/ppo.yaml --data.env_id Acrobot-v1 --model.lr 3e-4
+rl-lightning validate --config configs/ppo.yaml --ckpt_path runs/ppo/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -37,16 +38,19 @@ def _action_space(data: RLDataModule) -> dict[str, Any]:
 
 def cli(args: list[str] | None = None, run: bool = True) -> RLLightningCLI:
     """Builds (and with ``run=True`` runs) the CLI on ``args`` (``sys.argv`` when ``None``)."""
-    return RLLightningCLI(
-        RLModule,
-        RLDataModule,
-        subclass_mode_model=True,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-        auto_configure_optimizers=False,
-    )
+    with warnings.catch_warnings():
+        # Explicit args are the point of calling this from Python; the caller's own argv is not ours.
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+        return RLLightningCLI(
+            RLModule,
+            RLDataModule,
+            subclass_mode_model=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,
+        )
 
 
 def main() -> None:

@@ -139,9 +139,7 @@ class Collector:
 
 
 @torch.inference_mode()
-def evaluate(
-    envs: gym.vector.VectorEnv, policy: Policy, num_episodes: int, seed: int | None = None
-) -> TensorDict:
+def evaluate(envs: gym.vector.VectorEnv, policy: Policy, num_episodes: int, seed: int | None = None) -> TensorDict:
     """Runs ``num_episodes`` whole episodes spread over the envs and returns their returns and lengths.
 
     Every env runs a fixed quota of episodes (not "the first ones to finish", which would favour short

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +21,21 @@ from rl_lightning.spaces import space_to_dict
 if TYPE_CHECKING:
     from rl_lightning.module import RLModule
 
+# Lightning's warnings about these choices do not apply here: the envs run in the main process
+# (num_workers=0 on purpose, so `__len__` is exact), and `training_step(dataloader_iter)` is how the rollout for each
+# update is collected by the current policy instead of one batch ahead.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*You are using the `dataloader_iter` step flavor.*")
+warnings.filterwarnings("ignore", message=r".*Found `dataloader_iter` argument in the `training_step`.*")
+
 SEED_OFFSET_PER_RANK = 1_000
 """Rank ``r`` seeds its envs from ``seed + r * SEED_OFFSET_PER_RANK``, so ranks never share a seed."""
 EVAL_SEED_OFFSET = 1_000_000
 """Evaluation envs are seeded apart from the training envs."""
 
 
-def _as_is(item: TensorDict) -> TensorDict:
+def _as_is(item: Any) -> Any:
     """The DataLoader's ``collate_fn``: items are whole batches already (the default would unpack TensorDicts)."""
     return item
 
@@ -109,10 +118,11 @@ class RLDataModule(pl.LightningDataModule):
         check_positive("eval_episodes", eval_episodes)
         check_positive("eval_envs", eval_envs)
         if frames_per_batch % (num_envs * frame_skip):
+            step = num_envs * frame_skip
             raise ValueError(
                 f"frames_per_batch={frames_per_batch} does not split evenly over num_envs={num_envs} envs "
-                f"with frame_skip={frame_skip}: expected a multiple of {num_envs * frame_skip}, "
-                f"e.g. frames_per_batch={max(1, round(frames_per_batch / (num_envs * frame_skip))) * num_envs * frame_skip}."
+                f"with frame_skip={frame_skip}: expected a multiple of {step}, "
+                f"e.g. frames_per_batch={max(1, round(frames_per_batch / step)) * step}."
             )
         if total_frames < frames_per_batch:
             raise ValueError(
@@ -147,7 +157,10 @@ class RLDataModule(pl.LightningDataModule):
     @property
     def spaces(self) -> dict[str, dict[str, Any]]:
         """The observation and action spaces as plain data (what models store in their hyperparameters)."""
-        return {"observation": space_to_dict(self.observation_space), "action": space_to_dict(self.action_space)}
+        return {
+            "observation": space_to_dict(self.observation_space),
+            "action": space_to_dict(self.action_space),
+        }
 
     # -- counting -----------------------------------------------------------------------------------
 

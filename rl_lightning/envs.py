@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
@@ -87,7 +88,7 @@ def resolve_wrappers(specs: Sequence[WrapperSpec] | None) -> list[Callable[[gym.
             inspect.signature(cls).bind(None, **init_args)
         except TypeError as err:
             raise ValueError(f"init_args {init_args} do not fit {path}{inspect.signature(cls)}: {err}") from err
-        factories.append(lambda env, cls=cls, kw=init_args: cls(env, **kw))
+        factories.append(functools.partial(cls, **init_args))
     return factories
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tensordict import TensorDictBase
 
 
 def generalized_advantage_estimate(
@@ -43,6 +44,19 @@ def generalized_advantage_estimate(
 
 
 def explained_variance(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``1 - Var[target - prediction] / Var[target]``: 1 is perfect, 0 no better than a constant, NaN if Var[target] = 0."""
+    """``1 - Var[target - prediction] / Var[target]``.
+
+    1 is a perfect prediction, 0 no better than a constant; NaN when ``Var[target] = 0``.
+    """
     var_target = target.var()
     return 1 - (target - prediction).var() / var_target
+
+
+def loss_terms(losses: TensorDictBase) -> list[torch.Tensor]:
+    """The ``loss_*`` entries of a loss TensorDict (torchrl's convention: they sum to the objective)."""
+    return [losses.get(k) for k in losses.keys() if isinstance(k, str) and k.startswith("loss_")]
+
+
+def total_loss(losses: TensorDictBase) -> torch.Tensor:
+    """The sum of the ``loss_*`` entries."""
+    return torch.stack(loss_terms(losses)).sum()

@@ -6,18 +6,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
+import torch
 from tensordict import TensorDict
 
 from rl_lightning.callbacks.rl_callback import RL_HOOKS, RLCallback
+from rl_lightning.functional import loss_terms, total_loss
 
 if TYPE_CHECKING:
     from rl_lightning.module import RLModule
 
 LOG_PBAR = "log_pbar"
-
-
-def _has_losses(losses: TensorDict) -> bool:
-    return any(isinstance(k, str) and k.startswith("loss_") for k in losses.keys())
 
 
 class RLLoop:
@@ -92,8 +90,8 @@ class RLLoop:
                 losses = module.loss(sub)
                 self._call("on_post_loss", sub, losses)
                 remaining = self._process("on_optimizer", losses)
-                if _has_losses(remaining):
-                    module.optimizer_step(remaining)
+                if loss_terms(remaining):
+                    module.step_optimizers(remaining)
                 module.updates += 1
                 self._call("on_post_optim")
                 self._log("on_post_optim_log", sub)
@@ -115,8 +113,8 @@ class RLLoop:
 
     def _log_losses(self, mean: TensorDict) -> None:
         """Logs the batch's mean of every loss entry as ``train/<key>``, and their sum as ``train/loss``."""
-        metrics = {f"train/{k}": v for k, v in mean.items()}
-        metrics["train/loss"] = sum(v for k, v in mean.items() if k.startswith("loss_"))
+        metrics: dict[str, torch.Tensor] = {f"train/{k}": mean.get(k) for k in mean.keys()}
+        metrics["train/loss"] = total_loss(mean)
         self.module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:

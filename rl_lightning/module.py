@@ -7,13 +7,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
-import gymnasium as gym
 import lightning.pytorch as pl
 import torch
 from tensordict import TensorDict
 
 from rl_lightning import keys
 from rl_lightning.data import RLDataModule
+from rl_lightning.functional import total_loss
 from rl_lightning.loop import RLLoop
 from rl_lightning.spaces import SpaceLike, space_from_dict, space_to_dict
 
@@ -26,7 +26,7 @@ class RLModule(pl.LightningModule, ABC):
     :class:`~rl_lightning.loop.RLLoop` then runs the optimizer steps under manual optimization.
 
     A subclass implements :meth:`act`, :meth:`loss` and :meth:`optim_batches`, and may override
-    :meth:`prepare_batch`, :meth:`optimizer_step`, :meth:`stop_optim_early` and ``optim_epochs``. It may also
+    :meth:`prepare_batch`, :meth:`step_optimizers`, :meth:`stop_optim_early` and ``optim_epochs``. It may also
     implement any hook of :class:`~rl_lightning.RLCallback` under the same name and signature.
 
     Counters (independent of ``trainer.global_step``, which counts every ``optimizer.step()``):
@@ -36,6 +36,8 @@ class RLModule(pl.LightningModule, ABC):
 
     optim_epochs: int = 1
     """Passes over :meth:`optim_batches` per collector batch."""
+    max_grad_norm: float | None = None
+    """Clip the global gradient norm to this value in :meth:`step_optimizers` (``None``: no clipping)."""
 
     def __init__(self, observation_space: SpaceLike | None, action_space: SpaceLike | None) -> None:
         super().__init__()
@@ -86,16 +88,16 @@ class RLModule(pl.LightningModule, ABC):
         """
         return False
 
-    def optimizer_step(self, losses: TensorDict) -> None:
+    def step_optimizers(self, losses: TensorDict) -> None:
         """Backward on the sum of ``loss_*`` entries, gradient clipping, one step of the (single) optimizer."""
         optimizer = self.optimizers()
         assert not isinstance(optimizer, list)
-        total = sum(v for k, v in losses.items() if k.startswith("loss_"))
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(total)
-        max_norm = self.hparams.get("max_grad_norm")
-        if max_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+        self.manual_backward(total_loss(losses))
+        if self.max_grad_norm is not None:
+            self.clip_gradients(
+                optimizer.optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm"
+            )
         optimizer.step()
 
     # -- access to the data ------------------------------------------------------------------------------
@@ -164,7 +166,7 @@ class RLModule(pl.LightningModule, ABC):
         if count:
             metrics["rollout/episode_return"] = returns / count
             metrics["rollout/episode_length"] = lengths / count
-        on_bar = {k: metrics.pop(k) for k in ("rollout/episode_return", "time/fps") if k in metrics}
+        on_bar: dict[str, float] = {k: metrics.pop(k) for k in ("rollout/episode_return", "time/fps") if k in metrics}
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
         self.log_dict(on_bar, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
 
@@ -174,7 +176,7 @@ class RLModule(pl.LightningModule, ABC):
         lengths = batch[keys.EPISODE_LENGTH].to(torch.float32)
         self.log(f"{prefix}/episode_return", returns.mean(), prog_bar=True, sync_dist=True, batch_size=size)
         self.log(f"{prefix}/episode_length", lengths.mean(), sync_dist=True, batch_size=size)
-        if prefix == "val" and self.trainer.training:
+        if self.trainer.state.fn == "fit":  # plot evaluations against env frames, like the training curves
             self.log("step", float(self.frames), batch_size=size)
 
     def validation_step(self, batch: TensorDict, batch_idx: int) -> None:

@@ -61,6 +61,10 @@ class ObservationEncoder(nn.Module):
     given a ``reduce`` function.
     """
 
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, space: gym.Space, normalize: bool = False, clip: float = 10.0) -> None:
         super().__init__()
         if isinstance(space, gym.spaces.Box):

@@ -41,7 +41,7 @@ def space_from_dict(data: SpaceLike) -> gym.spaces.Space:
         shape = tuple(data["shape"])
         low = np.broadcast_to(np.asarray(data["low"], dtype=dtype), shape)
         high = np.broadcast_to(np.asarray(data["high"], dtype=dtype), shape)
-        return gym.spaces.Box(low=low, high=high, shape=shape, dtype=dtype)  # type: ignore[arg-type]
+        return gym.spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
     if kind == "Discrete":
         return gym.spaces.Discrete(data["n"], start=data.get("start", 0))
     if kind == "MultiDiscrete":

@@ -98,14 +98,33 @@ class PPO(RLModule):
         check_positive("clip_epsilon", clip_epsilon)
         check_non_negative("value_coef", value_coef)
         check_non_negative("entropy_coef", entropy_coef)
-        for name, value in (("clip_value", clip_value), ("max_grad_norm", max_grad_norm), ("target_kl", target_kl)):
+        for name, value in (
+            ("clip_value", clip_value),
+            ("max_grad_norm", max_grad_norm),
+            ("target_kl", target_kl),
+        ):
             if value is not None:
                 check_positive(name, value, "Use null to disable it.")
         hidden_sizes = [64, 64] if hidden_sizes is None else list(hidden_sizes)
         if not hidden_sizes or min(hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes={hidden_sizes} is invalid: expected a non-empty list of positive sizes.")
         self.save_rl_hyperparameters()
+        self.lr = lr
+        self.anneal_lr = anneal_lr
+        self.adam_eps = adam_eps
+        self.gamma = gamma
+        self.gae_lambda = gae_lambda
         self.optim_epochs = n_epochs
+        self.minibatch_size = minibatch_size
+        self.clip_epsilon = clip_epsilon
+        self.clip_value = clip_value
+        self.value_coef = value_coef
+        self.entropy_coef = entropy_coef
+        self.normalize_advantage = normalize_advantage
+        self.max_grad_norm = max_grad_norm
+        self.target_kl = target_kl
+        self.share_network = share_network
+        self.normalize_observations = normalize_observations
 
         self.encoder = ObservationEncoder(self.observation_space, normalize=normalize_observations)
         features = self.encoder.out_features
@@ -122,7 +141,7 @@ class PPO(RLModule):
     def _bodies(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.encoder(observation)
         actor = self.actor_body(x)
-        return actor, actor if self.hparams.share_network else x
+        return actor, actor if self.share_network else x
 
     def value(self, observation: torch.Tensor) -> torch.Tensor:
         """State values ``[B, 1]`` of observations ``[B, *obs_shape]``."""
@@ -140,19 +159,19 @@ class PPO(RLModule):
     def check_data(self, data: RLDataModule) -> None:
         super().check_data(data)
         transitions = data.num_envs * data.steps_per_batch
-        if transitions % self.hparams.minibatch_size:
+        if transitions % self.minibatch_size:
             raise ValueError(
-                f"minibatch_size={self.hparams.minibatch_size} does not split a batch of {transitions} transitions "
+                f"minibatch_size={self.minibatch_size} does not split a batch of {transitions} transitions "
                 f"(frames_per_batch={data.frames_per_batch} with frame_skip={data.frame_skip}) into equal "
                 "minibatches. Choose a minibatch_size that divides it, or change frames_per_batch."
             )
 
     def prepare_batch(self, batch: TensorDict) -> TensorDict:
         """Anneals the learning rate, then writes ``state_value``, ``advantage`` and ``value_target`` (GAE)."""
-        if self.hparams.anneal_lr:
+        if self.anneal_lr:
             progress = (self.frames - self.data.global_frames_per_batch) / self.data.total_frames
             for group in self.optimizers().optimizer.param_groups:  # type: ignore[union-attr]
-                group["lr"] = self.hparams.lr * max(1.0 - progress, 0.0)
+                group["lr"] = self.lr * max(1.0 - progress, 0.0)
         with torch.no_grad():
             obs = batch[keys.OBSERVATION]
             both = torch.cat([obs, batch[keys.NEXT_OBSERVATION]]).flatten(0, 1)
@@ -163,8 +182,8 @@ class PPO(RLModule):
                 values[1],
                 batch[keys.NEXT_TERMINATED],
                 batch[keys.NEXT_DONE],
-                self.hparams.gamma,
-                self.hparams.gae_lambda,
+                self.gamma,
+                self.gae_lambda,
             )
         batch.set(keys.STATE_VALUE, values[0])
         batch.set(keys.ADVANTAGE, advantage)
@@ -174,40 +193,39 @@ class PPO(RLModule):
     def optim_batches(self, batch: TensorDict, epoch: int) -> Iterator[TensorDict]:
         flat = batch.select(*TRAIN_KEYS).reshape(-1)
         order = torch.randperm(flat.shape[0], device=flat.device)
-        for indices in order.split(self.hparams.minibatch_size):
+        for indices in order.split(self.minibatch_size):
             yield flat[indices]
 
     def loss(self, batch: TensorDict) -> TensorDict:
-        hp = self.hparams
         actor, critic = self._bodies(batch[keys.OBSERVATION])
         log_prob, entropy = self.head.log_prob_entropy(actor, batch[keys.ACTION])
         value = self.critic(critic)
 
         advantage = batch[keys.ADVANTAGE].squeeze(-1)
-        if hp.normalize_advantage and advantage.numel() > 1:
+        if self.normalize_advantage and advantage.numel() > 1:
             advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
         log_ratio = log_prob - batch[keys.ACTION_LOG_PROB]
         ratio = log_ratio.exp()
-        clipped = ratio.clamp(1.0 - hp.clip_epsilon, 1.0 + hp.clip_epsilon)
+        clipped = ratio.clamp(1.0 - self.clip_epsilon, 1.0 + self.clip_epsilon)
         loss_objective = -torch.min(advantage * ratio, advantage * clipped).mean()
 
         target = batch[keys.VALUE_TARGET]
         value_error = (value - target) ** 2
-        if hp.clip_value is not None:
+        if self.clip_value is not None:
             old = batch[keys.STATE_VALUE]
-            clipped_value = old + (value - old).clamp(-hp.clip_value, hp.clip_value)
+            clipped_value = old + (value - old).clamp(-self.clip_value, self.clip_value)
             value_error = torch.max(value_error, (clipped_value - target) ** 2)
         loss_critic = 0.5 * value_error.mean()
         entropy_mean = entropy.mean()
 
         with torch.no_grad():
             approx_kl = ((ratio - 1.0) - log_ratio).mean()
-            clip_fraction = ((ratio - 1.0).abs() > hp.clip_epsilon).float().mean()
+            clip_fraction = ((ratio - 1.0).abs() > self.clip_epsilon).float().mean()
         return TensorDict(
             {
                 "loss_objective": loss_objective,
-                "loss_critic": hp.value_coef * loss_critic,
-                "loss_entropy": -hp.entropy_coef * entropy_mean,
+                "loss_critic": self.value_coef * loss_critic,
+                "loss_entropy": -self.entropy_coef * entropy_mean,
                 "entropy": entropy_mean.detach(),
                 "approx_kl": approx_kl,
                 "clip_fraction": clip_fraction,
@@ -216,9 +234,9 @@ class PPO(RLModule):
         )
 
     def stop_optim_early(self, epoch_losses: TensorDict) -> bool:
-        if self.hparams.target_kl is None:
+        if self.target_kl is None:
             return False
-        exceeded = bool(epoch_losses["approx_kl"] > self.hparams.target_kl)
+        exceeded = bool(epoch_losses["approx_kl"] > self.target_kl)
         return bool(self.trainer.strategy.reduce_boolean_decision(exceeded, all=False))
 
     def on_post_steps_log(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> dict[str, Any]:
@@ -229,11 +247,11 @@ class PPO(RLModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Observation statistics change only between rollouts, so a batch is trained with the same
         # normalization it was collected with (the probability ratio starts at exactly 1).
-        if self.hparams.normalize_observations:
+        if self.normalize_observations:
             self.encoder.update(batch[keys.OBSERVATION].to(self.device), self._sum_across_ranks)
 
     def _sum_across_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(tensor, reduce_op="sum")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.adam_eps)

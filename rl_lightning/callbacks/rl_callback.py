@@ -40,7 +40,7 @@ class RLCallback(pl.Callback):
             losses = module.loss(sub)
             on_post_loss(trainer, module, sub, losses)
             losses = on_optimizer(trainer, module, losses)          # may take over part of the step
-            module.optimizer_step(losses)                           # backward, clip, step
+            module.step_optimizers(losses)                           # backward, clip, step
             on_post_optim(trainer, module)
             on_post_optim_log(trainer, module, sub) -> dict | None  # logged
         on_post_steps(trainer, module)
@@ -71,9 +71,7 @@ class RLCallback(pl.Callback):
     def on_pre_optim_steps(self, trainer: pl.Trainer, module: RLModule) -> None:
         """The optimization steps of this batch are about to start."""
 
-    def on_process_optim_batch(
-        self, trainer: pl.Trainer, module: RLModule, batch: TensorDict
-    ) -> TensorDict | None:
+    def on_process_optim_batch(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> TensorDict | None:
         """The algorithm picked the minibatch of an inner step; return a replacement or ``None``."""
 
     def on_post_loss(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict, losses: TensorDict) -> None:

@@ -1,0 +1,109 @@
+"""The rl-lightning command: every config runs, overrides apply, validate/test evaluate a checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rl_lightning import PPO, build
+from rl_lightning.cli import cli
+from tests.conftest import ROOT
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def _quick(config: Path, tmp_path: Path, batches: int = 2) -> list[str]:
+    """Overrides that run ``config`` for a few batches and write under ``tmp_path``."""
+    data = yaml.safe_load(config.read_text())["data"]
+    return [
+        f"--config={config}",
+        f"--data.total_frames={batches * data['frames_per_batch']}",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.val_check_interval=1",
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_trains_for_a_few_batches(config: Path, tmp_path: Path) -> None:
+    run = cli(["fit", *_quick(config, tmp_path)])
+    assert run.model.frames == 2 * run.datamodule.frames_per_batch
+    assert "val/episode_return" in run.trainer.callback_metrics
+    assert list(tmp_path.rglob("metrics.csv")), "the CSV logger wrote nothing"
+    assert list(tmp_path.rglob("last.ckpt")), "ModelCheckpoint wrote no last.ckpt"
+
+
+def test_overrides_reach_the_data_and_the_model(tmp_path: Path) -> None:
+    _, model, data = build(
+        ROOT / "configs/ppo.yaml",
+        [
+            "--data.env_id=Acrobot-v1",
+            "--data.num_envs=4",
+            "--data.frames_per_batch=128",
+            "--data.total_frames=256",
+            "--model.lr=3e-4",
+            "--model.minibatch_size=64",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+    )
+    assert isinstance(model, PPO)
+    assert data.env_id == "Acrobot-v1" and data.num_envs == 4
+    assert model.hparams.lr == 3e-4
+    assert model.observation_space.shape == (6,) and model.action_space.n == 3  # linked from the data
+
+
+def test_validate_and_test_evaluate_a_checkpoint(tmp_path: Path) -> None:
+    config = ROOT / "configs/ppo.yaml"
+    cli(["fit", *_quick(config, tmp_path)])
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    for command, key in (("validate", "val/episode_return"), ("test", "test/episode_return")):
+        run = cli(
+            [
+                command,
+                f"--config={config}",
+                f"--ckpt_path={ckpt}",
+                f"--trainer.logger.init_args.save_dir={tmp_path}",
+            ]
+        )
+        assert key in run.trainer.callback_metrics
+
+
+def test_resume_continues_the_counters(tmp_path: Path) -> None:
+    config = ROOT / "configs/ppo.yaml"
+    first = cli(["fit", *_quick(config, tmp_path, batches=2)])
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    resumed = cli(["fit", *_quick(config, tmp_path, batches=4), f"--ckpt_path={ckpt}"])
+    assert resumed.model.frames == 4 * 256
+    assert resumed.model.loop.batches == 4
+    assert resumed.model.updates == 2 * first.model.updates
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rl_lightning", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_help_and_print_config() -> None:
+    assert "fit" in _run("--help").stdout
+    printed = _run("fit", "--config=configs/ppo.yaml", "--print_config")
+    assert printed.returncode == 0, printed.stderr
+    config: dict[str, Any] = yaml.safe_load(printed.stdout)
+    assert config["data"]["env_id"] == "CartPole-v1"
+    assert config["model"]["class_path"] == "rl_lightning.PPO"
+
+
+def test_bad_values_stop_the_cli_before_training(tmp_path: Path) -> None:
+    result = _run(
+        "fit",
+        "--config=configs/ppo.yaml",
+        "--data.env_id=NoSuchEnv-v9",
+        f"--trainer.default_root_dir={tmp_path}",
+    )
+    assert result.returncode != 0
+    assert "NoSuchEnv-v9" in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -1,0 +1,24 @@
+"""Learning tests: the algorithms reach reward thresholds with fixed seeds. Select with ``-m learning``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rl_lightning.cli import cli
+from tests.conftest import ROOT
+
+
+@pytest.mark.learning
+def test_ppo_solves_cartpole_from_the_default_config(tmp_path: Path) -> None:
+    run = cli(
+        [
+            "fit",
+            f"--config={ROOT / 'configs/ppo.yaml'}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert run.trainer.callback_metrics["val/episode_return"] >= 475.0
+    assert run.model.frames < run.datamodule.total_frames  # solved before the budget ran out

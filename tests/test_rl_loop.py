@@ -1,0 +1,188 @@
+"""The RL loop inside Lightning's fit loop: hook order, hook contracts, counters, fresh rollouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from rl_lightning import RL_HOOKS, FunctionHook, RLCallback, keys
+from tests.conftest import tiny_ppo_run
+
+
+class Recorder(RLCallback):
+    """Records every RL hook call (and Lightning's batch hooks around them)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.calls.append("on_train_batch_start")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.calls.append("on_train_batch_end")
+
+
+def _record(name: str):  # type: ignore[no-untyped-def]
+    def hook(self: Recorder, trainer: Any, module: Any, *args: Any) -> None:
+        self.calls.append(name)
+
+    return hook
+
+
+for _name in RL_HOOKS:
+    setattr(Recorder, _name, _record(_name))
+
+
+def test_hooks_run_in_order_over_two_batches(tmp_path: Any) -> None:
+    recorder = Recorder()
+    trainer, model, data = tiny_ppo_run(tmp_path, data={"total_frames": 128}, callbacks=[recorder])
+    trainer.fit(model, datamodule=data)
+
+    inner = ["on_process_optim_batch", "on_post_loss", "on_optimizer", "on_post_optim", "on_post_optim_log"]
+    one_batch = [
+        "on_train_batch_start",
+        "on_batch_process",
+        "on_pre_steps_log",
+        "on_pre_optim_steps",
+        *inner * 4,  # 2 epochs x (64 transitions / 32 per minibatch)
+        "on_post_steps",
+        "on_post_steps_log",
+        "on_train_batch_end",
+    ]
+    assert recorder.calls == one_batch * 2
+
+
+def test_counters_are_frames_and_updates_not_global_step(tmp_path: Any) -> None:
+    trainer, model, data = tiny_ppo_run(tmp_path)
+    trainer.fit(model, datamodule=data)
+    assert model.frames == 256
+    assert model.updates == 4 * 4
+    assert model.loop.batches == 4
+    assert trainer.global_step == model.updates  # one optimizer here; SAC-like modules differ
+    assert model.episodes > 0
+
+
+def test_dispatch_table_only_holds_overriding_callbacks(tmp_path: Any) -> None:
+    class OnlyPostOptim(RLCallback):
+        def on_post_optim(self, trainer: Any, module: Any) -> None:
+            pass
+
+    silent, active = RLCallback(), OnlyPostOptim()
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[silent, active], max_steps=1)
+    trainer.fit(model, datamodule=data)
+    assert [fn.__self__ for fn in model.loop.hooks["on_post_optim"]] == [active]
+    assert all(fn.__self__ is not silent for fns in model.loop.hooks.values() for fn in fns)
+    # the module's own hook implementation is dispatched too, after the callbacks
+    assert [fn.__self__ for fn in model.loop.hooks["on_post_steps_log"]] == [model]
+
+
+def test_processing_hooks_replace_batches(tmp_path: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    class ZeroRewards(RLCallback):
+        def on_batch_process(self, trainer: Any, module: Any, batch: TensorDict) -> TensorDict:
+            batch = batch.clone()
+            batch[keys.NEXT_REWARD].zero_()
+            return batch
+
+        def on_pre_steps_log(self, trainer: Any, module: Any, batch: TensorDict) -> None:
+            seen["reward_sum"] = batch[keys.NEXT_REWARD].sum().item()
+
+        def on_process_optim_batch(self, trainer: Any, module: Any, batch: TensorDict) -> TensorDict:
+            return batch[:8]
+
+        def on_post_loss(self, trainer: Any, module: Any, batch: TensorDict, losses: TensorDict) -> None:
+            seen.setdefault("sizes", set()).add(batch.shape[0])
+
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[ZeroRewards()], max_steps=1)
+    trainer.fit(model, datamodule=data)
+    assert seen["reward_sum"] == 0.0
+    assert seen["sizes"] == {8}
+
+
+def test_logging_hooks_are_logged_and_put_on_the_progress_bar(tmp_path: Any) -> None:
+    class Logs(RLCallback):
+        def on_post_steps_log(self, trainer: Any, module: Any, batch: TensorDict) -> dict[str, Any]:
+            return {"custom/reward_sum": batch[keys.NEXT_REWARD].sum(), "log_pbar": True}
+
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[Logs()])
+    trainer.fit(model, datamodule=data)
+    assert trainer.callback_metrics["custom/reward_sum"] == 64.0  # CartPole pays 1 per step
+    assert "custom/reward_sum" in trainer.progress_bar_metrics
+    for key in ("train/loss_objective", "train/loss_critic", "train/loss_entropy", "train/entropy",
+                "train/approx_kl", "train/clip_fraction", "train/explained_variance",
+                "rollout/episode_return", "rollout/episode_length", "time/fps", "frames"):  # fmt: skip
+        assert key in trainer.callback_metrics, key
+
+
+def test_optimizer_hook_can_take_over_the_step(tmp_path: Any) -> None:
+    class SkipAll(RLCallback):
+        def on_optimizer(self, trainer: Any, module: Any, losses: TensorDict) -> TensorDict:
+            return losses.exclude(*[k for k in losses.keys() if k.startswith("loss_")])
+
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[SkipAll()], max_steps=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, datamodule=data)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert trainer.global_step == 0 and model.updates > 0
+
+
+def test_function_hook_ports_register_op_with_an_interval(tmp_path: Any) -> None:
+    calls: list[int] = []
+
+    def log_every_tenth(batch: TensorDict) -> dict[str, float]:
+        calls.append(len(calls))
+        return {"custom/minibatch": float(batch.shape[0])}
+
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[FunctionHook("post_optim_log", log_every_tenth, 10)])
+    trainer.fit(model, datamodule=data)
+    assert model.updates == 16 and len(calls) == 2  # inner steps 1 and 11
+    assert trainer.callback_metrics["custom/minibatch"] == 32.0
+
+
+def test_rollouts_are_collected_by_the_current_policy(tmp_path: Any) -> None:
+    """Lightning prefetches one batch ahead by default; the rollout of update k must come from the policy
+    as it is after update k-1. Recompute the log-probs of the collected actions with the current weights."""
+    checked: list[float] = []
+
+    class CheckFresh(RLCallback):
+        def on_batch_process(self, trainer: Any, module: Any, batch: TensorDict) -> None:
+            with torch.no_grad():
+                features = module.actor_body(module.encoder(batch[keys.OBSERVATION].flatten(0, 1)))
+                log_prob, _ = module.head.log_prob_entropy(features, batch[keys.ACTION].flatten(0, 1))
+            error = (log_prob - batch[keys.ACTION_LOG_PROB].flatten()).abs().max().item()
+            checked.append(error)
+
+    trainer, model, data = tiny_ppo_run(tmp_path, data={"total_frames": 320}, callbacks=[CheckFresh()])
+    trainer.fit(model, datamodule=data)
+    assert len(checked) == 5
+    assert max(checked) < 1e-5, checked
+
+
+def test_the_run_stops_when_the_frame_budget_is_spent(tmp_path: Any) -> None:
+    trainer, model, data = tiny_ppo_run(tmp_path, data={"total_frames": 200})  # 3.1 batches -> 4
+    trainer.fit(model, datamodule=data)
+    assert model.frames == 256 and model.loop.batches == 4
+    assert trainer.should_stop
+
+
+def test_target_kl_stops_epochs_early(tmp_path: Any) -> None:
+    trainer, model, data = tiny_ppo_run(
+        tmp_path, model={"n_epochs": 5, "target_kl": 1e-12, "lr": 0.01, "anneal_lr": False}, max_steps=3
+    )
+    trainer.fit(model, datamodule=data)
+    # every batch stops after its first epoch: 2 minibatches per epoch
+    assert model.updates == 2 * model.loop.batches
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_validation_logs_evaluation_returns(tmp_path: Any, env_id: str) -> None:
+    data = {"env_id": env_id, "num_envs": 2, "frames_per_batch": 64, "total_frames": 128, "eval_episodes": 2}
+    trainer, model, datamodule = tiny_ppo_run(tmp_path, data=data, val_check_interval=1)
+    trainer.fit(model, datamodule=datamodule)
+    assert "val/episode_return" in trainer.callback_metrics
+    results = trainer.test(model, datamodule=datamodule, verbose=False)
+    assert set(results[0]) == {"test/episode_return", "test/episode_length"}
