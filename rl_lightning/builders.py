@@ -33,17 +33,26 @@ def make_trainer(**kwargs: Any) -> pl.Trainer:
 
 
 def build(
-    config: str | Path | None = None, overrides: list[str] | None = None
+    config: str | Path | None = None, overrides: list[str] | None = None, algorithm: str | None = None
 ) -> tuple[pl.Trainer, RLModule, RLDataModule]:
     """Trainer, model and data from a config file and CLI-style overrides, exactly as ``rl-lightning fit`` builds them.
+
+    Args:
+        config: a YAML config such as ``configs/ppo.yaml``; ``None`` starts from the defaults.
+        overrides: CLI-style overrides, e.g. ``["--data.env_id=Acrobot-v1", "--model.lr=3e-4"]``.
+        algorithm: the model class (``"PPO"`` or an import path) when the config does not name one.
 
     Example::
 
         trainer, model, data = build("configs/ppo.yaml", ["--data.total_frames=20000"])
+        trainer, model, data = build(algorithm="PPO", overrides=["--data.env_id=Acrobot-v1"])
         trainer.fit(model, datamodule=data)
     """
     from rl_lightning.cli import cli
 
-    args = ([f"--config={config}"] if config is not None else []) + list(overrides or [])
+    args = [f"--config={config}"] if config is not None else []
+    if algorithm is not None:
+        args.append(f"--model={algorithm}")
+    args += list(overrides or [])
     built = cli(args, run=False)
     return built.trainer, built.model, built.datamodule

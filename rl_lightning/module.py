@@ -177,7 +177,7 @@ class RLModule(pl.LightningModule, ABC):
         self.log(f"{prefix}/episode_return", returns.mean(), prog_bar=True, sync_dist=True, batch_size=size)
         self.log(f"{prefix}/episode_length", lengths.mean(), sync_dist=True, batch_size=size)
         if self.trainer.state.fn == "fit":  # plot evaluations against env frames, like the training curves
-            self.log("step", float(self.frames), batch_size=size)
+            self.log("step", float(self.frames), sync_dist=True, batch_size=size)
 
     def validation_step(self, batch: TensorDict, batch_idx: int) -> None:
         self._log_evaluation(batch, "val")

@@ -60,3 +60,15 @@ def test_model_built_for_other_spaces(tmp_path: Path) -> None:
 def test_missing_spaces_say_how_to_pass_them() -> None:
     with pytest.raises(ValueError, match="needs observation_space and action_space"):
         PPO()
+
+
+def test_checkpoint_of_another_algorithm(tmp_path: Path) -> None:
+    class OtherPPO(PPO):
+        pass
+
+    trainer, model, data = tiny_ppo_run(tmp_path, max_steps=1)
+    trainer.fit(model, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "ppo.ckpt")
+    with pytest.raises(ValueError, match="holds a PPO model and cannot be loaded into OtherPPO"):
+        OtherPPO.load_from_checkpoint(tmp_path / "ppo.ckpt")
+    assert PPO.load_from_checkpoint(tmp_path / "ppo.ckpt").frames == model.frames

@@ -58,6 +58,20 @@ def test_overrides_reach_the_data_and_the_model(tmp_path: Path) -> None:
     assert model.observation_space.shape == (6,) and model.action_space.n == 3  # linked from the data
 
 
+def test_build_an_algorithm_without_a_config(tmp_path: Path) -> None:
+    trainer, model, data = build(
+        algorithm="PPO",
+        overrides=[
+            "--data.total_frames=2048",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+    )
+    assert isinstance(model, PPO) and data.env_id == "CartPole-v1"
+    trainer.fit(model, datamodule=data)
+    assert model.frames == 2048
+
+
 def test_validate_and_test_evaluate_a_checkpoint(tmp_path: Path) -> None:
     config = ROOT / "configs/ppo.yaml"
     cli(["fit", *_quick(config, tmp_path)])
