@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": -1,  # the data's total_frames ends the run
     "num_sanity_val_steps": 0,  # a sanity evaluation of an untrained policy only costs time
-    "log_every_n_steps": 1,  # a training step is a whole collector batch
+    "log_every_n_steps": 10,  # a training step is a whole collector batch
     "check_val_every_n_epoch": None,  # validate every `val_check_interval` batches within the single epoch
     "val_check_interval": 10,
 }

@@ -65,7 +65,7 @@ class RLLoop:
         trainer, module = self.module.trainer, self.module
         for fn in self.hooks[name]:
             metrics = fn(trainer, module, *args)
-            if metrics:
+            if metrics and module.logging_batch:
                 metrics = dict(metrics)
                 prog_bar = bool(metrics.pop(LOG_PBAR, False))
                 module.log_dict(metrics, prog_bar=prog_bar, on_step=True, on_epoch=False, batch_size=1)
@@ -106,7 +106,7 @@ class RLLoop:
                 break
 
         self._call("on_post_steps")
-        if total is not None:
+        if total is not None and module.logging_batch:
             self._log_losses(total / steps)
         self._log("on_post_steps_log", batch)
         self.batches += 1

@@ -54,6 +54,8 @@ class RLModule(pl.LightningModule, ABC):
         self.updates = 0
         self.episodes = 0
         self.loop = RLLoop(self)
+        self.logging_batch = True
+        """Whether this batch's metrics reach the loggers (every ``trainer.log_every_n_steps`` batches)."""
         self._start_time = 0.0
         self._start_frames = 0
 
@@ -138,6 +140,12 @@ class RLModule(pl.LightningModule, ABC):
         batch, _, _ = next(dataloader_iter)
         batch = batch.to(self.device, non_blocking=True)
         self.frames += self.data.global_frames_per_batch
+        # Lightning writes step metrics every `log_every_n_steps` batches and drops the others; each
+        # `self.log` call costs ~0.5 ms, so the loop only logs on the batches that are written.
+        every = self.trainer.log_every_n_steps
+        self.logging_batch = bool(every) and (
+            (self.loop.batches + 1) % every == 0 or self.frames >= self.data.total_frames
+        )
         self._log_rollout(batch)
         self.loop.run(batch)
         if self.frames >= self.data.total_frames:
@@ -167,8 +175,10 @@ class RLModule(pl.LightningModule, ABC):
             metrics["rollout/episode_return"] = returns / count
             metrics["rollout/episode_length"] = lengths / count
         on_bar: dict[str, float] = {k: metrics.pop(k) for k in ("rollout/episode_return", "time/fps") if k in metrics}
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
-        self.log_dict(on_bar, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+        if self.logging_batch:
+            self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        if self.logging_batch or self.trainer.progress_bar_callback is not None:
+            self.log_dict(on_bar, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
 
     def _log_evaluation(self, batch: TensorDict, prefix: str) -> None:
         size = batch.batch_size[0]

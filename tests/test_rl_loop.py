@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from tensordict import TensorDict
 
 from rl_lightning import RL_HOOKS, FunctionHook, RLCallback, keys
@@ -138,7 +140,8 @@ def test_function_hook_ports_register_op_with_an_interval(tmp_path: Any) -> None
         calls.append(len(calls))
         return {"custom/minibatch": float(batch.shape[0])}
 
-    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[FunctionHook("post_optim_log", log_every_tenth, 10)])
+    hook = FunctionHook("post_optim_log", log_every_tenth, 10)
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[hook], log_every_n_steps=1)
     trainer.fit(model, datamodule=data)
     assert model.updates == 16 and len(calls) == 2  # inner steps 1 and 11
     assert trainer.callback_metrics["custom/minibatch"] == 32.0
@@ -193,3 +196,17 @@ def test_validation_logs_evaluation_returns(tmp_path: Any, env_id: str) -> None:
     assert "val/episode_return" in trainer.callback_metrics
     results = trainer.test(model, datamodule=datamodule, verbose=False)
     assert set(results[0]) == {"test/episode_return", "test/episode_length"}
+
+
+def test_metrics_are_written_every_log_every_n_steps_batches_against_frames(tmp_path: Any) -> None:
+    logger = CSVLogger(tmp_path, name="run")
+    trainer, model, data = tiny_ppo_run(
+        tmp_path, data={"total_frames": 7 * 64}, logger=logger, log_every_n_steps=3, val_check_interval=100
+    )
+    trainer.fit(model, datamodule=data)
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    train_rows = [r for r in rows if r["train/loss"]]
+    # batches 3 and 6 by the interval, batch 7 because the budget ends; the x-axis is env frames
+    assert [int(r["step"]) for r in train_rows] == [3 * 64, 6 * 64, 7 * 64]
+    assert all(float(r["frames"]) == int(r["step"]) for r in train_rows)
