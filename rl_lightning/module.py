@@ -142,7 +142,7 @@ class RLModule(pl.LightningModule, ABC):
         self.frames += self.data.global_frames_per_batch
         # Lightning writes step metrics every `log_every_n_steps` batches and drops the others; each
         # `self.log` call costs ~0.5 ms, so the loop only logs on the batches that are written.
-        every = self.trainer.log_every_n_steps
+        every: int = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set dynamically by Lightning
         self.logging_batch = bool(every) and (
             (self.loop.batches + 1) % every == 0 or self.frames >= self.data.total_frames
         )
