@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
+.venv/bin/ruff check rl_lightning tests examples benchmarks
+.venv/bin/ruff format --check rl_lightning tests examples benchmarks
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
