@@ -105,7 +105,7 @@ def make_env(
     """
     try:
         env = gym.make(env_id, render_mode=render_mode)
-    except gym.error.Error as err:
+    except (gym.error.Error, ImportError) as err:
         raise ValueError(
             f"Unknown environment id {env_id!r} ({err}). Use a registered gymnasium id such as 'CartPole-v1', "
             "or 'my_package.my_module:MyEnv-v0' to import the module that registers your own env."

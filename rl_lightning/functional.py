@@ -49,7 +49,8 @@ def explained_variance(prediction: torch.Tensor, target: torch.Tensor) -> torch.
     1 is a perfect prediction, 0 no better than a constant; NaN when ``Var[target] = 0``.
     """
     var_target = target.var()
-    return 1 - (target - prediction).var() / var_target
+    explained = 1 - (target - prediction).var() / var_target
+    return torch.where(var_target > 0, explained, torch.full_like(explained, float("nan")))
 
 
 def loss_terms(losses: TensorDictBase) -> list[torch.Tensor]:
