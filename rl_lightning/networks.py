@@ -168,7 +168,7 @@ class GaussianHead(nn.Module):
         mean = self.mean(features)
         z = (action - mean) * torch.exp(-self.log_std)
         log_prob = (-0.5 * z**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(mean.shape[0])
+        entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(mean.shape[:-1])
         return log_prob, entropy
 
 

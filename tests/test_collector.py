@@ -1,0 +1,235 @@
+"""The collector over real gymnasium vector envs: the data contract of ``rl_lightning.keys``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+
+from rl_lightning import keys
+from rl_lightning.collector import Collector, evaluate
+from rl_lightning.envs import make_vec_env
+
+# CartPole-v1 terminates when |x| > 2.4 or |theta| > 12 degrees; it resets every state variable in ±0.05.
+X_THRESHOLD = 2.4
+THETA_THRESHOLD = 12 * 2 * np.pi / 360
+
+
+def time_limit(steps: int) -> dict[str, Any]:
+    return {"class_path": "gymnasium.wrappers.TimeLimit", "init_args": {"max_episode_steps": steps}}
+
+
+def push_left(obs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """CartPole falls over in about 10 steps."""
+    return {keys.ACTION: torch.zeros(len(obs), dtype=torch.int64)}
+
+
+def balance(obs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Keeps CartPole up for well over 60 steps (pushes towards where the pole is falling)."""
+    return {keys.ACTION: (obs[:, 2] + 0.5 * obs[:, 3] > 0).long()}
+
+
+def no_torque(obs: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {keys.ACTION: torch.zeros(len(obs), 1)}
+
+
+@pytest.fixture
+def cartpole() -> Iterator[gym.vector.VectorEnv]:
+    envs = make_vec_env("CartPole-v1", num_envs=3)
+    yield envs
+    envs.close()
+
+
+def collect(collector: Collector, batches: int) -> TensorDict:
+    """Several consecutive batches, joined along time."""
+    return torch.cat([collector.collect() for _ in range(batches)], dim=1)
+
+
+def test_batch_follows_the_data_contract(cartpole: gym.vector.VectorEnv) -> None:
+    def policy(obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**push_left(obs), keys.ACTION_LOG_PROB: torch.full((len(obs),), -0.5)}
+
+    collector = Collector(cartpole, policy, steps_per_batch=16)
+    collector.reset(seed=0)
+    batch = collector.collect()
+
+    assert batch.batch_size == (3, 16)
+    expected = {
+        keys.OBSERVATION: ((3, 16, 4), torch.float32),
+        keys.ACTION: ((3, 16), torch.int64),
+        keys.ACTION_LOG_PROB: ((3, 16), torch.float32),
+        keys.DONE: ((3, 16, 1), torch.bool),
+        keys.TERMINATED: ((3, 16, 1), torch.bool),
+        keys.TRUNCATED: ((3, 16, 1), torch.bool),
+        keys.NEXT_OBSERVATION: ((3, 16, 4), torch.float32),
+        keys.NEXT_REWARD: ((3, 16, 1), torch.float32),
+        keys.NEXT_DONE: ((3, 16, 1), torch.bool),
+        keys.NEXT_TERMINATED: ((3, 16, 1), torch.bool),
+        keys.NEXT_TRUNCATED: ((3, 16, 1), torch.bool),
+        keys.NEXT_EPISODE_RETURN: ((3, 16, 1), torch.float32),
+        keys.NEXT_EPISODE_LENGTH: ((3, 16, 1), torch.int64),
+    }
+    assert set(batch.keys(include_nested=True, leaves_only=True)) == set(expected)
+    for key, (shape, dtype) in expected.items():
+        assert batch[key].shape == shape, key
+        assert batch[key].dtype == dtype, key
+    assert (batch[keys.ACTION_LOG_PROB] == -0.5).all()
+    # The observation at t is never a final one: autoreset replaced it.
+    assert not batch[keys.DONE].any() and not batch[keys.TERMINATED].any() and not batch[keys.TRUNCATED].any()
+    assert (batch[keys.NEXT_REWARD] == 1.0).all()
+    # Pushing left for 16 steps ends at least one episode in every env.
+    assert batch[keys.NEXT_TERMINATED].any(dim=1).all()
+    assert not batch[keys.NEXT_TRUNCATED].any()
+    assert torch.equal(batch[keys.NEXT_DONE], batch[keys.NEXT_TERMINATED] | batch[keys.NEXT_TRUNCATED])
+
+
+def test_next_observation_is_the_next_observation_or_the_final_one(cartpole: gym.vector.VectorEnv) -> None:
+    collector = Collector(cartpole, push_left, steps_per_batch=12)
+    collector.reset(seed=1)
+    batch = collect(collector, batches=3)  # joined, so the checks also run across batch boundaries
+    obs, next_obs = batch[keys.OBSERVATION], batch[keys.NEXT_OBSERVATION]
+    done = batch[keys.NEXT_DONE].squeeze(-1)[:, :-1]
+    terminated = batch[keys.NEXT_TERMINATED].squeeze(-1)
+
+    continuing = ~done
+    assert continuing.any() and done.any()
+    assert torch.equal(next_obs[:, :-1][continuing], obs[:, 1:][continuing])
+
+    final = next_obs[terminated]
+    outside = (final[:, 0].abs() > X_THRESHOLD) | (final[:, 2].abs() > THETA_THRESHOLD)
+    assert outside.all(), f"final observations within CartPole's bounds: {final[~outside]}"
+    reset = obs[:, 1:][done]
+    assert (reset.abs() <= 0.05).all(), f"reset observations outside ±0.05: {reset}"
+    assert not torch.equal(next_obs[:, :-1][done], reset)
+
+
+def test_truncation_by_a_time_limit_wrapper() -> None:
+    envs = make_vec_env("CartPole-v1", num_envs=2, wrappers=[time_limit(5)])
+    collector = Collector(envs, balance, steps_per_batch=8)
+    collector.reset(seed=0)
+    batch = collect(collector, batches=2)
+    envs.close()
+
+    truncated = batch[keys.NEXT_TRUNCATED].squeeze(-1)
+    expected = torch.zeros(2, 16, dtype=torch.bool)
+    expected[:, [4, 9, 14]] = True  # every 5th step, also across the batch boundary
+    assert torch.equal(truncated, expected)
+    assert not batch[keys.NEXT_TERMINATED].any()
+    assert torch.equal(batch[keys.NEXT_DONE].squeeze(-1), expected)
+    assert (batch[keys.NEXT_EPISODE_LENGTH][expected] == 5).all()
+    assert (batch[keys.NEXT_EPISODE_LENGTH][~expected] == 0).all()
+    # The final observation of a truncated episode, not the reset one, is the next observation.
+    final, reset = batch[keys.NEXT_OBSERVATION][:, [4, 9]], batch[keys.OBSERVATION][:, [5, 10]]
+    assert (reset.abs() <= 0.05).all()
+    assert (final - reset).abs().amax(-1).gt(0).all()
+
+
+@pytest.mark.parametrize(
+    ("env_id", "wrappers", "policy"),
+    [
+        ("CartPole-v1", None, push_left),  # terminations
+        ("Pendulum-v1", [time_limit(7)], no_torque),  # truncations, rewards that differ per step
+    ],
+)
+def test_episode_statistics_are_sums_over_the_episode(env_id: str, wrappers: Any, policy: Any) -> None:
+    envs = make_vec_env(env_id, num_envs=2, wrappers=wrappers)
+    collector = Collector(envs, policy, steps_per_batch=5)
+    collector.reset(seed=0)
+    steps_per_batch, batches = 5, 6
+    batch = collect(collector, batches)
+    envs.close()
+
+    reward = batch[keys.NEXT_REWARD].squeeze(-1).double()
+    done = batch[keys.NEXT_DONE].squeeze(-1)
+    episode_return = batch[keys.NEXT_EPISODE_RETURN].squeeze(-1)
+    episode_length = batch[keys.NEXT_EPISODE_LENGTH].squeeze(-1)
+    spanning = 0
+    for env in range(2):
+        start = 0
+        for t in torch.nonzero(done[env]).flatten().tolist():
+            assert episode_length[env, t] == t + 1 - start
+            assert episode_return[env, t].item() == pytest.approx(reward[env, start : t + 1].sum().item(), rel=1e-5)
+            spanning += start // steps_per_batch != t // steps_per_batch
+            start = t + 1
+        assert start > 0, "no episode ended"
+    assert spanning > 0, "no episode spanned two collect() calls"
+    assert (episode_return[~done] == 0).all() and (episode_length[~done] == 0).all()
+
+
+def test_same_seed_same_batches() -> None:
+    def run(seed: int) -> TensorDict:
+        envs = make_vec_env("CartPole-v1", num_envs=2)
+        collector = Collector(envs, balance, steps_per_batch=10)
+        collector.reset(seed=seed)
+        batch = collect(collector, batches=2)
+        envs.close()
+        return batch
+
+    first, second = run(3), run(3)
+    assert (first == second).all()
+    assert not torch.equal(first[keys.OBSERVATION], run(4)[keys.OBSERVATION])
+
+
+@pytest.mark.parametrize(("num_envs", "num_episodes", "quota"), [(2, 4, [2, 2]), (2, 5, [3, 2]), (3, 4, [2, 1, 1])])
+def test_evaluate_runs_a_quota_of_episodes_per_env(num_envs: int, num_episodes: int, quota: list[int]) -> None:
+    # Env 0 falls over in about 10 steps, the others balance until the time limit of 30 steps: "the first
+    # episodes to finish" would all come from env 0.
+    envs = make_vec_env("CartPole-v1", num_envs=num_envs, wrappers=[time_limit(30)])
+
+    def policy(obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        action = balance(obs)[keys.ACTION]
+        action[0] = 0
+        return {keys.ACTION: action}
+
+    result = evaluate(envs, policy, num_episodes=num_episodes, seed=0)
+    envs.close()
+
+    assert result.batch_size == (num_episodes,)
+    lengths = result[keys.EPISODE_LENGTH]
+    assert lengths.dtype == torch.int64 and result[keys.EPISODE_RETURN].dtype == torch.float32
+    assert int((lengths < 30).sum()) == quota[0]
+    assert int((lengths == 30).sum()) == sum(quota[1:])
+    torch.testing.assert_close(result[keys.EPISODE_RETURN], lengths.float())  # CartPole pays 1 per step
+
+
+class RecordActions(gym.Wrapper):
+    """Records every action the env receives (imported by the collector tests through a wrapper spec)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.actions: list[np.ndarray] = []
+
+    def step(self, action: Any) -> Any:
+        self.actions.append(np.array(action))
+        return self.env.step(action)
+
+
+def test_box_actions_are_clipped_for_the_env_only() -> None:
+    def run(value: float) -> tuple[TensorDict, list[np.ndarray]]:
+        envs = make_vec_env("Pendulum-v1", num_envs=2, wrappers=[f"{__name__}.RecordActions"])
+        collector = Collector(envs, lambda obs: {keys.ACTION: torch.full((len(obs), 1), value)}, steps_per_batch=6)
+        collector.reset(seed=0)
+        batch = collector.collect()
+        received = [a for env in envs.envs for a in env.actions]  # type: ignore[attr-defined]
+        envs.close()
+        return batch, received
+
+    batch, received = run(100.0)
+    assert len(received) == 12
+    assert all(np.array_equal(action, [2.0]) for action in received)  # Pendulum's max torque
+    assert (batch[keys.ACTION] == 100.0).all()
+    assert torch.isfinite(batch[keys.NEXT_REWARD]).all()
+    at_bound, _ = run(2.0)
+    torch.testing.assert_close(batch[keys.NEXT_REWARD], at_bound[keys.NEXT_REWARD], rtol=0, atol=0)
+
+
+def test_collector_needs_same_step_autoreset() -> None:
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")])
+    with pytest.raises(ValueError, match=r"AutoresetMode\.SAME_STEP"):
+        Collector(envs, push_left, steps_per_batch=4)
+    envs.close()
