@@ -80,10 +80,12 @@ class RLLoop:
         self._log("on_pre_steps_log", batch)
         self._call("on_pre_optim_steps")
 
-        total: TensorDict | None = None
+        # Loss entries are summed into one stacked tensor (cheaper than TensorDict arithmetic per step).
+        names: list[Any] = []
+        total: torch.Tensor | None = None
         steps = 0
         for epoch in range(module.optim_epochs):
-            epoch_total: TensorDict | None = None
+            epoch_total: torch.Tensor | None = None
             epoch_steps = 0
             for sub in module.optim_batches(batch, epoch):
                 sub = self._process("on_process_optim_batch", sub)
@@ -95,19 +97,23 @@ class RLLoop:
                 module.updates += 1
                 self._call("on_post_optim")
                 self._log("on_post_optim_log", sub)
-                detached = losses.detach()
-                epoch_total = detached.clone() if epoch_total is None else epoch_total.add_(detached)
+                if not names:
+                    names = list(losses.keys())
+                values = torch.stack([losses.get(k).detach() for k in names])
+                epoch_total = values if epoch_total is None else epoch_total.add_(values)
                 epoch_steps += 1
             if epoch_total is None:
                 break
             total = epoch_total.clone() if total is None else total.add_(epoch_total)
             steps += epoch_steps
-            if epoch + 1 < module.optim_epochs and module.stop_optim_early(epoch_total / epoch_steps):
+            if epoch + 1 < module.optim_epochs and module.stop_optim_early(
+                TensorDict(dict(zip(names, epoch_total / epoch_steps, strict=True)), batch_size=[])
+            ):
                 break
 
         self._call("on_post_steps")
         if total is not None and module.logging_batch:
-            self._log_losses(total / steps)
+            self._log_losses(TensorDict(dict(zip(names, total / steps, strict=True)), batch_size=[]))
         self._log("on_post_steps_log", batch)
         self.batches += 1
 

@@ -125,6 +125,7 @@ class PPO(RLModule):
         self.target_kl = target_kl
         self.share_network = share_network
         self.normalize_observations = normalize_observations
+        self._flat_batch: TensorDict | None = None
 
         self.encoder = ObservationEncoder(self.observation_space, normalize=normalize_observations)
         features = self.encoder.out_features
@@ -191,7 +192,9 @@ class PPO(RLModule):
         return batch
 
     def optim_batches(self, batch: TensorDict, epoch: int) -> Iterator[TensorDict]:
-        flat = batch.select(*TRAIN_KEYS).reshape(-1)
+        if epoch == 0 or self._flat_batch is None:  # flatten once per collector batch, not per epoch
+            self._flat_batch = batch.select(*TRAIN_KEYS).reshape(-1)
+        flat = self._flat_batch
         order = torch.randperm(flat.shape[0], device=flat.device)
         for indices in order.split(self.minibatch_size):
             yield flat[indices]
