@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from rl_lightning import PPO, build
@@ -121,3 +122,14 @@ def test_bad_values_stop_the_cli_before_training(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "NoSuchEnv-v9" in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_torch_threads_is_applied_and_checked(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        cli([*_quick(ROOT / "configs/ppo.yaml", tmp_path), "--torch_threads=1"], run=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="torch_threads=0 is invalid"):
+        cli([*_quick(ROOT / "configs/ppo.yaml", tmp_path), "--torch_threads=0"], run=False)
