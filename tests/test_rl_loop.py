@@ -210,3 +210,23 @@ def test_metrics_are_written_every_log_every_n_steps_batches_against_frames(tmp_
     # batches 3 and 6 by the interval, batch 7 because the budget ends; the x-axis is env frames
     assert [int(r["step"]) for r in train_rows] == [3 * 64, 6 * 64, 7 * 64]
     assert all(float(r["frames"]) == int(r["step"]) for r in train_rows)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"share_network": True},
+        {"clip_value": 0.2, "activation": "relu"},
+        {"normalize_observations": True},
+    ],
+    ids=["shared", "value-clip", "obs-norm"],
+)
+def test_ppo_options_train(tmp_path: Any, options: dict[str, Any]) -> None:
+    trainer, model, data = tiny_ppo_run(tmp_path, model=options, data={"vectorization": "async", "num_envs": 2})
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, datamodule=data)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    if options.get("normalize_observations"):
+        assert model.encoder.count.item() == 256  # every training observation, once, after its batch
+        assert not torch.allclose(model.encoder.mean, torch.zeros_like(model.encoder.mean))
