@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -230,3 +231,24 @@ def test_ppo_options_train(tmp_path: Any, options: dict[str, Any]) -> None:
     if options.get("normalize_observations"):
         assert model.encoder.count.item() == 256  # every training observation, once, after its batch
         assert not torch.allclose(model.encoder.mean, torch.zeros_like(model.encoder.mean))
+
+
+def test_lightning_backward_hooks_fire_when_implemented(tmp_path: Any) -> None:
+    """Without backward hooks the loop calls torch directly; with one, every step goes through Lightning."""
+
+    class CountBackward(pl.Callback):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+            self.calls += 1
+
+    trainer, model, data = tiny_ppo_run(tmp_path)
+    trainer.fit(model, datamodule=data)
+    assert model._plain_precision
+
+    counter = CountBackward()
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[counter])
+    trainer.fit(model, datamodule=data)
+    assert not model._plain_precision
+    assert counter.calls == model.updates == 16

@@ -257,4 +257,4 @@ class PPO(RLModule):
         return self.trainer.strategy.reduce(tensor, reduce_op="sum")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.adam_eps)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.adam_eps, fused=True)
