@@ -133,3 +133,31 @@ def test_torch_threads_is_applied_and_checked(tmp_path: Path) -> None:
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="torch_threads=0 is invalid"):
         cli([*_quick(ROOT / "configs/ppo.yaml", tmp_path), "--torch_threads=0"], run=False)
+
+
+def record_post_steps() -> None:
+    """A plain function for FunctionHook, referenced from YAML by its import path."""
+    CALLS.append(1)
+
+
+CALLS: list[int] = []
+
+
+def test_wrappers_and_function_hooks_from_yaml(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(
+        """
+data:
+  wrappers:
+    - class_path: gymnasium.wrappers.TimeLimit
+      init_args: {max_episode_steps: 20}
+trainer:
+  callbacks+:
+    - class_path: rl_lightning.FunctionHook
+      init_args: {hook: post_steps, fn: tests.test_cli.record_post_steps, interval: 2}
+"""
+    )
+    CALLS.clear()
+    run = cli(["fit", *_quick(ROOT / "configs/ppo.yaml", tmp_path, batches=4), f"--config={extra}"])
+    assert len(CALLS) == 2  # batches 1 and 3
+    assert run.trainer.callback_metrics["rollout/episode_length"] <= 20  # the TimeLimit wrapper is applied
