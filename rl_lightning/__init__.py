@@ -1,7 +1,7 @@
 """rl_lightning: reinforcement learning on PyTorch Lightning."""
 
 from rl_lightning import keys
-from rl_lightning.algorithms import PPO
+from rl_lightning.algorithms import PPO, SAC
 from rl_lightning.builders import TRAINER_DEFAULTS, build, make_trainer
 from rl_lightning.callbacks import RL_HOOKS, FunctionHook, RLCallback
 from rl_lightning.collector import Collector, evaluate
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PPO",
     "RL_HOOKS",
+    "SAC",
     "TRAINER_DEFAULTS",
     "Collector",
     "FrameSkip",

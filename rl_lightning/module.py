@@ -13,6 +13,7 @@ from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from tensordict import TensorDict
+from torch import nn
 
 from rl_lightning import keys
 from rl_lightning.data import RLDataModule
@@ -77,7 +78,9 @@ class RLModule(pl.LightningModule, ABC):
 
     @abstractmethod
     def loss(self, batch: TensorDict) -> TensorDict:
-        """The losses of one minibatch: ``loss_*`` entries sum to the objective, the rest are diagnostics."""
+        """The losses of one minibatch: scalar ``loss_*`` entries sum to the objective; the other (scalar)
+        entries are detached diagnostics. Per-sample values for other hooks (e.g. TD errors for priorities)
+        go into ``batch`` instead, as torchrl's losses do."""
 
     @abstractmethod
     def optim_batches(self, batch: TensorDict, epoch: int) -> Iterator[TensorDict]:
@@ -87,6 +90,10 @@ class RLModule(pl.LightningModule, ABC):
         """Turns a collected batch into training data (e.g. writes advantages). Runs after ``on_batch_process``."""
         return batch
 
+    def target_networks(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, target)`` network pairs that ``TargetNetUpdaterHook`` updates; none by default."""
+        return []
+
     def stop_optim_early(self, epoch_losses: TensorDict) -> bool:
         """Whether to skip the remaining epochs, given the mean losses of the last one.
 
@@ -95,14 +102,22 @@ class RLModule(pl.LightningModule, ABC):
         return False
 
     def step_optimizers(self, losses: TensorDict) -> None:
-        """Backward on the sum of ``loss_*`` entries, gradient clipping, one step of the (single) optimizer."""
-        optimizer = self.optimizers()
-        assert not isinstance(optimizer, list)
-        optimizer.zero_grad(set_to_none=True)
+        """One backward pass on the sum of the ``loss_*`` entries, then a (clipped) step of every optimizer.
+
+        With several optimizers (SAC's actor, critic and temperature) each owns its parameters, and the
+        loss is built so that every term reaches only the parameters it should train; one backward pass
+        then serves them all (and touches every parameter DDP wraps).
+        """
+        optimizers = self.optimizers()
+        if not isinstance(optimizers, list):
+            optimizers = [optimizers]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         self.backward_loss(total_loss(losses))
-        if self.max_grad_norm is not None:
-            self.clip_grad_norm(optimizer.optimizer, self.max_grad_norm)
-        optimizer.step()
+        for optimizer in optimizers:
+            if self.max_grad_norm is not None:
+                self.clip_grad_norm(optimizer.optimizer, self.max_grad_norm)
+            optimizer.step()
 
     def backward_loss(self, loss: torch.Tensor) -> None:
         """``self.manual_backward(loss)``, or plain ``loss.backward()`` where that is all it would do."""

@@ -53,6 +53,22 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def forward_detached(network: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``network(x)`` with its linear layers' parameters detached: gradients reach ``x`` only.
+
+    For losses that evaluate another network's output without training it (SAC's actor loss through
+    the critics), in a single backward pass with the losses that do train it.
+    """
+    for layer in network:
+        if isinstance(layer, nn.Linear):
+            x = F.linear(x, layer.weight.detach(), layer.bias.detach() if layer.bias is not None else None)
+        elif any(True for _ in layer.parameters()):
+            raise ValueError(f"forward_detached supports Linear layers and parameter-free layers, not {layer}.")
+        else:
+            x = layer(x)
+    return x
+
+
 class ObservationEncoder(nn.Module):
     """Flattens ``Box`` observations (one-hot encodes ``Discrete`` ones), optionally normalizing them.
 
@@ -170,6 +186,36 @@ class GaussianHead(nn.Module):
         log_prob = (-0.5 * z**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         entropy = (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum().expand(mean.shape[:-1])
         return log_prob, entropy
+
+
+class TanhGaussianHead(nn.Module):
+    """A diagonal Gaussian squashed by ``tanh`` into ``[-1, 1]`` (SAC's actor), with a state-dependent std.
+
+    ``sample`` returns the squashed action and its log-probability, corrected for the ``tanh`` change of
+    variables in the numerically stable form ``2 * (log 2 - u - softplus(-2u))``.
+    """
+
+    LOG_STD_MIN = -20.0
+    LOG_STD_MAX = 2.0
+
+    def __init__(self, in_features: int, action_dim: int) -> None:
+        super().__init__()
+        self.params = nn.Linear(in_features, 2 * action_dim)
+
+    def _mean_log_std(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.params(features).chunk(2, dim=-1)
+        return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX)
+
+    def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self._mean_log_std(features)
+        noise = torch.randn_like(mean)
+        pre_tanh = mean + log_std.exp() * noise
+        log_prob = -0.5 * noise**2 - log_std - 0.5 * math.log(2 * math.pi)
+        log_prob = log_prob - 2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))
+        return torch.tanh(pre_tanh), log_prob.sum(-1)
+
+    def mode(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self._mean_log_std(features)[0])
 
 
 ActionHead = CategoricalHead | GaussianHead

@@ -22,3 +22,18 @@ def test_ppo_solves_cartpole_from_the_default_config(tmp_path: Path) -> None:
     )
     assert run.trainer.callback_metrics["val/episode_return"] >= 475.0
     assert run.model.frames < run.datamodule.total_frames  # solved before the budget ran out
+
+
+@pytest.mark.learning
+def test_sac_reaches_minus_200_on_pendulum_within_20000_frames(tmp_path: Path) -> None:
+    run = cli(
+        [
+            "fit",
+            f"--config={ROOT / 'configs/sac.yaml'}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert run.model.frames <= 20_000
+    assert run.trainer.checkpoint_callback is not None
+    assert run.trainer.checkpoint_callback.best_model_score >= -200.0

@@ -1,5 +1,6 @@
 """The algorithms, one LightningModule per file."""
 
 from rl_lightning.algorithms.ppo import PPO
+from rl_lightning.algorithms.sac import SAC
 
-__all__ = ["PPO"]
+__all__ = ["PPO", "SAC"]

@@ -1,0 +1,66 @@
+"""``ReplayBufferTrainer``: the replay buffer wired into the RL loop, as in torchrl's trainer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+from tensordict import TensorDict
+from typing_extensions import override
+
+from rl_lightning.callbacks.rl_callback import RLCallback
+
+if TYPE_CHECKING:
+    from rl_lightning.module import RLModule
+    from rl_lightning.replay import ReplayBuffer
+
+TD_ERROR = "td_error"
+"""Key under which a loss writes per-sample TD errors into the sampled batch (torchrl's convention)."""
+
+
+class ReplayBufferTrainer(RLCallback):
+    """Extends a replay buffer with every collected batch and replaces each minibatch with a replay sample.
+
+    - ``on_batch_process``: ``buffer.extend(batch)`` (the batch itself passes on unchanged);
+    - ``on_process_optim_batch``: returns ``buffer.sample(batch_size)`` on the module's device;
+    - ``on_post_loss``: with a prioritized buffer, ``buffer.update_priority(sub["index"], sub["td_error"])``.
+
+    The buffer's contents are part of this callback's ``state_dict``, so checkpoints carry them (a
+    memory-mapped buffer is flushed and found again in its directory).
+
+    Args:
+        buffer: the :class:`~rl_lightning.replay.ReplayBuffer`.
+        batch_size: transitions per sample (one optimizer step).
+    """
+
+    def __init__(self, buffer: ReplayBuffer, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} is invalid: expected an integer >= 1.")
+        if batch_size > buffer.capacity:
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the replay buffer's capacity={buffer.capacity}: a sample "
+                "could never be drawn. Raise the buffer size or lower the batch size."
+            )
+        self.buffer = buffer
+        self.batch_size = batch_size
+
+    @override
+    def on_batch_process(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> None:
+        self.buffer.extend(batch)
+
+    @override
+    def on_process_optim_batch(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> TensorDict:
+        return self.buffer.sample(self.batch_size).to(module.device, non_blocking=True)
+
+    @override
+    def on_post_loss(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict, losses: TensorDict) -> None:
+        if self.buffer.prioritized and TD_ERROR in batch.keys():
+            self.buffer.update_priority(batch["index"], batch[TD_ERROR])
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"buffer": self.buffer.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.buffer.load_state_dict(state_dict["buffer"])

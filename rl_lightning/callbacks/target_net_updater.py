@@ -1,0 +1,63 @@
+"""``TargetNetUpdaterHook``: moves target networks towards their online networks after each update."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from typing_extensions import override
+
+from rl_lightning.callbacks.rl_callback import RLCallback
+
+if TYPE_CHECKING:
+    from rl_lightning.module import RLModule
+
+
+class TargetNetUpdaterHook(RLCallback):
+    """Updates the module's target networks at ``post_optim``: Polyak averaging or a periodic hard copy.
+
+    The pairs come from ``module.target_networks()`` (``[(online, target), ...]``).
+
+    Args:
+        mode: ``"soft"``: ``target ← (1 - tau) · target + tau · online`` after every update;
+            ``"hard"``: ``target ← online`` every ``interval`` updates.
+        tau: the Polyak coefficient of soft updates, in ``(0, 1]``.
+        interval: updates between hard copies.
+    """
+
+    def __init__(self, mode: Literal["soft", "hard"] = "soft", tau: float = 0.005, interval: int = 1000) -> None:
+        if mode not in ("soft", "hard"):
+            raise ValueError(f"mode={mode!r} is invalid: expected 'soft' (Polyak averaging) or 'hard' (copy).")
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"tau={tau} is invalid: expected a value in (0, 1], e.g. 0.005.")
+        if interval < 1:
+            raise ValueError(f"interval={interval} is invalid: expected an integer >= 1.")
+        self.mode = mode
+        self.tau = tau
+        self.interval = interval
+        self.updates = 0
+
+    @override
+    @torch.no_grad()
+    def on_post_optim(self, trainer: pl.Trainer, module: RLModule) -> None:
+        self.updates += 1
+        if self.mode == "hard" and self.updates % self.interval:
+            return
+        online: list[torch.Tensor] = []
+        target: list[torch.Tensor] = []
+        for source, copy in module.target_networks():
+            online += [p.detach() for p in source.parameters()]
+            target += list(copy.parameters())
+        if self.mode == "soft":
+            torch._foreach_lerp_(target, online, self.tau)
+        else:
+            torch._foreach_copy_(target, online)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.updates = int(state_dict["updates"])

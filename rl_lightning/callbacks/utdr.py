@@ -1,0 +1,41 @@
+"""``UTDRHook``: logs the update-to-data ratio."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+from tensordict import TensorDict
+from typing_extensions import override
+
+from rl_lightning.callbacks.rl_callback import RLCallback
+
+if TYPE_CHECKING:
+    from rl_lightning.module import RLModule
+
+
+class UTDRHook(RLCallback):
+    """Logs ``train/utd_ratio``: optimizer updates per collected frame since learning started.
+
+    Learning starts with the first batch that has optimizer steps (off-policy algorithms collect
+    ``init_random_frames`` first).
+    """
+
+    def __init__(self) -> None:
+        self.start_frames: int | None = None
+
+    @override
+    def on_post_steps_log(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> dict[str, Any] | None:
+        if self.start_frames is None:
+            if module.updates == 0:
+                return None
+            self.start_frames = module.frames - module.data.global_frames_per_batch
+        return {"train/utd_ratio": module.updates / (module.frames - self.start_frames)}
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"start_frames": self.start_frames}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.start_frames = state_dict["start_frames"]

@@ -1,0 +1,658 @@
+"""Replay buffers on tensordict: a ring of preallocated tensors in RAM or memory-mapped on disk.
+
+Sampling is uniform or prioritized (proportional, Schaul et al. 2016, on a vectorized sum tree), and
+transitions are stored as 1-step or n-step transitions. See :class:`ReplayBuffer`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tensordict import MemoryMappedTensor, TensorDict, TensorDictBase
+
+from rl_lightning import keys
+from rl_lightning._checks import check_non_negative, check_positive, check_range
+
+Key = str | tuple[str, ...]
+
+DISCOUNT = "discount"
+NEXT_DISCOUNT = (keys.NEXT, DISCOUNT)
+"""``gamma ** k``, k the number of rewards summed into ``("next", "reward")`` (``gamma`` for 1-step)."""
+INDEX = "index"
+"""Storage index of each sampled transition, ``int64 [batch_size]`` (what ``update_priority`` takes)."""
+WEIGHT = "weight"
+"""Importance-sampling weight of each sampled transition, ``float32 [batch_size, 1]`` (prioritized buffers only)."""
+
+TRANSITION_KEYS: tuple[Key, ...] = (
+    keys.OBSERVATION,
+    keys.ACTION,
+    keys.NEXT_OBSERVATION,
+    keys.NEXT_REWARD,
+    keys.NEXT_TERMINATED,
+    keys.NEXT_TRUNCATED,
+    keys.NEXT_DONE,
+)
+"""The keys ``extend`` needs in a batch; every other key of the batch is dropped."""
+STORED_KEYS: tuple[Key, ...] = (*TRANSITION_KEYS, NEXT_DISCOUNT)
+"""The keys of a stored (and sampled) transition."""
+
+_BRANCHING = 32
+"""Children per node of the sum tree: a 1M-leaf tree is 4 levels deep, so a vectorized descent is 4 steps."""
+
+
+def n_step_returns(
+    reward: torch.Tensor, done: torch.Tensor, n_step: int, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Discounted sums of up to ``n_step`` rewards along trajectories laid out ``[num_envs, T]``.
+
+    The window of step t holds the rewards of steps ``t, ..., t + n_step - 1`` and stops after the first
+    step whose ``done`` is set (the rest of the row belongs to the next episode).
+
+    Args:
+        reward: ``[num_envs, T]`` rewards.
+        done: ``[num_envs, T]`` episode-end flags of each transition.
+        n_step: the longest window.
+        gamma: discount factor.
+
+    Returns:
+        ``(returns, steps, complete)``, all ``[num_envs, T]``: the discounted sums, the number of rewards in
+        each window (1 to ``n_step``), and whether the window is complete: it holds ``n_step`` rewards or ends
+        at a ``done``. Windows that run past the end of the rows are incomplete.
+
+    Example:
+        >>> r = torch.tensor([[1.0, 1.0, 1.0]]); d = torch.tensor([[False, True, False]])
+        >>> ret, steps, complete = n_step_returns(r, d, n_step=2, gamma=0.5)
+        >>> ret.tolist(), steps.tolist(), complete.tolist()
+        ([[1.5, 1.0, 1.0]], [[2, 1, 1]], [[True, True, False]])
+    """
+    length = reward.shape[-1]
+    returns = torch.zeros_like(reward)
+    steps = torch.zeros(reward.shape, dtype=torch.int64, device=reward.device)
+    alive = torch.ones(reward.shape, dtype=torch.bool, device=reward.device)  # no episode end so far in the window
+    ended = torch.zeros_like(alive)
+    for k in range(min(n_step, length)):
+        use = alive[:, : length - k]
+        returns[:, : length - k] += (gamma**k) * reward[:, k:] * use
+        steps[:, : length - k] += use
+        ended[:, : length - k] |= use & done[:, k:]
+        use &= ~done[:, k:]
+    return returns, steps, ended | (steps == n_step)
+
+
+class _SumTree:
+    """A sum tree and a min tree over ``capacity`` leaves, vectorized over batches of queries and updates.
+
+    Each node has ``_BRANCHING`` children. Level ``h`` (1 = parents of the leaves, the last = the root)
+    stores, per node, the running sums of its children's totals behind a leading 0 (``[nodes, K + 1]``),
+    so a descent step is one ``searchsorted`` per query, and the node minima. Sums are float64: a float32
+    total over a million leaves drifts.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        k = _BRANCHING
+        counts = [capacity]  # nodes per level, leaves first
+        while True:
+            counts.append(-(-counts[-1] // k))
+            if counts[-1] == 1:
+                break
+        self.capacity = capacity
+        self.depth = len(counts) - 1
+        self._counts = counts
+        self.priority = torch.zeros(counts[1] * k, dtype=torch.float64)  # leaves, padded with 0 (never drawn)
+        self._leaf_min = torch.full_like(self.priority, math.inf)  # leaves, padded with +inf (never the min)
+        # Per level h >= 1 (index 0 unused): running sums, minima, and views of the children's totals and minima.
+        # Level h has counts[h] nodes; its arrays are padded to the counts[h + 1] * K children of the level above.
+        self._cumsum: list[torch.Tensor] = [self.priority]
+        self._min: list[torch.Tensor] = [self._leaf_min]
+        self._child_totals: list[torch.Tensor] = [self.priority]
+        self._child_min: list[torch.Tensor] = [self._leaf_min]
+        for h in range(1, self.depth + 1):
+            rows = counts[h + 1] * k if h < self.depth else 1
+            self._cumsum.append(torch.zeros(rows, k + 1, dtype=torch.float64))
+            self._min.append(torch.full((rows,), math.inf, dtype=torch.float64))
+            below_totals = self.priority if h == 1 else self._cumsum[h - 1][:, k]
+            self._child_totals.append(below_totals.unflatten(0, (counts[h], k)))
+            self._child_min.append(self._min[h - 1].unflatten(0, (counts[h], k)))
+
+    @property
+    def total(self) -> float:
+        return float(self._cumsum[self.depth][0, -1])
+
+    @property
+    def min(self) -> float:
+        return float(self._min[self.depth][0])
+
+    def update(self, index: torch.Tensor, value: torch.Tensor) -> None:
+        """Sets the leaves ``index`` (no duplicates) to ``value`` and recomputes their ancestors level by level."""
+        self.priority[index] = value
+        self._leaf_min[index] = value
+        node = index
+        for h in range(1, self.depth + 1):
+            # Several updated leaves can share a parent: each copy writes the same recomputed value.
+            node = node // _BRANCHING
+            self._cumsum[h][node, 1:] = self._child_totals[h][node].cumsum(1)
+            self._min[h][node] = self._child_min[h][node].amin(1)
+
+    def rebuild(self, priority: torch.Tensor) -> None:
+        """Sets the first ``len(priority)`` leaves (the rest empty) and recomputes the whole tree."""
+        self.priority.zero_()
+        self._leaf_min.fill_(math.inf)
+        self.priority[: len(priority)] = priority
+        self._leaf_min[: len(priority)] = priority
+        for h in range(1, self.depth + 1):
+            nodes = self._counts[h]
+            self._cumsum[h][:nodes, 1:] = self._child_totals[h].cumsum(1)
+            self._min[h][:nodes] = self._child_min[h].amin(1)
+
+    def find(self, mass: torch.Tensor) -> torch.Tensor:
+        """The leaf whose cumulative-sum interval holds each ``mass`` (float64, in ``[0, total)``)."""
+        node = torch.zeros(mass.shape, dtype=torch.int64)
+        mass = mass.unsqueeze(1)
+        for h in range(self.depth, 0, -1):
+            block = self._cumsum[h][node]
+            child = torch.searchsorted(block, mass, right=True).sub_(1).clamp_(0, _BRANCHING - 1)
+            mass = mass - block.gather(1, child)
+            node = node.mul_(_BRANCHING).add_(child.squeeze(1))
+        return node
+
+
+class ReplayBuffer:
+    """A ring buffer of transitions with uniform or prioritized sampling and optional n-step returns.
+
+    **Storage.** One preallocated tensor ``[capacity, ...]`` per stored key, allocated from the shapes and
+    dtypes of the first batch; once full, each new transition overwrites the oldest. ``storage="memory"``
+    keeps the tensors in RAM; ``storage="memmap"`` keeps them in memory-mapped files in ``scratch_dir``
+    (tensordict's ``MemoryMappedTensor``), so a buffer may be larger than RAM. Sampled batches are copied to
+    ``device``; the storage and the priorities stay on the CPU.
+
+    **Stored transitions.** ``extend`` keeps only ``observation``, ``action`` and ``("next", "observation" /
+    "reward" / "terminated" / "truncated" / "done")`` and adds ``("next", "discount")``. With ``n_step=1``
+    that is ``gamma``. With ``n_step > 1`` every transition is stored as an n-step transition along its env's
+    trajectory: ``("next", "reward") = sum_{k<m} gamma^k r_{t+k}`` where the window of m rewards holds
+    ``n_step`` steps or stops at the first episode end (``("next", "done")``) inside it; ``("next",
+    "observation")`` and the ``("next", ...)`` flags are those of the window's last step (the final
+    observation when the episode ended there), and ``("next", "discount") = gamma^m``. So a loss always
+    bootstraps with ``reward + discount * (1 - terminated) * V(next_observation)``, whatever ``n_step``.
+
+    A window needs the rewards of the steps after it: the last ``n_step - 1`` transitions of each env in a
+    batch are held back until the next ``extend`` completes their windows (a ``done`` inside the window
+    completes it at once), so ``extend`` may store fewer transitions than the batch holds. Consecutive
+    batches must come from the same envs, in the same order (what :class:`~rl_lightning.collector.Collector`
+    gives).
+
+    **Sampling.** Uniform, or with ``prioritized=True`` proportional to ``p_i = (|priority_i| + priority_eps) **
+    alpha`` (Schaul et al. 2016): stratified (the total mass split into ``batch_size`` equal segments, one
+    uniform draw in each), on a sum tree, with importance weights ``w_i = (N P(i)) ** -beta / max_j w_j``,
+    ``max_j`` over the whole buffer (from the smallest priority). ``beta`` anneals linearly to ``beta_final``
+    over ``beta_steps`` calls to :meth:`sample`. New transitions get the largest priority seen so far.
+
+    **Checkpoints.** :meth:`state_dict` holds only tensors, numbers, strings, lists and dicts (fit for
+    ``torch.load(weights_only=True)``). With ``"memory"`` storage it holds the stored tensors themselves; with
+    ``"memmap"`` storage the directory and the counters, the contents stay on disk (flushed by
+    :meth:`state_dict`). The directory always holds the *latest* contents: resuming from an older checkpoint
+    of a memmap buffer restores its counters over transitions written after that checkpoint.
+
+    Args:
+        capacity: the most transitions the buffer holds.
+        storage: ``"memory"`` (RAM) or ``"memmap"`` (memory-mapped files in ``scratch_dir``).
+        scratch_dir: directory of the memory-mapped files (required for ``"memmap"``; created if missing; its
+            buffer files are replaced by the first ``extend``).
+        prioritized: sample proportionally to priorities instead of uniformly.
+        alpha: priority exponent (0 is uniform).
+        beta: importance-sampling exponent at the first ``sample`` call.
+        beta_final: importance-sampling exponent after ``beta_steps`` calls.
+        beta_steps: number of ``sample`` calls over which ``beta`` anneals linearly to ``beta_final``.
+        priority_eps: added to ``|priority|`` so that no transition has a zero chance.
+        n_step: rewards summed into each stored transition (1 for plain transitions).
+        gamma: discount factor of the n-step returns and of ``("next", "discount")``.
+        device: where sampled batches are returned.
+
+    Example:
+        >>> buffer = ReplayBuffer(capacity=100, prioritized=True)
+        >>> batch = TensorDict(
+        ...     {
+        ...         "observation": torch.randn(2, 8, 3),
+        ...         "action": torch.randn(2, 8, 1),
+        ...         "next": {
+        ...             "observation": torch.randn(2, 8, 3),
+        ...             "reward": torch.randn(2, 8, 1),
+        ...             "terminated": torch.zeros(2, 8, 1, dtype=torch.bool),
+        ...             "truncated": torch.zeros(2, 8, 1, dtype=torch.bool),
+        ...             "done": torch.zeros(2, 8, 1, dtype=torch.bool),
+        ...         },
+        ...     },
+        ...     batch_size=[2, 8],
+        ... )
+        >>> buffer.extend(batch).tolist()[:4], len(buffer)
+        ([0, 1, 2, 3], 16)
+        >>> sample = buffer.sample(4)
+        >>> sample["index"].shape, sample["weight"].shape, sample["next", "discount"][0].item()
+        (torch.Size([4]), torch.Size([4, 1]), 0.9900000095367432)
+        >>> buffer.update_priority(sample["index"], torch.rand(4))
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        storage: Literal["memory", "memmap"] = "memory",
+        scratch_dir: str | None = None,
+        prioritized: bool = False,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        beta_final: float = 1.0,
+        beta_steps: int = 100_000,
+        priority_eps: float = 1e-6,
+        n_step: int = 1,
+        gamma: float = 0.99,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        _check_int("capacity", capacity, "Give the number of transitions the buffer holds, e.g. capacity=1_000_000.")
+        if storage not in ("memory", "memmap"):
+            raise ValueError(f"storage={storage!r} is invalid: expected 'memory' or 'memmap'.")
+        if storage == "memmap":
+            if scratch_dir is None:
+                raise ValueError(
+                    "storage='memmap' needs scratch_dir, the directory of the memory-mapped files: pass "
+                    "scratch_dir='path/to/dir', or use storage='memory'."
+                )
+            _prepare_scratch_dir(scratch_dir)
+        check_non_negative("alpha", alpha, "alpha is the priority exponent: 0 samples uniformly, 0.6 is the paper's.")
+        check_range("beta", beta, 0.0, 1.0, "beta is the importance-sampling exponent (0.4 is the paper's).")
+        check_range("beta_final", beta_final, 0.0, 1.0, "beta anneals to beta_final, usually 1.0.")
+        _check_int("beta_steps", beta_steps, "It is the number of sample() calls over which beta anneals.")
+        check_positive("priority_eps", priority_eps, "A zero priority would never be sampled again; e.g. 1e-6.")
+        _check_int("n_step", n_step, "Use n_step=1 for plain 1-step transitions.")
+        check_range("gamma", gamma, 0.0, 1.0, "gamma is the discount factor, e.g. 0.99.")
+        self.capacity = capacity
+        self.storage = storage
+        self.scratch_dir = None if scratch_dir is None else str(scratch_dir)
+        self.prioritized = prioritized
+        self.alpha = alpha
+        self.beta = beta
+        self.beta_final = beta_final
+        self.beta_steps = beta_steps
+        self.priority_eps = priority_eps
+        self.n_step = n_step
+        self.gamma = gamma
+        self.device = torch.device(device)
+
+        self._data: dict[Key, torch.Tensor] = {}  # per stored key, [capacity, ...]
+        self._memmap: TensorDictBase | None = None  # the memory-mapped tensordict behind _data
+        self._cursor = 0  # next index written
+        self._size = 0
+        self._sample_calls = 0
+        self._max_priority = 1.0
+        self._tree = _SumTree(capacity) if prioritized else None
+        self._strata = torch.zeros(0, dtype=torch.float64)
+        # n-step: the last n_step - 1 raw transitions of each env, and which of them are not stored yet.
+        self._carry: dict[Key, torch.Tensor] | None = None
+        self._pending = torch.zeros(0, 0, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(capacity={self.capacity}, len={self._size}, storage={self.storage!r}, "
+            f"prioritized={self.prioritized}, n_step={self.n_step})"
+        )
+
+    @property
+    def current_beta(self) -> float:
+        """The importance-sampling exponent the next :meth:`sample` call uses."""
+        progress = min(1.0, self._sample_calls / self.beta_steps)
+        return self.beta + progress * (self.beta_final - self.beta)
+
+    @torch.no_grad()
+    def extend(self, batch: TensorDictBase) -> torch.Tensor:
+        """Stores the transitions of a collector batch.
+
+        Args:
+            batch: batch dims ``[num_envs, T]`` (a collector batch), or ``[N]`` (already flat; only with
+                ``n_step=1``). It must hold the keys of :data:`TRANSITION_KEYS`; other keys are dropped.
+
+        Returns:
+            The storage indices written, ``int64``, in the order of the flattened batch (env-major). With
+            ``n_step > 1`` the transitions held back for the next call are not among them.
+        """
+        present = set(batch.keys(include_nested=True, leaves_only=True))
+        missing = [key for key in TRANSITION_KEYS if key not in present]
+        if missing:
+            raise ValueError(
+                f"The batch lacks the keys {missing} that a replay buffer stores (it has {sorted(map(str, present))}). "
+                "Pass a collector batch (see rl_lightning.keys), or add those entries."
+            )
+        if batch.batch_dims not in (1, 2):
+            raise ValueError(
+                f"batch_size={list(batch.batch_size)} is invalid: expected [num_envs, T] (a collector batch) or a "
+                "flat [N]. Reshape the batch to one of these."
+            )
+        if batch.batch_dims == 1 and self.n_step > 1:
+            raise ValueError(
+                f"A flat batch (batch_size={list(batch.batch_size)}) has no trajectories to sum n_step={self.n_step} "
+                "rewards along: pass the collector batch with batch dims [num_envs, T], or use n_step=1."
+            )
+        raw = {key: batch.get(key).detach().cpu() for key in TRANSITION_KEYS}
+        if batch.batch_dims == 1 or self.n_step == 1:
+            flat = {key: value.flatten(0, batch.batch_dims - 1) for key, value in raw.items()}
+            reward = flat[keys.NEXT_REWARD]
+            flat[NEXT_DISCOUNT] = torch.full(reward.shape, self.gamma, dtype=_float_dtype(reward))
+        else:
+            flat = self._n_step(raw)
+        if not self._data:
+            self._allocate({key: (value.shape[1:], value.dtype) for key, value in flat.items()})
+        self._check_shapes(flat)
+        return self._write(flat)
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TensorDict:
+        """Draws ``batch_size`` transitions (with replacement).
+
+        Args:
+            batch_size: transitions to draw; at most ``len(self)``.
+            generator: a CPU ``torch.Generator`` for the draws (torch's global one when ``None``).
+
+        Returns:
+            A TensorDict ``[batch_size]`` on ``device`` with the keys of :data:`STORED_KEYS`, ``"index"``
+            (:data:`INDEX`) and, when prioritized, ``"weight"`` (:data:`WEIGHT`).
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is invalid: expected an integer >= 1.")
+        if batch_size > self._size:
+            raise ValueError(
+                f"Cannot sample batch_size={batch_size} transitions: the replay buffer holds {self._size}, and it "
+                f"must hold at least batch_size transitions before sampling. Collect more before the first "
+                "update (e.g. raise init_random_frames) or lower batch_size."
+            )
+        weight = None
+        if self._tree is not None:
+            index, weight = self._sample_prioritized(batch_size, generator)
+        else:
+            index = torch.randint(self._size, (batch_size,), generator=generator)
+        self._sample_calls += 1
+        data = self._data
+        out: dict[str, Any] = {
+            keys.OBSERVATION: data[keys.OBSERVATION].index_select(0, index),
+            keys.ACTION: data[keys.ACTION].index_select(0, index),
+            keys.NEXT: {key[1]: data[key].index_select(0, index) for key in STORED_KEYS if isinstance(key, tuple)},
+            INDEX: index,
+        }
+        if weight is not None:
+            out[WEIGHT] = weight
+        sample = TensorDict(out, batch_size=[batch_size])
+        return sample if self.device.type == "cpu" else sample.to(self.device)
+
+    @torch.no_grad()
+    def update_priority(self, index: torch.Tensor, priority: torch.Tensor) -> None:
+        """Sets ``p_i = (|priority_i| + priority_eps) ** alpha`` for the storage indices ``index``.
+
+        Does nothing when the buffer is not prioritized. When an index appears more than once, its last
+        priority counts.
+
+        Args:
+            index: storage indices (the ``"index"`` of a sample), any shape.
+            priority: new priorities, e.g. TD errors, with as many elements as ``index``.
+        """
+        if self._tree is None:
+            return
+        index = index.detach().reshape(-1).to("cpu", torch.int64)
+        priority = priority.detach().reshape(-1).to("cpu", torch.float64)
+        if index.numel() != priority.numel():
+            raise ValueError(
+                f"update_priority got {index.numel()} indices and {priority.numel()} priorities: expected one "
+                "priority per index. Pass the sample's 'index' and a per-sample priority (e.g. |TD error|)."
+            )
+        if index.numel() == 0:
+            return
+        low, high = torch.aminmax(index)
+        if low < 0 or high >= self._size:
+            raise ValueError(
+                f"update_priority got indices in [{int(low)}, {int(high)}], but the buffer holds {self._size} "
+                "transitions (indices 0 to len - 1). Pass the 'index' entry of a sample from this buffer."
+            )
+        if not torch.isfinite(priority).all():
+            raise ValueError(
+                "update_priority got NaN or infinite priorities: the TD errors diverged. Check the loss (learning "
+                "rate, reward scale) before updating priorities."
+            )
+        value = (priority.abs() + self.priority_eps).pow(self.alpha)
+        unique, inverse = torch.unique(index, return_inverse=True)
+        if len(unique) < len(index):
+            last = torch.zeros(len(unique), dtype=torch.int64)
+            last.scatter_reduce_(0, inverse, torch.arange(len(index)), reduce="amax", include_self=False)
+            index, value = unique, value[last]
+        self._max_priority = max(self._max_priority, float(value.max()))
+        self._tree.update(index, value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The buffer's state for a checkpoint (see the class docstring); loads with ``weights_only=True``."""
+        state: dict[str, Any] = {
+            "capacity": self.capacity,
+            "storage": self.storage,
+            "prioritized": self.prioritized,
+            "n_step": self.n_step,
+            "gamma": self.gamma,
+            "cursor": self._cursor,
+            "size": self._size,
+            "sample_calls": self._sample_calls,
+            "max_priority": self._max_priority,
+            "priority": None if self._tree is None else self._tree.priority[: self._size].clone(),
+            "carry": None if self._carry is None else {_name(k): v.clone() for k, v in self._carry.items()},
+            "pending": self._pending.clone(),
+        }
+        if self.storage == "memmap":
+            state["scratch_dir"] = self.scratch_dir
+            state["data"] = None
+            state["allocated"] = bool(self._data)
+            if self._memmap is not None:
+                _flush(self._memmap)
+        elif self._data:
+            # A view saves its whole storage: save the filled part as its own tensor unless that is all of it.
+            full = self._size == self.capacity
+            state["data"] = {_name(k): v if full else v[: self._size].clone() for k, v in self._data.items()}
+        else:
+            state["data"] = None
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a state from :meth:`state_dict` of a buffer with the same capacity, storage and sampling."""
+        for name in ("capacity", "storage", "prioritized", "n_step", "gamma"):
+            if state[name] != getattr(self, name):
+                raise ValueError(
+                    f"The replay-buffer state has {name}={state[name]!r}, but this buffer has "
+                    f"{name}={getattr(self, name)!r}. Build the buffer with {name}={state[name]!r} to load it."
+                )
+        self._data, self._memmap = {}, None
+        if self.storage == "memmap":
+            if state["allocated"]:
+                self._open_memmap(state["scratch_dir"])
+            self.scratch_dir = state["scratch_dir"]
+        elif state["data"] is not None:
+            data = {_key(name): value for name, value in state["data"].items()}
+            self._allocate({key: (value.shape[1:], value.dtype) for key, value in data.items()})
+            for key, value in data.items():
+                self._data[key][: len(value)] = value
+        self._cursor = int(state["cursor"])
+        self._size = int(state["size"])
+        self._sample_calls = int(state["sample_calls"])
+        self._max_priority = float(state["max_priority"])
+        if self._tree is not None:
+            self._tree.rebuild(state["priority"].to(torch.float64))
+        carry = state["carry"]
+        self._carry = None if carry is None else {_key(name): value.clone() for name, value in carry.items()}
+        self._pending = state["pending"].clone()
+
+    def _n_step(self, raw: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
+        """Turns ``[num_envs, T]`` transitions, after the held-back ones, into complete n-step transitions."""
+        num_envs, steps = raw[keys.NEXT_REWARD].shape[:2]
+        eligible = torch.ones(num_envs, steps, dtype=torch.bool)
+        if self._carry is not None:
+            if self._pending.shape[0] != num_envs:
+                raise ValueError(
+                    f"The batch has {num_envs} envs, but the transitions held back for n_step={self.n_step} come "
+                    f"from {self._pending.shape[0]}: consecutive batches must come from the same envs. Keep "
+                    "num_envs fixed."
+                )
+            raw = {
+                key: torch.cat([self._carry[key], value.to(self._carry[key].dtype)], 1) for key, value in raw.items()
+            }
+            eligible = torch.cat([self._pending, eligible], 1)
+        length = eligible.shape[1]
+        reward = raw[keys.NEXT_REWARD]
+        done = raw[keys.NEXT_DONE].reshape(num_envs, length, -1).any(-1)
+        # Each reward entry (usually one, [..., 1]) is its own row of the n-step sum.
+        per_entry = reward.reshape(num_envs, length, -1).movedim(-1, 0)
+        entries = per_entry.shape[0]
+        returns, used, complete = n_step_returns(
+            per_entry.reshape(-1, length), done.repeat(entries, 1), self.n_step, self.gamma
+        )
+        returns = returns.reshape(entries, num_envs, length).movedim(0, -1)
+        used, complete = used[:num_envs], complete[:num_envs]
+        emit = eligible & complete
+        held = min(self.n_step - 1, length)
+        self._carry = {key: value[:, length - held :].clone() for key, value in raw.items()}
+        self._pending = (eligible & ~complete)[:, length - held :].clone()
+
+        env, t = emit.nonzero(as_tuple=True)
+        last = t + used[env, t] - 1
+        out: dict[Key, torch.Tensor] = {
+            keys.OBSERVATION: raw[keys.OBSERVATION][env, t],
+            keys.ACTION: raw[keys.ACTION][env, t],
+            keys.NEXT_OBSERVATION: raw[keys.NEXT_OBSERVATION][env, last],
+            keys.NEXT_REWARD: returns[env, t].reshape(-1, *reward.shape[2:]),
+            keys.NEXT_TERMINATED: raw[keys.NEXT_TERMINATED][env, last],
+            keys.NEXT_TRUNCATED: raw[keys.NEXT_TRUNCATED][env, last],
+            keys.NEXT_DONE: raw[keys.NEXT_DONE][env, last],
+        }
+        discount = torch.full(used.shape, self.gamma, dtype=torch.float64).pow(used)[env, t]
+        out[NEXT_DISCOUNT] = (
+            discount.to(_float_dtype(reward)).reshape(-1, *[1] * (reward.dim() - 2)).expand(-1, *reward.shape[2:])
+        )
+        return out
+
+    def _allocate(self, spec: Mapping[Key, tuple[torch.Size, torch.dtype]]) -> None:
+        """Preallocates one ``[capacity, ...]`` tensor per key, in RAM or memory-mapped in ``scratch_dir``."""
+        with torch.inference_mode(False):  # extend() may run under inference mode; the storage must not
+            if self.storage == "memory":
+                self._data = {
+                    key: torch.empty(self.capacity, *shape, dtype=dtype) for key, (shape, dtype) in spec.items()
+                }
+                return
+            # Expanded zero tensors only give memmap_like the shapes: nothing of capacity size is allocated.
+            layout = TensorDict(
+                {
+                    key: torch.zeros((1, *shape), dtype=dtype).expand(self.capacity, *shape)
+                    for key, (shape, dtype) in spec.items()
+                },
+                batch_size=[self.capacity],
+            )
+            layout.memmap_like(prefix=self.scratch_dir, existsok=True)
+        assert self.scratch_dir is not None
+        self._open_memmap(self.scratch_dir)
+
+    def _open_memmap(self, path: str) -> None:
+        try:
+            memmap = TensorDict.load_memmap(path)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"Cannot open the memory-mapped replay buffer in scratch_dir={path!r} ({err}). The checkpoint's "
+                "buffer contents live in that directory: restore it there, or train from scratch."
+            ) from err
+        if memmap.batch_size != (self.capacity,):
+            raise ValueError(
+                f"The memory-mapped buffer in {path!r} has batch_size={list(memmap.batch_size)}, expected "
+                f"[{self.capacity}] (the capacity). Point scratch_dir at this buffer's own directory."
+            )
+        self._memmap = memmap
+        # Plain tensor views of the mapped files: indexing them skips the tensor subclass's dispatch.
+        self._data = {key: memmap.get(key).as_subclass(torch.Tensor) for key in STORED_KEYS}
+
+    def _check_shapes(self, flat: Mapping[Key, torch.Tensor]) -> None:
+        for key, value in flat.items():
+            stored = self._data[key]
+            if value.shape[1:] != stored.shape[1:]:
+                raise ValueError(
+                    f"The batch's {key!r} has per-transition shape {list(value.shape[1:])}, but the buffer stores "
+                    f"{list(stored.shape[1:])} (from its first batch). Extend a buffer with one env's data only."
+                )
+
+    def _write(self, flat: Mapping[Key, torch.Tensor]) -> torch.Tensor:
+        count = len(flat[keys.NEXT_REWARD])
+        if count > self.capacity:  # the first ones would be overwritten by the last ones of the same batch
+            flat = {key: value[count - self.capacity :] for key, value in flat.items()}
+            count = self.capacity
+        start = self._cursor
+        first = min(count, self.capacity - start)  # written before the ring wraps
+        for key, value in flat.items():
+            stored = self._data[key]
+            stored[start : start + first] = value[:first]
+            if first < count:
+                stored[: count - first] = value[first:]
+        index = torch.arange(start, start + count) % self.capacity
+        self._cursor = (start + count) % self.capacity
+        self._size = min(self._size + count, self.capacity)
+        if self._tree is not None and count:
+            self._tree.update(index, torch.full((count,), self._max_priority, dtype=torch.float64))
+        return index
+
+    def _sample_prioritized(
+        self, batch_size: int, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._tree is not None
+        if len(self._strata) != batch_size:
+            self._strata = torch.arange(batch_size, dtype=torch.float64)
+        # Stratified: one uniform draw in each of batch_size equal segments of the total mass.
+        mass = torch.rand(batch_size, dtype=torch.float64, generator=generator).add_(self._strata)
+        mass.mul_(self._tree.total / batch_size)
+        index = self._tree.find(mass).clamp_(max=self._size - 1)  # float rounding could overshoot the last leaf
+        # w_i / max_j w_j = (N P(i))^-beta / (N min_j P(j))^-beta = (p_i / min_j p_j)^-beta
+        weight = self._tree.priority[index].div_(self._tree.min).pow_(-self.current_beta)
+        return index, weight.to(torch.float32).unsqueeze_(-1)
+
+
+def _check_int(name: str, value: Any, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= 1. {hint}")
+
+
+def _prepare_scratch_dir(scratch_dir: str | os.PathLike[str]) -> None:
+    """Creates the directory and writes a probe file, so that a bad path fails at construction."""
+    try:
+        Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=scratch_dir, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"scratch_dir={str(scratch_dir)!r} is not a writable directory ({err}). Pass a directory this process "
+            "can create and write, with room for the buffer, or use storage='memory'."
+        ) from err
+
+
+def _flush(memmap: TensorDictBase) -> None:
+    """Writes the mapped files' dirty pages to disk (fsync covers pages written through the mapping)."""
+    for value in memmap.values(include_nested=True, leaves_only=True):
+        if isinstance(value, MemoryMappedTensor) and value.filename is not None:
+            fd = os.open(value.filename, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _float_dtype(value: torch.Tensor) -> torch.dtype:
+    return value.dtype if value.is_floating_point() else torch.get_default_dtype()
+
+
+def _name(key: Key) -> str:
+    return key if isinstance(key, str) else ".".join(key)
+
+
+def _key(name: str) -> Key:
+    parts = name.split(".")
+    return tuple(parts) if len(parts) > 1 else name

@@ -1,0 +1,142 @@
+"""SAC and its callbacks in real fits: replay, target networks, UTD, random warm-up, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from rl_lightning import SAC, RLDataModule, make_trainer
+from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UTDRHook
+
+BOX = gym.spaces.Box(-1.0, 1.0, (3,))
+ACTIONS = gym.spaces.Box(-2.0, 2.0, (1,))
+
+
+def tiny_sac_run(tmp_path: Path, model: dict[str, Any] | None = None, **trainer: Any) -> tuple[pl.Trainer, SAC]:
+    pl.seed_everything(0)
+    data = RLDataModule("Pendulum-v1", num_envs=2, frames_per_batch=32, total_frames=256, eval_episodes=2)
+    module = SAC(
+        data.observation_space,
+        data.action_space,
+        **{"hidden_sizes": [16], "batch_size": 32, "buffer_size": 1000, "init_random_frames": 64, **(model or {})},
+    )
+    kwargs: dict[str, Any] = {
+        "default_root_dir": tmp_path,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        "log_every_n_steps": 1,
+        **trainer,
+    }
+    built = make_trainer(**kwargs)
+    built.fit(module, datamodule=data)
+    return built, module
+
+
+def test_sac_trains_with_replay_target_networks_and_utd(tmp_path: Path) -> None:
+    trainer, model = tiny_sac_run(tmp_path, model={"utd_ratio": 0.5})
+    # 8 batches of 32 transitions; the first 2 (64 frames) are random, then 16 updates per batch
+    assert model.frames == 256 and model.updates == 6 * 16
+    assert trainer.global_step == 3 * model.updates  # actor, critic and temperature optimizers
+    assert len(model.replay_buffer) == 256
+    assert trainer.callback_metrics["train/utd_ratio"] == pytest.approx(0.5)
+    for key in ("train/loss_actor", "train/loss_qvalue", "train/loss_alpha", "train/alpha", "train/entropy",
+                "train/q_mean", "val/episode_return"):  # fmt: skip
+        assert key in trainer.callback_metrics, key
+    assert any(isinstance(cb, ReplayBufferTrainer) for cb in trainer.callbacks)
+    assert any(isinstance(cb, UTDRHook) for cb in trainer.callbacks)
+    # soft updates moved the targets, but not all the way to the online critics
+    online = torch.cat([p.flatten() for p in model.critics.parameters()])
+    target = torch.cat([p.flatten() for p in model.target_critics.parameters()])
+    assert not torch.equal(online, target)
+
+
+def test_random_warm_up_collects_uniform_actions_without_updates(tmp_path: Path) -> None:
+    _, model = tiny_sac_run(tmp_path, model={"init_random_frames": 256})
+    assert model.updates == 0
+    actions = model.replay_buffer.sample(256)["action"]
+    assert actions.min() < -1.5 and actions.max() > 1.5  # spread over Pendulum's [-2, 2]
+
+
+def test_actor_loss_does_not_train_the_critics() -> None:
+    model = SAC(BOX, ACTIONS, hidden_sizes=[8], init_random_frames=0, auto_alpha=False)
+    obs = torch.randn(5, 3)
+    features = model.encoder(obs)
+    action, _ = model.actor_head.sample(model.actor_body(features))
+    model._q_detached(features, action).sum().backward()
+    assert all(p.grad is None for p in model.critics.parameters())
+    assert all(p.grad is not None for p in model.actor_body.parameters())
+
+
+def test_hard_target_updates_copy_every_interval() -> None:
+    model = SAC(BOX, ACTIONS, hidden_sizes=[8])
+    hook = TargetNetUpdaterHook("hard", interval=3)
+    with torch.no_grad():
+        for p in model.critics.parameters():
+            p.add_(1.0)
+
+    def same() -> bool:
+        pairs = zip(model.critics.parameters(), model.target_critics.parameters(), strict=True)
+        return all(torch.equal(a, b) for a, b in pairs)
+
+    hook.on_post_optim(None, model)  # type: ignore[arg-type]
+    hook.on_post_optim(None, model)  # type: ignore[arg-type]
+    assert not same()
+    hook.on_post_optim(None, model)  # type: ignore[arg-type]
+    assert same()
+
+
+def test_soft_target_update_is_polyak_averaging() -> None:
+    model = SAC(BOX, ACTIONS, hidden_sizes=[8])
+    before = [p.clone() for p in model.target_critics.parameters()]
+    with torch.no_grad():
+        for p in model.critics.parameters():
+            p.add_(1.0)
+    TargetNetUpdaterHook("soft", tau=0.1).on_post_optim(None, model)  # type: ignore[arg-type]
+    for old, new, online in zip(before, model.target_critics.parameters(), model.critics.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
+
+
+def test_sac_rejects_discrete_actions() -> None:
+    with pytest.raises(ValueError, match=r"SAC needs a bounded 1-D Box action space; the env has Discrete\(2\)"):
+        SAC(BOX, gym.spaces.Discrete(2))
+
+
+def test_buffer_smaller_than_batch() -> None:
+    with pytest.raises(ValueError, match="buffer_size=100 is smaller than batch_size=256"):
+        SAC(BOX, ACTIONS, buffer_size=100)
+
+
+def test_init_random_frames_beyond_the_budget(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="init_random_frames=10000 exceeds total_frames=256"):
+        tiny_sac_run(tmp_path, model={"init_random_frames": 10_000})
+
+
+def test_unwritable_memmap_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match="scratch_dir"):
+        SAC(BOX, ACTIONS, buffer_storage="memmap", buffer_dir=str(blocker / "buffer"))
+
+
+@pytest.mark.parametrize("options", [{"prioritized": True}, {"n_step": 3}, {"target_update": "hard"}])
+def test_sac_options_train(tmp_path: Path, options: dict[str, Any]) -> None:
+    _, model = tiny_sac_run(tmp_path, model=options)
+    assert model.updates > 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_memmap_buffer_trains_and_checkpoints(tmp_path: Path) -> None:
+    trainer, model = tiny_sac_run(tmp_path, model={"buffer_storage": "memmap", "buffer_dir": str(tmp_path / "buffer")})
+    assert len(model.replay_buffer) == 256
+    assert any((tmp_path / "buffer").rglob("*"))
+    trainer.save_checkpoint(tmp_path / "sac.ckpt")
+    restored = SAC.load_from_checkpoint(tmp_path / "sac.ckpt")
+    assert restored.frames == model.frames
