@@ -53,13 +53,13 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-def forward_detached(network: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def forward_detached(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``network(x)`` with its linear layers' parameters detached: gradients reach ``x`` only.
 
     For losses that evaluate another network's output without training it (SAC's actor loss through
     the critics), in a single backward pass with the losses that do train it.
     """
-    for layer in network:
+    for layer in network.children():
         if isinstance(layer, nn.Linear):
             x = F.linear(x, layer.weight.detach(), layer.bias.detach() if layer.bias is not None else None)
         elif any(True for _ in layer.parameters()):

@@ -76,6 +76,9 @@ class SAC(RLModule):
         torch.Size([4, 1])
     """
 
+    action_low: torch.Tensor
+    action_high: torch.Tensor
+
     def __init__(
         self,
         observation_space: SpaceLike | None = None,
@@ -181,7 +184,7 @@ class SAC(RLModule):
     def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
         observation = observation.to(self.device)
         if not deterministic and self.frames < self.init_random_frames:
-            unit = torch.rand((observation.shape[0], self.action_low.shape[0]), device=self.device) * 2 - 1
+            unit = torch.rand((observation.shape[0], *self.action_low.shape), device=self.device) * 2 - 1
             return {keys.ACTION: self._to_env_scale(unit).cpu()}
         features = self.actor_body(self.encoder(observation))
         unit = self.actor_head.mode(features) if deterministic else self.actor_head.sample(features)[0]
@@ -265,7 +268,7 @@ class SAC(RLModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         actor = [*self.actor_body.parameters(), *self.actor_head.parameters()]
-        optimizers = [
+        optimizers: list[torch.optim.Optimizer] = [
             torch.optim.Adam(actor, lr=self.actor_lr, fused=True),
             torch.optim.Adam(self.critics.parameters(), lr=self.critic_lr, fused=True),
         ]
