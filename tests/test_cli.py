@@ -20,9 +20,14 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 def _quick(config: Path, tmp_path: Path, batches: int = 2) -> list[str]:
     """Overrides that run ``config`` for a few batches and write under ``tmp_path``."""
-    data = yaml.safe_load(config.read_text())["data"]
+    parsed = yaml.safe_load(config.read_text())
+    data = parsed["data"]
+    model = parsed["model"].get("init_args", {})
+    off_policy = "init_random_frames" in model
+    warm_up = ["--model.init_args.init_random_frames=0", "--model.init_args.batch_size=32"] if off_policy else []
     return [
         f"--config={config}",
+        *warm_up,
         f"--data.total_frames={batches * data['frames_per_batch']}",
         f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
@@ -161,3 +166,14 @@ trainer:
     run = cli(["fit", *_quick(ROOT / "configs/ppo.yaml", tmp_path, batches=4), f"--config={extra}"])
     assert len(CALLS) == 2  # batches 1 and 3
     assert run.trainer.callback_metrics["rollout/episode_length"] <= 20  # the TimeLimit wrapper is applied
+
+
+def test_sac_resume_restores_the_replay_buffer(tmp_path: Path) -> None:
+    config = ROOT / "configs/sac.yaml"
+    first = cli(["fit", *_quick(config, tmp_path, batches=2)])
+    assert len(first.model.replay_buffer) == 128
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    resumed = cli(["fit", *_quick(config, tmp_path, batches=3), f"--ckpt_path={ckpt}"])
+    assert resumed.model.frames == 3 * 64
+    assert len(resumed.model.replay_buffer) == 3 * 64  # the checkpointed 128 plus one new batch
+    assert resumed.model.updates == 3 * 64

@@ -140,3 +140,8 @@ def test_memmap_buffer_trains_and_checkpoints(tmp_path: Path) -> None:
     trainer.save_checkpoint(tmp_path / "sac.ckpt")
     restored = SAC.load_from_checkpoint(tmp_path / "sac.ckpt")
     assert restored.frames == model.frames
+
+
+def test_warm_up_shorter_than_a_replay_sample(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"would hold 32 transitions at the first update.*fewer than batch_size=64"):
+        tiny_sac_run(tmp_path, model={"init_random_frames": 0, "batch_size": 64})

@@ -206,6 +206,17 @@ class SAC(RLModule):
                 "would end before learning starts. Lower init_random_frames or raise total_frames."
             )
 
+        random_batches = math.ceil(self.init_random_frames / data.global_frames_per_batch)
+        stored = (random_batches + 1) * data.num_envs * data.steps_per_batch
+        stored -= data.num_envs * (self.replay_buffer.n_step - 1)  # n-step windows still open
+        if stored < self.batch_size:
+            raise ValueError(
+                f"The replay buffer would hold {stored} transitions at the first update (init_random_frames="
+                f"{self.init_random_frames}, frames_per_batch={data.frames_per_batch}), fewer than batch_size="
+                f"{self.batch_size}. Raise init_random_frames to at least {self.batch_size * data.world_size} "
+                "or lower batch_size."
+            )
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if not any(isinstance(cb, ReplayBufferTrainer) for cb in self.trainer.callbacks):  # type: ignore[attr-defined]
