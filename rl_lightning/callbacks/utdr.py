@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 
 class UTDRHook(RLCallback):
-    """Logs ``train/utd_ratio``: optimizer updates per collected frame since learning started.
+    """Logs ``train/utd_ratio``: optimizer updates per frame collected (by each rank) since learning started.
+
+    Under DDP every update is one synchronized step of all ranks, each training on its own replay sample, so
+    the ratio counts the frames of one rank (what SAC's ``utd_ratio`` sets).
 
     Learning starts with the first batch that has optimizer steps (off-policy algorithms collect
     ``init_random_frames`` first).
@@ -30,7 +33,8 @@ class UTDRHook(RLCallback):
             if module.updates == 0:
                 return None
             self.start_frames = module.frames - module.data.global_frames_per_batch
-        return {"train/utd_ratio": module.updates / (module.frames - self.start_frames)}
+        frames_per_rank = (module.frames - self.start_frames) / trainer.world_size
+        return {"train/utd_ratio": module.updates / frames_per_rank}
 
     @override
     def state_dict(self) -> dict[str, Any]:
