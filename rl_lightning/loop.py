@@ -80,7 +80,9 @@ class RLLoop:
         self._log("on_pre_steps_log", batch)
         self._call("on_pre_optim_steps")
 
-        # Loss entries are summed into one stacked tensor (cheaper than TensorDict arithmetic per step).
+        # Loss entries are summed into one stacked tensor (cheaper than TensorDict arithmetic per step), and
+        # only where they are used: for the logs, and for an early stop between epochs.
+        track = module.logging_batch or module.optim_epochs > 1
         names: list[Any] = []
         total: torch.Tensor | None = None
         steps = 0
@@ -92,20 +94,23 @@ class RLLoop:
                 losses = module.loss(sub)
                 self._call("on_post_loss", sub, losses)
                 remaining = self._process("on_optimizer", losses)
-                if loss_terms(remaining):
+                if remaining is losses or loss_terms(remaining):
                     module.step_optimizers(remaining)
                 module.updates += 1
                 self._call("on_post_optim")
                 self._log("on_post_optim_log", sub)
-                if not names:
-                    names = list(losses.keys())
-                values = torch.stack([losses.get(k).detach() for k in names])
-                epoch_total = values if epoch_total is None else epoch_total.add_(values)
+                if track:
+                    if not names:
+                        names = list(losses.keys())
+                    values = torch.stack([losses.get(k).detach() for k in names])
+                    epoch_total = values if epoch_total is None else epoch_total.add_(values)
                 epoch_steps += 1
-            if epoch_total is None:
+            if epoch_steps == 0:
                 break
-            total = epoch_total.clone() if total is None else total.add_(epoch_total)
             steps += epoch_steps
+            if epoch_total is None:
+                continue
+            total = epoch_total.clone() if total is None else total.add_(epoch_total)
             if epoch + 1 < module.optim_epochs and module.stop_optim_early(
                 TensorDict(dict(zip(names, epoch_total / epoch_steps, strict=True)), batch_size=[])
             ):

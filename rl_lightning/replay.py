@@ -42,14 +42,14 @@ TRANSITION_KEYS: tuple[Key, ...] = (
 STORED_KEYS: tuple[Key, ...] = (*TRANSITION_KEYS, NEXT_DISCOUNT)
 """The keys of a stored (and sampled) transition."""
 
-_BRANCHING = 128
-"""Children per node of the sum tree (a leaf block is one row of 129 float64 running sums)."""
+_BRANCHING = 16
+"""Children per node of the sum tree below the root (measured best with ``benchmarks/replay_buffer.py``)."""
+_ROOT_SIZE = 8192
+"""The most children of the sum tree's root, searched with one flat ``searchsorted``."""
+
 # TensorDict's constructor without the checks (the entries built here are known to fit); the public one costs
 # about 5 us more per sample, some 10% of a uniform sample.
 _new_tensordict = getattr(TensorDict, "_new_unsafe", TensorDict)
-_TINY = torch.finfo(torch.float64).tiny
-_ROOT_SIZE = 16_384
-"""The most nodes under the root, searched with one flat ``searchsorted`` (up to 2M leaves: one level below)."""
 
 
 def n_step_returns(
@@ -92,99 +92,90 @@ def n_step_returns(
 
 
 class _SumTree:
-    """A sum tree (and min tree) over ``capacity`` leaves, vectorized over batches of queries and updates.
+    """A sum tree and a min tree over ``capacity`` leaves, vectorized over batches of queries and updates.
 
-    Sampling is memory-bound and pays a fixed cost per torch op, so the tree is wide and shallow: each node
-    has ``branching`` children, stored as a row of running sums behind a leading 0 (``[nodes, K + 1]``), and
-    the root is a flat running sum over the top level (at most ``root_size`` nodes). A million leaves are
-    7,813 blocks of 128 under the root: a descent is one ``searchsorted`` and one row per query, an update
-    one row per leaf plus a running sum over the 7,813 block totals. Sums are float64: a float32 total over
-    a million leaves drifts. Each node also keeps the minimum over its leaves (for importance weights).
+    Sampling and updating are bound by memory latency (random rows of large arrays) and by a fixed cost per
+    torch op, so the tree is shallow and compact: nodes have ``branching`` children, and the root has as many
+    as it takes to stop at ``root_size`` or fewer (one flat ``searchsorted`` over their running sum finds the
+    root's child). Each level keeps its children's values and minima ``[nodes, K]``, padded with empty rows
+    up to what the level above addresses (a query pushed into the padding by float rounding stays in
+    bounds); a descent step gathers one row per query and searches its running sum. Leaves and minima are
+    float32 (8 bytes a transition); the sums above the leaves are float64, so totals over millions of leaves
+    do not drift. With the defaults a million leaves are 62,500 blocks of 16 under 3,907 nodes under the root.
     """
 
     def __init__(self, capacity: int, branching: int = _BRANCHING, root_size: int = _ROOT_SIZE) -> None:
         k = self.branching = branching
         self.capacity = capacity
-        self._counts = [-(-capacity // k)]  # nodes per level, the parents of the leaves first
-        while self._counts[-1] > root_size:
-            self._counts.append(-(-self._counts[-1] // k))
-        depth = len(self._counts)
-        # Per level: the children's values (a leading 0 column, padded with 0), their running sums, and the node
-        # minima (padded with +inf up to the [nodes above, K] view the level above reads).
-        self._values = [torch.zeros(n, k + 1, dtype=torch.float64) for n in self._counts]
-        self._prefix = [torch.zeros(n, k + 1, dtype=torch.float64) for n in self._counts]
-        self._low = [
-            torch.full((self._counts[h + 1] * k if h + 1 < depth else n,), math.inf, dtype=torch.float64)
-            for h, n in enumerate(self._counts)
-        ]
-        self._root = torch.zeros(self._counts[-1] + 1, dtype=torch.float64)  # running sums over the top level
+        counts = [-(-capacity // k)]  # nodes per level, the parents of the leaves first
+        while counts[-1] > root_size:
+            counts.append(-(-counts[-1] // k))
+        rows = [n * k for n in counts[1:]] + [counts[-1]]
+        # Per level, the parents of the leaves first: the values and minima of the nodes' children.
+        self._values = [torch.zeros(rows[0], k, dtype=torch.float32)]
+        self._values += [torch.zeros(n, k, dtype=torch.float64) for n in rows[1:]]
+        self._minima = [torch.full((n, k), math.inf, dtype=torch.float32) for n in rows]
+        # The root's children (the top level): their totals and minima, and the running sum of the totals.
+        self._top_values = torch.zeros(rows[-1], dtype=torch.float64)
+        self._top_minima = torch.full((rows[-1],), math.inf, dtype=torch.float32)
+        self._root = torch.zeros(rows[-1] + 1, dtype=torch.float64)
 
     @property
-    def total(self) -> torch.Tensor:
-        """The sum of all leaves, a 0-d tensor."""
-        return self._root[-1]
+    def total(self) -> float:
+        """The sum of all leaves."""
+        return float(self._root[-1])
 
     @property
     def min(self) -> torch.Tensor:
-        """The smallest non-zero leaf, a 0-d tensor (+inf when the tree is empty)."""
-        return self._low[-1][: self._counts[-1]].amin()
+        """The smallest non-empty leaf, a 0-d float32 tensor (+inf when all are empty)."""
+        return self._top_minima.amin()
 
     def get(self, leaf: torch.Tensor) -> torch.Tensor:
-        """The values of the leaves ``leaf``."""
-        return self._values[0].view(-1).index_select(0, leaf + leaf.div(self.branching, rounding_mode="floor") + 1)
+        """The values of the leaves ``leaf`` (float32)."""
+        return self._values[0].view(-1).index_select(0, leaf)
 
     def leaves(self, count: int) -> torch.Tensor:
-        """A copy of the first ``count`` leaves."""
-        return self._values[0][:, 1:].reshape(-1)[:count].clone()
+        """A copy of the first ``count`` leaves (float32)."""
+        return self._values[0].view(-1)[:count].clone()
 
     def update(self, leaf: torch.Tensor, value: torch.Tensor) -> None:
-        """Sets the leaves ``leaf`` (no duplicates) to ``value`` (> 0) and recomputes their ancestors."""
-        k = self.branching
-        node = leaf
-        for h in range(len(self._counts)):
-            # Several updated nodes can share a parent: each copy of it writes the same recomputed row.
-            parent = node.div(k, rounding_mode="floor")
-            self._values[h].view(-1).index_copy_(0, node + parent + 1, value)
-            rows = self._values[h].index_select(0, parent)
-            prefix = rows.cumsum(1)
-            self._prefix[h].index_copy_(0, parent, prefix)
-            if h == 0:  # leaves: the zeros are padding (valid priorities are > 0)
-                low = torch.where(rows > 0, rows, math.inf).amin(1)
-            else:
-                low = self._low[h - 1].view(-1, k).index_select(0, parent).amin(1)
-            self._low[h].index_copy_(0, parent, low)
-            node, value = parent, prefix[:, k]
-        torch.cumsum(self._prefix[-1][:, k], 0, out=self._root[1:])
+        """Sets the leaves ``leaf`` (no duplicates) to ``value`` (float32, > 0) and recomputes their ancestors."""
+        node, total, minimum = leaf, value, value
+        for values, minima in zip(self._values, self._minima, strict=True):
+            # Several updated nodes can share a parent: each copy of it writes the same recomputed total.
+            values.view(-1).index_copy_(0, node, total)
+            minima.view(-1).index_copy_(0, node, minimum)
+            node = node.div(self.branching, rounding_mode="floor")
+            total = values.index_select(0, node).sum(1, dtype=torch.float64)
+            minimum = minima.index_select(0, node).amin(1)
+        self._top_values.index_copy_(0, node, total)
+        self._top_minima.index_copy_(0, node, minimum)
+        torch.cumsum(self._top_values, 0, out=self._root[1:])
 
     def rebuild(self, leaves: torch.Tensor) -> None:
-        """Sets the first ``len(leaves)`` leaves, zeroes the rest, and recomputes the whole tree."""
-        k = self.branching
-        below = leaves.to(torch.float64)
-        for h, n in enumerate(self._counts):
-            padded = torch.zeros(n * k, dtype=torch.float64)
-            padded[: len(below)] = below
-            self._values[h][:, 1:] = padded.view(n, k)
-            self._prefix[h].copy_(self._values[h].cumsum(1))
-            if h == 0:
-                low = torch.where(self._values[0] > 0, self._values[0], math.inf).amin(1)
-            else:
-                low = self._low[h - 1].view(n, k).amin(1)
-            self._low[h][:n] = low
-            below = self._prefix[h][:, k]
-        torch.cumsum(self._prefix[-1][:, k], 0, out=self._root[1:])
+        """Sets the first ``len(leaves)`` leaves, empties the rest, and recomputes the whole tree."""
+        total, minimum = leaves, leaves
+        for values, minima in zip(self._values, self._minima, strict=True):
+            values.zero_().view(-1)[: len(total)] = total
+            minima.fill_(math.inf).view(-1)[: len(minimum)] = minimum
+            total, minimum = values.sum(1, dtype=torch.float64), minima.amin(1)
+        self._top_values.copy_(total)
+        self._top_minima.copy_(minimum)
+        torch.cumsum(self._top_values, 0, out=self._root[1:])
 
     def find(self, mass: torch.Tensor) -> torch.Tensor:
         """The leaf whose interval of the running sum over all leaves holds each ``mass`` (float64, ``[0, total)``)."""
         k = self.branching
-        node = torch.searchsorted(self._root, mass, right=True).sub_(1).clamp_(0, self._counts[-1] - 1)
-        mass = mass - self._root.index_select(0, node)
-        for h in range(len(self._counts) - 1, -1, -1):
-            rows = self._prefix[h].index_select(0, node)
-            # The child is the number of inner boundaries at or below the mass (zero-width children are skipped).
-            child = (rows[:, 1:k] <= mass.unsqueeze(1)).sum(1)
+        node = torch.searchsorted(self._root, mass, right=True).sub_(1).clamp_(0, len(self._top_values) - 1)
+        residual = (mass - self._root.index_select(0, node)).unsqueeze_(1)
+        for h in range(len(self._values) - 1, -1, -1):
+            rows = self._values[h].index_select(0, node)
+            # Exclusive running sums start at 0, so the child is in [0, K - 1]; zero-width children are skipped.
+            exclusive = rows.cumsum(1, dtype=torch.float64).sub_(rows)
+            child = torch.searchsorted(exclusive, residual, right=True).sub_(1)
             if h:
-                mass = mass - rows.gather(1, child.unsqueeze(1)).squeeze(1)
-            node = torch.add(child, node, alpha=k)
+                residual.sub_(exclusive.gather(1, child))
+            node = torch.add(child.view(-1), node, alpha=k)
         return node
 
 
@@ -293,6 +284,12 @@ class ReplayBuffer:
         check_range("beta_final", beta_final, 0.0, 1.0, "beta anneals to beta_final, usually 1.0.")
         _check_int("beta_steps", beta_steps, "It is the number of sample() calls over which beta anneals.")
         check_positive("priority_eps", priority_eps, "A zero priority would never be sampled again; e.g. 1e-6.")
+        if prioritized and priority_eps**alpha < torch.finfo(torch.float32).tiny:
+            raise ValueError(
+                f"priority_eps={priority_eps!r} with alpha={alpha!r} makes the smallest priority, priority_eps ** "
+                "alpha, underflow float32, so some transitions could never be sampled. Raise priority_eps or lower "
+                "alpha."
+            )
         _check_int("n_step", n_step, "Use n_step=1 for plain 1-step transitions.")
         check_range("gamma", gamma, 0.0, 1.0, "gamma is the discount factor, e.g. 0.99.")
         self.capacity = capacity
@@ -365,6 +362,8 @@ class ReplayBuffer:
                 "rewards along: pass the collector batch with batch dims [num_envs, T], or use n_step=1."
             )
         raw = {key: batch.get(key).detach().cpu() for key in TRANSITION_KEYS}
+        if self._data:
+            self._check_shapes({key: value.shape[batch.batch_dims :] for key, value in raw.items()})
         if batch.batch_dims == 1 or self.n_step == 1:
             flat = {key: value.flatten(0, batch.batch_dims - 1) for key, value in raw.items()}
             reward = flat[keys.NEXT_REWARD]
@@ -373,7 +372,6 @@ class ReplayBuffer:
             flat = self._n_step(raw)
         if not self._data:
             self._allocate({key: (value.shape[1:], value.dtype) for key, value in flat.items()})
-        self._check_shapes(flat)
         return self._write(flat)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TensorDict:
@@ -428,7 +426,7 @@ class ReplayBuffer:
         if self._tree is None:
             return
         index = index.detach().reshape(-1).to("cpu", torch.int64)
-        priority = priority.detach().reshape(-1).to("cpu", torch.float64)
+        priority = priority.detach().reshape(-1).to("cpu", torch.float32)
         if index.numel() != priority.numel():
             raise ValueError(
                 f"update_priority got {index.numel()} indices and {priority.numel()} priorities: expected one "
@@ -436,12 +434,7 @@ class ReplayBuffer:
             )
         if index.numel() == 0:
             return
-        low, high = (int(bound) for bound in torch.aminmax(index))
-        if low < 0 or high >= self._size:
-            raise ValueError(
-                f"update_priority got indices in [{low}, {high}], but the buffer holds {self._size} transitions "
-                "(indices 0 to len - 1). Pass the 'index' entry of a sample from this buffer."
-            )
+        # At least priority_eps ** alpha, a positive float32 (checked at construction): 0 would mean an empty leaf.
         value = priority.abs().add_(self.priority_eps).pow_(self.alpha)
         largest = float(value.max())  # NaN if any is NaN
         if not math.isfinite(largest):
@@ -449,14 +442,23 @@ class ReplayBuffer:
                 "update_priority got NaN or infinite priorities: the TD errors diverged. Check the loss (learning "
                 "rate, reward scale) before updating priorities."
             )
-        unique, inverse = torch.unique(index, return_inverse=True)
-        if len(unique) < len(index):  # the last priority of a repeated index counts
-            last = torch.zeros(len(unique), dtype=torch.int64)
-            last.scatter_reduce_(0, inverse, torch.arange(len(index)), reduce="amax", include_self=False)
-            index, value = unique, value[last]
+        # A prioritized sample's indices come sorted (stratified draws): then they are checked without sorting.
+        if len(index) == 1 or bool((index[1:] > index[:-1]).all()):
+            low, high = int(index[0]), int(index[-1])
+        else:
+            unique, inverse = torch.unique(index, return_inverse=True)
+            low, high = int(unique[0]), int(unique[-1])
+            if len(unique) < len(index):  # the last priority of a repeated index counts
+                last = torch.zeros(len(unique), dtype=torch.int64)
+                last.scatter_reduce_(0, inverse, torch.arange(len(index)), reduce="amax", include_self=False)
+                index, value = unique, value[last]
+        if low < 0 or high >= self._size:
+            raise ValueError(
+                f"update_priority got indices in [{low}, {high}], but the buffer holds {self._size} transitions "
+                "(indices 0 to len - 1). Pass the 'index' entry of a sample from this buffer."
+            )
         self._max_priority = max(self._max_priority, largest)
-        # A huge alpha could round a tiny priority to 0, which the tree reads as an empty leaf.
-        self._tree.update(index, value.clamp_(min=_TINY))
+        self._tree.update(index, value)
 
     def state_dict(self) -> dict[str, Any]:
         """The buffer's state for a checkpoint (see the class docstring); loads with ``weights_only=True``."""
@@ -601,13 +603,13 @@ class ReplayBuffer:
         # Plain tensor views of the mapped files: indexing them skips the tensor subclass's dispatch.
         self._data = {key: memmap.get(key).as_subclass(torch.Tensor) for key in STORED_KEYS}
 
-    def _check_shapes(self, flat: Mapping[Key, torch.Tensor]) -> None:
-        for key, value in flat.items():
-            stored = self._data[key]
-            if value.shape[1:] != stored.shape[1:]:
+    def _check_shapes(self, shapes: Mapping[Key, torch.Size]) -> None:
+        for key, shape in shapes.items():
+            stored = self._data[key].shape[1:]
+            if shape != stored:
                 raise ValueError(
-                    f"The batch's {key!r} has per-transition shape {list(value.shape[1:])}, but the buffer stores "
-                    f"{list(stored.shape[1:])} (from its first batch). Extend a buffer with one env's data only."
+                    f"The batch's {key!r} has per-transition shape {list(shape)}, but the buffer stores {list(stored)} "
+                    "(from its first batch). Extend a buffer with the data of one env only."
                 )
 
     def _write(self, flat: Mapping[Key, torch.Tensor]) -> torch.Tensor:
@@ -626,7 +628,7 @@ class ReplayBuffer:
         self._cursor = (start + count) % self.capacity
         self._size = min(self._size + count, self.capacity)
         if self._tree is not None and count:
-            self._tree.update(index, torch.full((count,), self._max_priority, dtype=torch.float64))
+            self._tree.update(index, torch.full((count,), self._max_priority, dtype=torch.float32))
         return index
 
     def _sample_prioritized(
@@ -641,8 +643,9 @@ class ReplayBuffer:
         mass.mul_(tree.total / batch_size)
         index = tree.find(mass).clamp_(max=self._size - 1)  # float rounding could overshoot the last leaf
         # w_i / max_j w_j = (N P(i))^-beta / (N min_j P(j))^-beta = (p_i / min_j p_j)^-beta
-        weight = tree.get(index).div_(tree.min).pow_(-self.current_beta)
-        return index, weight.to(torch.float32).unsqueeze_(-1)
+        weight = torch.empty(batch_size, 1, dtype=torch.float32)
+        torch.pow(tree.get(index).div_(tree.min), -self.current_beta, out=weight.view(-1))
+        return index, weight
 
 
 def _check_int(name: str, value: Any, hint: str) -> None:

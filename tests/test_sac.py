@@ -145,3 +145,28 @@ def test_memmap_buffer_trains_and_checkpoints(tmp_path: Path) -> None:
 def test_warm_up_shorter_than_a_replay_sample(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"would hold 32 transitions at the first update.*fewer than batch_size=64"):
         tiny_sac_run(tmp_path, model={"init_random_frames": 0, "batch_size": 64})
+
+
+def test_importance_weights_scale_each_sample_of_the_critic_loss() -> None:
+    from tensordict import TensorDict
+
+    model = SAC(BOX, ACTIONS, hidden_sizes=[8], prioritized=True)
+    batch = TensorDict(
+        {
+            "observation": torch.randn(2, 3),
+            "action": torch.rand(2, 1) * 4 - 2,
+            "next": {
+                "observation": torch.randn(2, 3),
+                "reward": torch.randn(2, 1),
+                "terminated": torch.zeros(2, 1, dtype=torch.bool),
+                "discount": torch.full((2, 1), 0.99),
+            },
+            "weight": torch.tensor([[1.0], [0.0]]),
+        },
+        batch_size=[2],
+    )
+    torch.manual_seed(0)
+    both = model.loss(batch.clone())["loss_qvalue"]
+    torch.manual_seed(0)
+    first = model.loss(batch[:1].clone())["loss_qvalue"]
+    torch.testing.assert_close(both, 0.5 * first)  # the zero-weight sample contributes nothing

@@ -252,9 +252,10 @@ class SAC(RLModule):
         td_error = q - target
         squared = 0.5 * (td_error**2).sum(0)
         if "weight" in batch.keys():  # prioritized replay: importance-sampling correction
-            squared = squared * batch["weight"]
+            squared = squared * batch["weight"].squeeze(-1)
         loss_qvalue = squared.mean()
-        batch.set(TD_ERROR, td_error.detach().abs().mean(0))
+        if self.replay_buffer.prioritized:  # ReplayBufferTrainer turns these into priorities
+            batch.set(TD_ERROR, td_error.detach().abs().mean(0))
 
         action, log_prob = self.actor_head.sample(self.actor_body(features))
         # The actor's gradient must not reach the critics: evaluate them with detached parameters.

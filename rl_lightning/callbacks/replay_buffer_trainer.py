@@ -45,12 +45,16 @@ class ReplayBufferTrainer(RLCallback):
         self.batch_size = batch_size
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.buffer.device = pl_module.device  # samples arrive where the module trains
+
+    @override
     def on_batch_process(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> None:
         self.buffer.extend(batch)
 
     @override
     def on_process_optim_batch(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> TensorDict:
-        return self.buffer.sample(self.batch_size).to(module.device, non_blocking=True)
+        return self.buffer.sample(self.batch_size)
 
     @override
     def on_post_loss(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict, losses: TensorDict) -> None:

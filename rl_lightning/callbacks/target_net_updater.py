@@ -37,6 +37,19 @@ class TargetNetUpdaterHook(RLCallback):
         self.tau = tau
         self.interval = interval
         self.updates = 0
+        self._lists: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._lists_of: RLModule | None = None
+
+    def _parameter_lists(self, module: RLModule) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The online and target parameters, listed once per module (``.to()`` keeps the parameter objects)."""
+        if self._lists is None or self._lists_of is not module:
+            online: list[torch.Tensor] = []
+            target: list[torch.Tensor] = []
+            for source, copy in module.target_networks():
+                online += [p.detach() for p in source.parameters()]
+                target += list(copy.parameters())
+            self._lists, self._lists_of = (online, target), module
+        return self._lists
 
     @override
     @torch.no_grad()
@@ -44,11 +57,7 @@ class TargetNetUpdaterHook(RLCallback):
         self.updates += 1
         if self.mode == "hard" and self.updates % self.interval:
             return
-        online: list[torch.Tensor] = []
-        target: list[torch.Tensor] = []
-        for source, copy in module.target_networks():
-            online += [p.detach() for p in source.parameters()]
-            target += list(copy.parameters())
+        online, target = self._parameter_lists(module)
         if self.mode == "soft":
             torch._foreach_lerp_(target, online, self.tau)
         else:

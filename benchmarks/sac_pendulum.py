@@ -1,0 +1,420 @@
+"""SAC on Pendulum-v1: rl_lightning against a plain PyTorch loop that does the same computation.
+
+    .venv/bin/python benchmarks/sac_pendulum.py [--seeds 0 1] [--threads N] [--throughput-frames 6000] [--profile]
+
+Both sides read their hyperparameters from ``configs/sac.yaml`` (SAC's and RLDataModule's defaults fill in
+what the config leaves out) and use the same envs (``make_vec_env``, same-step autoreset, same seeds), the
+same networks (a ``SAC`` module built from the same hyperparameters after the same seeding, so a seed gives
+the same initial weights; the plain loop uses only its ``nn`` parts), the same loss equations, optimizers and
+target updates, a replay buffer of the same capacity and batch size, the same updates per batch, and the same
+evaluation (``collector.evaluate`` of the deterministic policy, ``eval_episodes`` episodes every
+``val_check_interval`` batches, seeded as RLDataModule seeds it).
+
+Two metrics per side and seed:
+  (a) threshold: wall time and frames until the first evaluation whose mean return passes ``--threshold``
+      (-200; rl_lightning stops with Lightning's ``EarlyStopping(stopping_threshold=...)``, which compares
+      with ``>``), or the config's frame budget (``total_frames``) is spent;
+  (b) throughput: frames/s and updates/s over ``--throughput-frames`` frames with evaluation off (the
+      config's ``init_random_frames`` of uniform random actions included, as in a real run).
+rl_lightning is timed around ``trainer.fit`` of ``rl_lightning.build("configs/sac.yaml", ...)``, as a user
+runs it (CSV logger and checkpoints on, written to a temporary directory); the plain loop from after its
+networks are built (like ``build``) to its end, so both timings include making the envs and the optimizers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import inspect
+import json
+import logging
+import math
+import os
+import pstats
+import random
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from rl_lightning import SAC, RLDataModule, build
+from rl_lightning.collector import evaluate
+from rl_lightning.data import EVAL_SEED_OFFSET
+from rl_lightning.envs import make_env, make_vec_env
+from rl_lightning.networks import forward_detached
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "sac.yaml"
+MODEL_ARGS = [
+    n for n in inspect.signature(SAC.__init__).parameters if n not in ("self", "observation_space", "action_space")
+]
+
+
+def load_hparams(config: Path) -> dict[str, Any]:
+    """SAC and RLDataModule defaults, overridden by the config's model/data init_args, plus eval settings."""
+    cfg = yaml.safe_load(config.read_text())
+    hp: dict[str, Any] = {}
+    for cls in (SAC, RLDataModule):
+        for name, p in inspect.signature(cls.__init__).parameters.items():
+            if p.default is not inspect.Parameter.empty:
+                hp[name] = p.default
+    hp.update(cfg["model"]["init_args"])
+    hp.update(cfg["data"])
+    hp["val_check_interval"] = cfg["trainer"].get("val_check_interval", 10)
+    hp["torch_threads"] = cfg.get("torch_threads")
+    # What the plain loop below implements (the config's Pendulum setting); fail loudly otherwise.
+    expected = {
+        "buffer_storage": "memory",
+        "prioritized": False,
+        "n_step": 1,
+        "target_update": "soft",
+        "auto_alpha": True,
+        "max_grad_norm": None,
+        "frame_skip": 1,
+        "wrappers": None,
+        "vectorization": "sync",
+    }
+    wrong = {k: hp[k] for k, v in expected.items() if hp[k] != v}
+    if wrong:
+        raise SystemExit(f"the plain loop does not implement {wrong}")
+    return hp
+
+
+@dataclass
+class Result:
+    side: str
+    seed: int
+    frames: int
+    updates: int
+    seconds: float
+    eval_return: float | None  # last evaluation's mean return (threshold runs)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds
+
+    @property
+    def ups(self) -> float:
+        return self.updates / self.seconds
+
+
+# --------------------------------------------------------------------------------------------------
+# The plain loop (CleanRL style): no Trainer, no RLLoop, no hooks, no TensorDict.
+# --------------------------------------------------------------------------------------------------
+
+
+def seed_all(seed: int) -> None:  # what seed_everything does for the rl_lightning side
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool, threshold: float) -> Result:
+    seed_all(seed)
+    probe = make_env(hp["env_id"])
+    # The module only supplies its nn parts (same blocks, same init order, so the same initial weights).
+    sac = SAC(probe.observation_space, probe.action_space, **{k: hp[k] for k in MODEL_ARGS})
+    probe.close()
+    encoder, actor_body, actor_head = sac.encoder, sac.actor_body, sac.actor_head
+    critics, target_critics, log_alpha = sac.critics, sac.target_critics, sac.log_alpha
+    low, high = sac.action_low, sac.action_high
+    gamma, tau, target_entropy, batch_size = hp["gamma"], hp["tau"], sac.target_entropy, hp["batch_size"]
+
+    start = time.perf_counter()
+    n, fpb = hp["num_envs"], hp["frames_per_batch"]
+    steps = fpb // n
+    envs = make_vec_env(hp["env_id"], n)
+    eval_envs = make_vec_env(hp["env_id"], min(hp["eval_envs"], hp["eval_episodes"]))
+    optimizers = [  # as SAC.configure_optimizers
+        torch.optim.Adam([*actor_body.parameters(), *actor_head.parameters()], lr=hp["actor_lr"], fused=True),
+        torch.optim.Adam(critics.parameters(), lr=hp["critic_lr"], fused=True),
+        torch.optim.Adam([log_alpha], lr=hp["alpha_lr"], fused=True),
+    ]
+    online_params = [p.detach() for p in critics.parameters()]
+    target_params = list(target_critics.parameters())
+
+    # One collector batch, laid out [num_envs, T] like rl_lightning's, and the replay ring (flat, env-major).
+    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    obs = torch.zeros((n, steps, obs_dim))
+    next_obs = torch.zeros((n, steps, obs_dim))
+    actions = torch.zeros((n, steps, act_dim))
+    rewards = torch.zeros((n, steps))
+    terminated = torch.zeros((n, steps), dtype=torch.bool)
+    capacity = hp["buffer_size"]
+    ring = {
+        "obs": torch.empty((capacity, obs_dim)),
+        "action": torch.empty((capacity, act_dim)),
+        "next_obs": torch.empty((capacity, obs_dim)),
+        "reward": torch.empty(capacity),
+        "terminated": torch.empty(capacity, dtype=torch.bool),
+    }
+    cursor, size = 0, 0
+
+    def to_env_scale(unit: torch.Tensor) -> torch.Tensor:
+        return low + (unit + 1.0) * 0.5 * (high - low)
+
+    def q_values(nets: nn.ModuleList, x: torch.Tensor, a: torch.Tensor, detached: bool = False) -> torch.Tensor:
+        inputs = torch.cat([x, a], dim=-1)
+        return torch.stack([(forward_detached(c, inputs) if detached else c(inputs)).squeeze(-1) for c in nets])
+
+    def greedy(o: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"action": to_env_scale(actor_head.mode(actor_body(encoder(o))))}
+
+    # RNG lockstep with rl_lightning: torch's DataLoader draws one number from the global generator whenever
+    # an iterator is made (Lightning makes one for training and one per evaluation round).
+    def dataloader_draw() -> None:
+        torch.empty((), dtype=torch.int64).random_()
+
+    dataloader_draw()
+    current, _ = envs.reset(seed=seed)
+    frames, updates, eval_round, eval_return = 0, 0, 0, None
+    num_batches = math.ceil(total_frames / fpb)
+    random_batches = math.ceil(hp["init_random_frames"] / fpb)
+    for batch in range(num_batches):
+        # Rollout: uniform random actions in [low, high] until init_random_frames, then the stochastic actor.
+        with torch.inference_mode():
+            explore = frames < hp["init_random_frames"]
+            for t in range(steps):
+                obs[:, t] = torch.from_numpy(current)
+                if explore:
+                    unit = torch.rand((n, act_dim)) * 2 - 1
+                else:
+                    unit = actor_head.sample(actor_body(encoder(obs[:, t])))[0]
+                action = to_env_scale(unit)
+                actions[:, t] = action
+                current, reward, term, trunc, info = envs.step(np.clip(action.numpy(), low.numpy(), high.numpy()))
+                next_obs[:, t] = torch.from_numpy(current)
+                for i in np.flatnonzero(term | trunc):  # same-step autoreset: the true final observation
+                    next_obs[i, t] = torch.from_numpy(info["final_obs"][i])
+                rewards[:, t] = torch.from_numpy(reward)
+                terminated[:, t] = torch.from_numpy(term)
+        frames += fpb
+
+        # Replay ring: write the batch env-major at the cursor, wrapping around.
+        index = torch.arange(cursor, cursor + fpb) % capacity
+        for key, value in (
+            ("obs", obs),
+            ("action", actions),
+            ("next_obs", next_obs),
+            ("reward", rewards),
+            ("terminated", terminated),
+        ):
+            ring[key].index_copy_(0, index, value.flatten(0, 1))
+        cursor, size = (cursor + fpb) % capacity, min(size + fpb, capacity)
+
+        # utd_ratio updates per collected transition once learning started (SAC.optim_batches).
+        due = math.floor(hp["utd_ratio"] * (batch + 1 - random_batches) * fpb) - updates
+        for _ in range(max(due, 0)):
+            idx = torch.randint(size, (batch_size,))
+            b_obs, b_next_obs = ring["obs"].index_select(0, idx), ring["next_obs"].index_select(0, idx)
+            b_action, b_reward = ring["action"].index_select(0, idx), ring["reward"].index_select(0, idx)
+            b_terminated = ring["terminated"].index_select(0, idx)
+
+            features, next_features = encoder(b_obs), encoder(b_next_obs)
+            alpha = log_alpha.exp()
+            with torch.no_grad():  # twin-Q soft target from the target critics
+                next_action, next_log_prob = actor_head.sample(actor_body(next_features))
+                next_q = q_values(target_critics, next_features, next_action).min(0).values
+                target = b_reward + gamma * (~b_terminated).float() * (next_q - alpha * next_log_prob)
+            q = q_values(critics, features, 2.0 * (b_action - low) / (high - low) - 1.0)
+            td_error = q - target
+            loss_q = (0.5 * (td_error**2).sum(0)).mean()
+            action, log_prob = actor_head.sample(actor_body(features))
+            q_pi = q_values(critics, features, action, detached=True).min(0).values  # gradient to the actor only
+            loss_actor = (alpha.detach() * log_prob - q_pi).mean()
+            loss_alpha = -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+            with torch.no_grad():  # diagnostics SAC.loss computes too
+                _ = td_error.abs().mean(0), -log_prob.mean(), q.mean()
+
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            (loss_actor + loss_q + loss_alpha).backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            with torch.no_grad():
+                torch._foreach_lerp_(target_params, online_params, tau)
+            updates += 1
+
+        # Deterministic evaluation every val_check_interval batches and after the last one (as Lightning).
+        if evaluation and ((batch + 1) % hp["val_check_interval"] == 0 or batch + 1 == num_batches):
+            eval_round += 1
+            dataloader_draw()
+            episodes = evaluate(eval_envs, greedy, hp["eval_episodes"], seed=seed + EVAL_SEED_OFFSET + eval_round)
+            eval_return = episodes["episode_return"].mean().item()
+            if eval_return > threshold:  # EarlyStopping(mode="max") compares with torch.gt
+                break
+    envs.close()
+    eval_envs.close()
+    return Result("plain", seed, frames, updates, time.perf_counter() - start, eval_return)
+
+
+# --------------------------------------------------------------------------------------------------
+# rl_lightning, as a user runs it.
+# --------------------------------------------------------------------------------------------------
+
+
+def run_rl_lightning(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool, threshold: float) -> Result:
+    with tempfile.TemporaryDirectory() as root:
+        overrides = [
+            f"--seed_everything={seed}",
+            f"--data.seed={seed}",
+            f"--data.total_frames={total_frames}",
+            f"--trainer.logger.init_args.save_dir={root}",
+            "--trainer.enable_progress_bar=false",
+        ]
+        if hp["torch_threads"] is not None:
+            overrides.append(f"--torch_threads={hp['torch_threads']}")
+        if evaluation:  # stop at the first evaluation past the threshold, as a user would
+            stop = {
+                "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+                "init_args": {
+                    "monitor": "val/episode_return",
+                    "mode": "max",
+                    "stopping_threshold": threshold,
+                    "patience": 1_000_000,
+                },
+            }
+            overrides.append(f"--trainer.callbacks+={json.dumps(stop)}")
+        else:
+            overrides.append("--trainer.limit_val_batches=0")
+        trainer, model, data = build(CONFIG, overrides)
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        seconds = time.perf_counter() - start
+    metric = trainer.callback_metrics.get("val/episode_return")
+    eval_return = None if metric is None else float(metric)
+    return Result("rl_lightning", seed, model.frames, model.updates, seconds, eval_return)
+
+
+RUNNERS = {"plain": run_plain, "rl_lightning": run_rl_lightning}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reporting.
+# --------------------------------------------------------------------------------------------------
+
+
+def table(title: str, results: list[Result], solve: bool, threshold: float) -> dict[str, dict[str, float]]:
+    print(f"\n{title}")
+    head = f"{'side':<13} {'seed':>4} {'frames':>7} {'updates':>7} {'seconds':>8} {'frames/s':>9} {'updates/s':>9}"
+    print(head + (f" {'eval return':>11} {'reached':>7}" if solve else ""))
+    means: dict[str, dict[str, float]] = {}
+    for side in RUNNERS:
+        rows = [r for r in results if r.side == side]
+        for r in rows:
+            line = f"{side:<13} {r.seed:>4} {r.frames:>7} {r.updates:>7} {r.seconds:>8.2f} {r.fps:>9.0f} {r.ups:>9.0f}"
+            if solve:
+                ret = float("nan") if r.eval_return is None else r.eval_return
+                line += f" {ret:>11.1f} {'yes' if ret > threshold else 'NO':>7}"
+            print(line)
+        seconds = sum(r.seconds for r in rows)
+        means[side] = {
+            "frames": statistics.mean(r.frames for r in rows),
+            "updates": statistics.mean(r.updates for r in rows),
+            "seconds": statistics.mean(r.seconds for r in rows),
+            "fps": sum(r.frames for r in rows) / seconds,
+            "ups": sum(r.updates for r in rows) / seconds,
+        }
+        m = means[side]
+        sd = statistics.stdev(r.seconds for r in rows) if len(rows) > 1 else 0.0
+        print(
+            f"{side:<13} {'mean':>4} {m['frames']:>7.0f} {m['updates']:>7.0f} {m['seconds']:>8.2f} {m['fps']:>9.0f} "
+            f"{m['ups']:>9.0f}   (sd {sd:.2f} s)"
+        )
+    return means
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for both sides (default: the config's torch_threads, 1)",
+    )
+    parser.add_argument("--threshold", type=float, default=-200.0, help="mean evaluation return to reach")
+    parser.add_argument("--throughput-frames", type=int, default=6_000)
+    parser.add_argument("--profile", action="store_true", help="also cProfile one throughput run of each side")
+    args = parser.parse_args()
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    hp = load_hparams(CONFIG)
+    if args.threads is not None:
+        hp["torch_threads"] = args.threads  # rl_lightning gets it as --torch_threads, which build() applies
+    if hp["torch_threads"] is not None:
+        torch.set_num_threads(hp["torch_threads"])
+    if args.throughput_frames <= hp["init_random_frames"]:
+        raise SystemExit(f"--throughput-frames must exceed init_random_frames={hp['init_random_frames']}")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()} "
+        f"(--threads {args.threads}, config torch_threads {load_hparams(CONFIG)['torch_threads']}), "
+        f"config {CONFIG.relative_to(ROOT)}: num_envs={hp['num_envs']} frames_per_batch={hp['frames_per_batch']} "
+        f"batch_size={hp['batch_size']} buffer_size={hp['buffer_size']} utd_ratio={hp['utd_ratio']} "
+        f"init_random_frames={hp['init_random_frames']} hidden_sizes={hp['hidden_sizes']} "
+        f"total_frames={hp['total_frames']} eval every {hp['val_check_interval']} batches "
+        f"({hp['eval_episodes']} episodes), stop at mean return > {args.threshold}"
+    )
+
+    warm_frames = hp["init_random_frames"] + 2 * hp["frames_per_batch"]
+    for run in RUNNERS.values():  # warm-up (imports, first-call costs), not timed
+        run(hp, 0, warm_frames, False, args.threshold)
+
+    solve: list[Result] = []
+    throughput: list[Result] = []
+    for k, seed in enumerate(args.seeds):
+        order = list(RUNNERS) if k % 2 == 0 else list(reversed(RUNNERS))  # alternate who runs first
+        for side in order:
+            solve.append(RUNNERS[side](hp, seed, hp["total_frames"], True, args.threshold))
+        for side in order:
+            throughput.append(RUNNERS[side](hp, seed, args.throughput_frames, False, args.threshold))
+
+    a = table(
+        f"(a) time to mean eval return > {args.threshold} (budget {hp['total_frames']} frames)",
+        solve,
+        True,
+        args.threshold,
+    )
+    b = table(
+        f"(b) throughput, {args.throughput_frames} frames ({hp['init_random_frames']} random), evaluation off",
+        throughput,
+        False,
+        args.threshold,
+    )
+    rl, pl = "rl_lightning", "plain"
+    by = {(r.side, r.seed): r for r in solve}
+    same_frames = [s for s in args.seeds if by[pl, s].frames == by[rl, s].frames]
+    same_runs = [s for s in same_frames if by[pl, s].eval_return == by[rl, s].eval_return]
+    print(
+        f"\nframes to threshold match on both sides: {len(same_frames)}/{len(args.seeds)} seeds; "
+        f"identical runs (same frames and last evaluation return): {len(same_runs)}/{len(args.seeds)} seeds"
+    )
+    print(f"\nratios rl_lightning/plain (threads {torch.get_num_threads()}):")
+    print(f"  (a) mean time to threshold    {a[rl]['seconds'] / a[pl]['seconds']:.2f}x")
+    print(f"      mean frames to threshold  {a[rl]['frames'] / a[pl]['frames']:.2f}x")
+    print(f"      seconds per frame         {a[pl]['fps'] / a[rl]['fps']:.2f}x  (time normalized by frames used)")
+    print(f"  (b) throughput frames/s       {b[rl]['fps'] / b[pl]['fps']:.2f}x")
+    print(f"      throughput updates/s      {b[rl]['ups'] / b[pl]['ups']:.2f}x")
+    extra = (b[rl]["seconds"] - b[pl]["seconds"]) / b[pl]["updates"] * 1e6
+    print(f"      extra time per update     {extra:.0f} us  (whole difference of (b) divided by the updates)")
+
+    if args.profile:
+        for side, run in RUNNERS.items():
+            print(f"\ncProfile of one {side} throughput run (top 25 by internal time)")
+            prof = cProfile.Profile()
+            prof.runcall(run, hp, args.seeds[0], args.throughput_frames, False, args.threshold)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,526 @@
+"""Replay buffers: the ring, uniform and prioritized sampling, n-step transitions, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import doctest
+import math
+from pathlib import Path
+from typing import cast
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from rl_lightning import keys, replay
+from rl_lightning.collector import Collector
+from rl_lightning.envs import make_vec_env
+from rl_lightning.replay import INDEX, NEXT_DISCOUNT, STORED_KEYS, WEIGHT, ReplayBuffer, _SumTree, n_step_returns
+
+
+def transitions(
+    num_envs: int,
+    steps: int,
+    start: int = 0,
+    terminated: tuple[tuple[int, int], ...] = (),
+    truncated: tuple[tuple[int, int], ...] = (),
+    reward: torch.Tensor | None = None,
+) -> TensorDict:
+    """A collector-shaped batch whose observations name their transition: env * 1000 + t (t from ``start``).
+
+    The next observation is the observation + 0.5, the action the observation's negative, the reward (unless
+    given) t. ``terminated`` / ``truncated`` list the (env, t - start) pairs where an episode ends.
+    """
+    t = torch.arange(start, start + steps, dtype=torch.float32)
+    ident = (torch.arange(num_envs, dtype=torch.float32).unsqueeze(1) * 1000 + t).unsqueeze(-1)
+    term = torch.zeros(num_envs, steps, 1, dtype=torch.bool)
+    trunc = torch.zeros(num_envs, steps, 1, dtype=torch.bool)
+    for env, step in terminated:
+        term[env, step] = True
+    for env, step in truncated:
+        trunc[env, step] = True
+    return TensorDict(
+        {
+            keys.OBSERVATION: ident.expand(num_envs, steps, 3).clone(),
+            keys.ACTION: -ident,
+            keys.ACTION_LOG_PROB: torch.zeros(num_envs, steps),
+            keys.DONE: torch.zeros(num_envs, steps, 1, dtype=torch.bool),
+            keys.NEXT: {
+                keys.OBSERVATION: ident.expand(num_envs, steps, 3) + 0.5,
+                keys.REWARD: t.expand(num_envs, steps).unsqueeze(-1).clone() if reward is None else reward,
+                keys.TERMINATED: term,
+                keys.TRUNCATED: trunc,
+                keys.DONE: term | trunc,
+                keys.EPISODE_RETURN: torch.zeros(num_envs, steps, 1),
+            },
+        },
+        batch_size=[num_envs, steps],
+    )
+
+
+def contents(buffer: ReplayBuffer) -> TensorDict:
+    """The stored transitions, in storage order."""
+    size = len(buffer)
+    return TensorDict({key: value[:size] for key, value in buffer._data.items()}, batch_size=[size])
+
+
+def ids(td: TensorDict) -> list[int]:
+    return td[keys.OBSERVATION][:, 0].long().tolist()
+
+
+# --- the ring ---------------------------------------------------------------------------------------------------
+
+
+def test_ring_wraps_around_and_overwrites_the_oldest() -> None:
+    buffer = ReplayBuffer(capacity=10)
+    assert len(buffer) == 0
+    assert buffer.extend(transitions(1, 4)).tolist() == [0, 1, 2, 3]
+    assert buffer.extend(transitions(1, 4, start=4)).tolist() == [4, 5, 6, 7]
+    assert len(buffer) == 8
+    assert buffer.extend(transitions(1, 4, start=8)).tolist() == [8, 9, 0, 1]
+    assert len(buffer) == 10
+    assert ids(contents(buffer)) == [10, 11, 2, 3, 4, 5, 6, 7, 8, 9]
+    # A batch larger than the buffer: only its last `capacity` transitions are kept.
+    assert buffer.extend(transitions(1, 25, start=12)).tolist() == [2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert len(buffer) == 10
+    assert ids(contents(buffer)) == [35, 36, 27, 28, 29, 30, 31, 32, 33, 34]
+
+
+def test_extend_flattens_env_major_and_keeps_only_transition_keys() -> None:
+    buffer = ReplayBuffer(capacity=100, gamma=0.9)
+    batch = transitions(3, 5)
+    index = buffer.extend(batch)
+    stored = contents(buffer)
+    assert index.tolist() == list(range(15))
+    assert ids(stored) == ids(batch.reshape(-1))
+    assert set(stored.keys(include_nested=True, leaves_only=True)) == set(STORED_KEYS)
+    assert torch.equal(stored[keys.NEXT_REWARD], batch[keys.NEXT_REWARD].reshape(-1, 1))
+    assert torch.equal(stored[NEXT_DISCOUNT], torch.full((15, 1), 0.9))
+    # A flat batch is stored as it is.
+    flat = transitions(2, 3, start=50).reshape(-1)
+    assert buffer.extend(flat).tolist() == list(range(15, 21))
+    assert ids(contents(buffer)[15:]) == ids(flat)
+
+
+def test_sample_returns_the_stored_transitions_at_their_indices() -> None:
+    buffer = ReplayBuffer(capacity=20)
+    buffer.extend(transitions(2, 15))  # wraps
+    stored = contents(buffer)
+    sample = buffer.sample(16, generator=torch.Generator().manual_seed(0))
+    assert sample.batch_size == (16,)
+    assert sample[INDEX].dtype == torch.int64 and sample[INDEX].shape == (16,)
+    assert WEIGHT not in sample.keys()
+    assert (sample.exclude(INDEX) == stored[sample[INDEX]]).all()
+
+
+def test_extend_under_inference_mode() -> None:
+    """The collector makes inference tensors: a buffer first filled under inference mode still works outside."""
+    buffer = ReplayBuffer(capacity=8, prioritized=True)
+    with torch.inference_mode():
+        buffer.extend(transitions(1, 4))
+    buffer.extend(transitions(1, 4, start=4))
+    sample = buffer.sample(4)
+    buffer.update_priority(sample[INDEX], torch.ones(4))
+
+
+# --- sampling ---------------------------------------------------------------------------------------------------
+
+
+def chi_square(counts: torch.Tensor, probabilities: torch.Tensor) -> float:
+    expected = probabilities * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+# 99.9% quantile of the chi-square distribution with 9 degrees of freedom.
+CHI2_9_999 = 27.88
+
+
+def test_uniform_sampling_frequencies() -> None:
+    buffer = ReplayBuffer(capacity=10)
+    buffer.extend(transitions(1, 10))
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat([buffer.sample(10, generator=generator)[INDEX] for _ in range(5000)])
+    counts = torch.bincount(draws, minlength=10).double()
+    assert chi_square(counts, torch.full((10,), 0.1, dtype=torch.float64)) < CHI2_9_999
+
+
+def test_prioritized_sampling_frequencies_follow_priority_to_the_alpha() -> None:
+    alpha = 0.7
+    buffer = ReplayBuffer(capacity=10, prioritized=True, alpha=alpha, priority_eps=1e-6)
+    buffer.extend(transitions(1, 10))
+    priority = torch.arange(1.0, 11.0)
+    buffer.update_priority(torch.arange(10), priority)
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat([buffer.sample(10, generator=generator)[INDEX] for _ in range(5000)])
+    counts = torch.bincount(draws, minlength=10).double()
+    expected = (priority.double() + 1e-6) ** alpha
+    assert chi_square(counts, expected / expected.sum()) < CHI2_9_999
+    # Sanity: far from uniform.
+    assert chi_square(counts, torch.full((10,), 0.1, dtype=torch.float64)) > 100
+
+
+@pytest.mark.parametrize(
+    ("capacity", "branching", "root_size"), [(1, 16, 8192), (37, 4, 2), (1000, 4, 8), (300, 16, 64)]
+)
+def test_sum_tree_matches_cumsum_and_searchsorted(capacity: int, branching: int, root_size: int) -> None:
+    generator = torch.Generator().manual_seed(capacity)
+    tree = _SumTree(capacity, branching=branching, root_size=root_size)
+    # Integer priorities: every sum is exact in float32 and float64, so the comparison can be exact.
+    priority = torch.zeros(capacity)
+    written = capacity // 2 + 1
+    priority[:written] = torch.randint(1, 20, (written,), generator=generator).float()
+    tree.update(torch.arange(written), priority[:written])
+    for _ in range(5):
+        index = torch.randint(written, (min(written, 40),), generator=generator).unique()
+        value = torch.randint(1, 20, (len(index),), generator=generator).float()
+        priority[index] = value
+        tree.update(index, value)
+        assert tree.total == priority.sum().item()
+        assert tree.min.item() == priority[:written].min().item()
+        mass = torch.rand(500, generator=generator, dtype=torch.float64) * priority.sum()
+        expected = torch.searchsorted(priority.double().cumsum(0), mass, right=True)
+        assert torch.equal(tree.find(mass), expected)
+    rebuilt = _SumTree(capacity, branching=branching, root_size=root_size)
+    rebuilt.rebuild(tree.leaves(written))
+    mass = torch.rand(500, generator=generator, dtype=torch.float64) * priority.sum()
+    assert torch.equal(rebuilt.find(mass), tree.find(mass))
+    assert rebuilt.total == tree.total and rebuilt.min.item() == tree.min.item()
+
+
+def test_update_priority_with_duplicate_indices_keeps_the_last() -> None:
+    buffer = ReplayBuffer(capacity=40, prioritized=True, alpha=1.0, priority_eps=0.5)
+    buffer.extend(transitions(2, 20))
+    index = torch.tensor([3, 5, 3, 7, 5, 3])
+    buffer.update_priority(index, torch.tensor([1.0, 2.0, 7.0, -4.0, 2.5, 9.0]))
+    assert buffer._tree is not None
+    leaves = buffer._tree.leaves(40)
+    expected = torch.ones(40)  # the max priority new transitions got
+    expected[3], expected[5], expected[7] = 9.5, 3.0, 4.5
+    assert torch.equal(leaves, expected)
+    assert buffer._tree.total == pytest.approx(expected.sum().item())
+    # Sorted, as a prioritized sample's indices come, with a repeat.
+    buffer.update_priority(torch.tensor([10, 11, 11, 12]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    expected[10], expected[11], expected[12] = 1.5, 3.5, 4.5
+    assert torch.equal(buffer._tree.leaves(40), expected)
+    generator = torch.Generator().manual_seed(1)
+    mass = torch.rand(1000, generator=generator, dtype=torch.float64) * expected.sum()
+    assert torch.equal(buffer._tree.find(mass), torch.searchsorted(expected.double().cumsum(0), mass, right=True))
+
+
+def test_new_transitions_get_the_max_priority() -> None:
+    buffer = ReplayBuffer(capacity=8, prioritized=True, alpha=1.0, priority_eps=1e-6)
+    buffer.extend(transitions(1, 4))
+    buffer.update_priority(torch.tensor([0, 1]), torch.tensor([5.0, 0.5]))
+    buffer.extend(transitions(1, 2, start=4))
+    assert buffer._tree is not None
+    assert buffer._tree.leaves(6).tolist() == pytest.approx([5.0, 0.5, 1.0, 1.0, 5.0, 5.0], rel=1e-5)
+
+
+def test_importance_weights_and_beta_annealing() -> None:
+    buffer = ReplayBuffer(capacity=6, prioritized=True, alpha=0.5, beta=0.4, beta_final=1.0, beta_steps=4)
+    buffer.extend(transitions(1, 6))
+    priority = torch.tensor([0.1, 1.0, 2.0, 4.0, 8.0, 0.5], dtype=torch.float64)
+    buffer.update_priority(torch.arange(6), priority)
+    p = (priority + buffer.priority_eps) ** 0.5
+    probability = p / p.sum()
+    generator = torch.Generator().manual_seed(0)
+    betas = []
+    for _ in range(6):
+        beta = buffer.current_beta
+        betas.append(beta)
+        sample = buffer.sample(6, generator=generator)
+        # Schaul et al. 2016: w_i = (N P(i))^-beta / max_j (N P(j))^-beta, max over the whole buffer.
+        every = (6 * probability) ** -beta
+        expected = every[sample[INDEX]] / every.max()
+        assert sample[WEIGHT].dtype == torch.float32 and sample[WEIGHT].shape == (6, 1)
+        torch.testing.assert_close(sample[WEIGHT].squeeze(1), expected.float())
+    assert betas == pytest.approx([0.4, 0.55, 0.7, 0.85, 1.0, 1.0])
+
+
+def test_update_priority_is_a_no_op_when_uniform() -> None:
+    buffer = ReplayBuffer(capacity=4)
+    buffer.extend(transitions(1, 4))
+    buffer.update_priority(torch.tensor([0, 99]), torch.tensor([float("nan")]))
+
+
+# --- n-step -----------------------------------------------------------------------------------------------------
+
+
+def test_n_step_returns_pure_function() -> None:
+    reward = torch.tensor([[1.0, 2.0, 4.0, 8.0]])
+    done = torch.tensor([[False, True, False, False]])
+    returns, steps, complete = n_step_returns(reward, done, n_step=3, gamma=0.5)
+    assert returns.tolist() == [[2.0, 2.0, 8.0, 8.0]]  # 1 + 0.5 * 2 | 2 | 4 + 0.5 * 8 | 8
+    assert steps.tolist() == [[2, 1, 2, 1]]
+    assert complete.tolist() == [[True, True, False, False]]
+
+
+def test_n_step_transitions_across_episode_ends_and_extend_calls() -> None:
+    """Hand-computed 3-step transitions, gamma = 0.5, over two batches of [2 envs, 4 steps].
+
+    env 0: rewards 1 2 4 8 | 16 32 64 128, terminated at t = 1, truncated at t = 6.
+    env 1: rewards 1 1 1 1 | 1 1 1 1, no episode end.
+    """
+    buffer = ReplayBuffer(capacity=100, n_step=3, gamma=0.5)
+    reward1 = torch.tensor([[1.0, 2.0, 4.0, 8.0], [1.0, 1.0, 1.0, 1.0]]).unsqueeze(-1)
+    reward2 = torch.tensor([[16.0, 32.0, 64.0, 128.0], [1.0, 1.0, 1.0, 1.0]]).unsqueeze(-1)
+    first = buffer.extend(transitions(2, 4, terminated=((0, 1),), reward=reward1))
+    # Complete after batch 1: env 0 t=0 (ends at the termination), t=1; env 1 t=0, t=1. The rest is held back.
+    assert first.tolist() == [0, 1, 2, 3]
+    second = buffer.extend(transitions(2, 4, start=4, truncated=((0, 2),), reward=reward2))
+    # Batch 2 completes env 0 t=2..6 (t=7 held back) and env 1 t=2..5 (t=6, 7 held back).
+    assert second.tolist() == list(range(4, 13))
+    stored = contents(buffer)
+
+    # (env, t) -> (reward, rewards used, last step of the window)
+    expected = [
+        ((0, 0), 1 + 0.5 * 2, 2, 1),
+        ((0, 1), 2, 1, 1),
+        ((1, 0), 1 + 0.5 + 0.25, 3, 2),
+        ((1, 1), 1.75, 3, 3),
+        ((0, 2), 4 + 0.5 * 8 + 0.25 * 16, 3, 4),
+        ((0, 3), 8 + 0.5 * 16 + 0.25 * 32, 3, 5),
+        ((0, 4), 16 + 0.5 * 32 + 0.25 * 64, 3, 6),  # the truncation is the window's last step
+        ((0, 5), 32 + 0.5 * 64, 2, 6),
+        ((0, 6), 64, 1, 6),
+        ((1, 2), 1.75, 3, 4),
+        ((1, 3), 1.75, 3, 5),
+        ((1, 4), 1.75, 3, 6),
+        ((1, 5), 1.75, 3, 7),
+    ]
+    assert ids(stored) == [env * 1000 + t for (env, t), *_ in expected]
+    for i, ((env, _), reward, used, last) in enumerate(expected):
+        assert stored[keys.NEXT_REWARD][i].item() == reward, i
+        assert stored[NEXT_DISCOUNT][i].item() == 0.5**used, i
+        assert stored[keys.NEXT_OBSERVATION][i, 0].item() == env * 1000 + last + 0.5, i
+        assert stored[keys.ACTION][i].item() == -stored[keys.OBSERVATION][i, 0].item()
+        assert stored[keys.NEXT_TERMINATED][i].item() == ((env, last) == (0, 1)), i
+        assert stored[keys.NEXT_TRUNCATED][i].item() == ((env, last) == (0, 6)), i
+        assert stored[keys.NEXT_DONE][i].item() == ((env, last) in [(0, 1), (0, 6)]), i
+
+
+def test_n_step_carry_survives_a_checkpoint_and_short_batches() -> None:
+    """Batches shorter than n_step - 1, and a state_dict round trip between them, give the same transitions."""
+    whole = ReplayBuffer(capacity=100, n_step=4, gamma=0.9)
+    whole.extend(transitions(2, 12, terminated=((1, 5),)))
+    pieces = ReplayBuffer(capacity=100, n_step=4, gamma=0.9)
+    batch = transitions(2, 12, terminated=((1, 5),))
+    pieces.extend(batch[:, :2])
+    pieces.extend(batch[:, 2:3])
+    restored = ReplayBuffer(capacity=100, n_step=4, gamma=0.9)
+    restored.load_state_dict(pieces.state_dict())
+    restored.extend(batch[:, 3:12])
+    assert len(restored) == len(whole)
+    a, b = contents(whole), contents(restored)
+    order_a, order_b = a[keys.OBSERVATION][:, 0].argsort(), b[keys.OBSERVATION][:, 0].argsort()
+    assert (a[order_a] == b[order_b]).all()
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------
+
+
+def test_memory_state_dict_round_trips_through_torch_save(tmp_path: Path) -> None:
+    def make() -> ReplayBuffer:
+        return ReplayBuffer(capacity=50, prioritized=True, n_step=2, gamma=0.9)
+
+    buffer = make()
+    buffer.extend(transitions(2, 10, terminated=((0, 4),)))
+    buffer.update_priority(torch.tensor([0, 3]), torch.tensor([3.0, 0.2]))
+    buffer.sample(4)
+    state = buffer.state_dict()
+    assert state["data"]["observation"].shape[0] == len(buffer)  # only the filled part is saved
+    torch.save(state, tmp_path / "buffer.pt")
+    restored = make()
+    restored.load_state_dict(torch.load(tmp_path / "buffer.pt", weights_only=True))
+    assert len(restored) == len(buffer)
+    assert restored.current_beta == buffer.current_beta
+    for replica in (buffer, restored):  # both continue the same way, wrapping around
+        assert replica.extend(transitions(2, 30, start=10)).tolist()[:2] == [18, 19]
+    assert (contents(restored) == contents(buffer)).all()
+    a = buffer.sample(16, generator=torch.Generator().manual_seed(3))
+    b = restored.sample(16, generator=torch.Generator().manual_seed(3))
+    assert (a == b).all()
+
+
+def test_memmap_storage_round_trip(tmp_path: Path) -> None:
+    scratch = tmp_path / "replay"
+    buffer = ReplayBuffer(capacity=50, storage="memmap", scratch_dir=str(scratch), prioritized=True)
+    for start in (0, 32, 64):  # 96 transitions: wraps around
+        buffer.extend(transitions(2, 16, start=start))
+    assert len(buffer) == 50
+    files = sorted(str(path.relative_to(scratch)) for path in scratch.rglob("*.memmap"))
+    assert files == [
+        "action.memmap",
+        "next/discount.memmap",
+        "next/done.memmap",
+        "next/observation.memmap",
+        "next/reward.memmap",
+        "next/terminated.memmap",
+        "next/truncated.memmap",
+        "observation.memmap",
+    ]
+    state = buffer.state_dict()
+    assert state["data"] is None and state["scratch_dir"] == str(scratch)
+    torch.save(state, tmp_path / "buffer.pt")
+
+    restored = ReplayBuffer(capacity=50, storage="memmap", scratch_dir=str(tmp_path / "elsewhere"), prioritized=True)
+    restored.load_state_dict(torch.load(tmp_path / "buffer.pt", weights_only=True))
+    assert restored.scratch_dir == str(scratch)
+    assert len(restored) == 50
+    assert (contents(restored) == contents(buffer)).all()
+    a = buffer.sample(16, generator=torch.Generator().manual_seed(0))
+    b = restored.sample(16, generator=torch.Generator().manual_seed(0))
+    assert (a == b).all()
+    assert buffer.extend(transitions(1, 4, start=200)).tolist() == restored.extend(transitions(1, 4)).tolist()
+
+
+def test_empty_buffer_state_round_trips(tmp_path: Path) -> None:
+    for storage in ("memory", "memmap"):
+        buffer = ReplayBuffer(capacity=5, storage=storage, scratch_dir=str(tmp_path))
+        restored = ReplayBuffer(capacity=5, storage=storage, scratch_dir=str(tmp_path))
+        restored.load_state_dict(buffer.state_dict())
+        assert len(restored) == 0
+        restored.extend(transitions(1, 3))
+        assert len(restored) == 3
+
+
+# --- real collector batches -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_collector_batches(env_id: str) -> None:
+    envs = make_vec_env(env_id, num_envs=4, seed=0)
+    discrete = env_id == "CartPole-v1"
+
+    def policy(obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        if discrete:
+            return {keys.ACTION: torch.zeros(len(obs), dtype=torch.int64)}  # CartPole falls in ~10 steps
+        return {keys.ACTION: torch.ones(len(obs), 1), keys.ACTION_LOG_PROB: torch.zeros(len(obs))}
+
+    collector = Collector(envs, policy, steps_per_batch=32)
+    collector.reset(seed=0)
+    batches = [collector.collect() for _ in range(2)]
+    envs.close()
+
+    one_step = ReplayBuffer(capacity=200)
+    for batch in batches:
+        one_step.extend(batch)
+    assert len(one_step) == 200  # 256 transitions, wrapped
+    stored = contents(one_step)
+    flat = cast(TensorDict, torch.cat([batch.reshape(-1) for batch in batches]))[-200:]
+    order = torch.cat([torch.arange(56, 200), torch.arange(56)])  # storage index of each of the last 200
+    for key in replay.TRANSITION_KEYS:
+        assert torch.equal(stored.get(key)[order], flat.get(key)), key
+
+    n_step = ReplayBuffer(capacity=1000, n_step=3, gamma=0.9, prioritized=True)
+    for batch in batches:
+        n_step.extend(batch)
+    assert 256 - 4 * 2 <= len(n_step) < 256  # at most n_step - 1 transitions per env held back
+    sample = n_step.sample(64, generator=torch.Generator().manual_seed(0))
+    assert sample[keys.OBSERVATION].shape == (64, *batches[0][keys.OBSERVATION].shape[2:])
+    assert sample[keys.ACTION].dtype == batches[0][keys.ACTION].dtype
+    discount = sample[NEXT_DISCOUNT].squeeze(1)
+    for d, done in zip(discount.tolist(), sample[keys.NEXT_DONE].squeeze(1).tolist(), strict=True):
+        assert any(math.isclose(d, 0.9**m, rel_tol=1e-6) for m in (1, 2, 3))
+        assert done or math.isclose(d, 0.9**3, rel_tol=1e-6)  # windows shorter than 3 end an episode
+    if discrete:
+        assert sample[keys.NEXT_TERMINATED].any()
+    n_step.update_priority(sample[INDEX], torch.rand(64))
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"capacity": 0}, r"capacity=0 is invalid: expected an integer >= 1"),
+        ({"capacity": 2.5}, r"capacity=2.5 is invalid"),
+        ({"storage": "disk"}, r"storage='disk' is invalid: expected 'memory' or 'memmap'"),
+        ({"storage": "memmap"}, r"storage='memmap' needs scratch_dir.*or use storage='memory'"),
+        ({"alpha": -0.1}, r"alpha=-0.1 is invalid: expected a value >= 0"),
+        ({"beta": 1.5}, r"beta=1.5 is invalid: expected a value in \[0.0, 1.0\]"),
+        ({"beta_final": -0.5}, r"beta_final=-0.5 is invalid"),
+        ({"beta_steps": 0}, r"beta_steps=0 is invalid"),
+        ({"priority_eps": 0.0}, r"priority_eps=0.0 is invalid: expected a value > 0"),
+        ({"prioritized": True, "priority_eps": 1e-10, "alpha": 5.0}, r"underflow float32.*Raise priority_eps"),
+        ({"n_step": 0}, r"n_step=0 is invalid: expected an integer >= 1"),
+        ({"gamma": 1.5}, r"gamma=1.5 is invalid: expected a value in \[0.0, 1.0\]"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ReplayBuffer(**{"capacity": 10, **kwargs})
+
+
+def test_unwritable_scratch_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match=r"scratch_dir=.*a_file/replay' is not a writable directory"):
+        ReplayBuffer(capacity=10, storage="memmap", scratch_dir=str(blocker / "replay"))
+    with pytest.raises(ValueError, match=r"is not a writable directory"):
+        ReplayBuffer(capacity=10, storage="memmap", scratch_dir=str(blocker))
+    created = tmp_path / "new" / "dir"
+    ReplayBuffer(capacity=10, storage="memmap", scratch_dir=str(created))
+    assert created.is_dir() and not list(created.iterdir())  # the probe file is gone
+
+
+def test_extend_with_missing_keys_names_them() -> None:
+    batch = transitions(1, 4).exclude(keys.ACTION, keys.NEXT_TRUNCATED)
+    with pytest.raises(ValueError, match=r"lacks the keys \['action', \('next', 'truncated'\)\]"):
+        ReplayBuffer(capacity=10).extend(batch)
+
+
+def test_sample_more_than_stored() -> None:
+    buffer = ReplayBuffer(capacity=100)
+    buffer.extend(transitions(1, 5))
+    with pytest.raises(ValueError, match=r"batch_size=8 .* holds 5.*at least batch_size.*init_random_frames"):
+        buffer.sample(8)
+    with pytest.raises(ValueError, match=r"holds 0"):
+        ReplayBuffer(capacity=100).sample(1)
+    with pytest.raises(ValueError, match=r"batch_size=0 is invalid"):
+        buffer.sample(0)
+
+
+def test_bad_extend_and_update_priority_calls() -> None:
+    buffer = ReplayBuffer(capacity=10, prioritized=True, n_step=2)
+    with pytest.raises(ValueError, match=r"flat batch .* n_step=2"):
+        buffer.extend(transitions(1, 4).reshape(-1))
+    buffer.extend(transitions(2, 4))
+    with pytest.raises(ValueError, match=r"3 envs.*from 2.*Keep num_envs fixed"):
+        buffer.extend(transitions(3, 4))
+    with pytest.raises(ValueError, match=r"per-transition shape \[4\].*stores \[3\]"):
+        wide = transitions(2, 4)
+        wide[keys.OBSERVATION] = torch.zeros(2, 4, 4)
+        wide[keys.NEXT_OBSERVATION] = torch.zeros(2, 4, 4)
+        buffer.extend(wide)
+    size = len(buffer)
+    with pytest.raises(ValueError, match=rf"indices in \[0, 50\], but the buffer holds {size}"):
+        buffer.update_priority(torch.tensor([0, 50]), torch.ones(2))
+    with pytest.raises(ValueError, match=r"indices in \[-1, 3\]"):
+        buffer.update_priority(torch.tensor([3, -1, 3]), torch.ones(3))
+    with pytest.raises(ValueError, match=r"2 indices and 3 priorities"):
+        buffer.update_priority(torch.tensor([0, 1]), torch.ones(3))
+    with pytest.raises(ValueError, match=r"NaN or infinite"):
+        buffer.update_priority(torch.tensor([0, 1]), torch.tensor([1.0, float("nan")]))
+
+
+def test_load_state_dict_from_another_configuration() -> None:
+    state = ReplayBuffer(capacity=10, prioritized=True).state_dict()
+    with pytest.raises(ValueError, match=r"state has capacity=10, but this buffer has capacity=20"):
+        ReplayBuffer(capacity=20, prioritized=True).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"state has prioritized=True"):
+        ReplayBuffer(capacity=10).load_state_dict(state)
+
+
+def test_memmap_state_without_its_directory(tmp_path: Path) -> None:
+    buffer = ReplayBuffer(capacity=10, storage="memmap", scratch_dir=str(tmp_path / "a"))
+    buffer.extend(transitions(1, 4))
+    state = buffer.state_dict()
+    state["scratch_dir"] = str(tmp_path / "gone")
+    with pytest.raises(ValueError, match=r"Cannot open the memory-mapped replay buffer in scratch_dir=.*gone"):
+        ReplayBuffer(capacity=10, storage="memmap", scratch_dir=str(tmp_path / "b")).load_state_dict(state)
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(replay, extraglobs={"torch": torch, "TensorDict": TensorDict})
+    assert result.attempted > 0 and result.failed == 0
