@@ -41,7 +41,7 @@ class RLModule(pl.LightningModule, ABC):
     optim_epochs: int = 1
     """Passes over :meth:`optim_batches` per collector batch."""
     max_grad_norm: float | None = None
-    """Clip the global gradient norm to this value in :meth:`step_optimizers` (``None``: no clipping)."""
+    """Clip each parameter group's gradient norm to this value (``None``: no clipping)."""
 
     def __init__(self, observation_space: SpaceLike | None, action_space: SpaceLike | None) -> None:
         super().__init__()
@@ -102,11 +102,10 @@ class RLModule(pl.LightningModule, ABC):
         return False
 
     def step_optimizers(self, losses: TensorDict) -> None:
-        """One backward pass on the sum of the ``loss_*`` entries, then a (clipped) step of every optimizer.
+        """One backward pass on the sum of the ``loss_*`` entries, then a step of the optimizer(s).
 
-        With several optimizers (SAC's actor, critic and temperature) each owns its parameters, and the
-        loss is built so that every term reaches only the parameters it should train; one backward pass
-        then serves them all (and touches every parameter DDP wraps).
+        Gradient clipping happens in :meth:`on_before_optimizer_step`, which Lightning calls after
+        unscaling mixed-precision gradients.
         """
         optimizers = self.optimizers()
         if not isinstance(optimizers, list):
@@ -115,8 +114,6 @@ class RLModule(pl.LightningModule, ABC):
             optimizer.zero_grad(set_to_none=True)
         self.backward_loss(total_loss(losses))
         for optimizer in optimizers:
-            if self.max_grad_norm is not None:
-                self.clip_grad_norm(optimizer.optimizer, self.max_grad_norm)
             optimizer.step()
 
     def backward_loss(self, loss: torch.Tensor) -> None:
@@ -126,13 +123,12 @@ class RLModule(pl.LightningModule, ABC):
         else:
             self.manual_backward(loss)
 
-    def clip_grad_norm(self, optimizer: torch.optim.Optimizer, max_norm: float) -> None:
-        """``self.clip_gradients`` by norm, or torch's ``clip_grad_norm_`` where that is all it would do."""
-        if self._plain_precision:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-        else:
-            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clips the gradient norm of each parameter group to ``max_grad_norm`` (SAC: actor, critics and
+        temperature separately). Lightning calls this after unscaling mixed-precision gradients."""
+        if self.max_grad_norm is not None:
+            for group in optimizer.param_groups:
+                torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm)
 
     # -- access to the data ------------------------------------------------------------------------------
 

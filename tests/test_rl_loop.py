@@ -252,3 +252,16 @@ def test_lightning_backward_hooks_fire_when_implemented(tmp_path: Any) -> None:
     trainer.fit(model, datamodule=data)
     assert not model._plain_precision
     assert counter.calls == model.updates == 16
+
+
+def test_max_grad_norm_clips_each_update(tmp_path: Any) -> None:
+    """Clipping runs in on_before_optimizer_step (after mixed-precision unscaling): a tiny max norm makes
+    Adam's steps tiny too (its epsilon dominates gradients of norm 1e-9)."""
+    changes = {}
+    for norm in (None, 1e-9):
+        trainer, model, data = tiny_ppo_run(tmp_path, model={"max_grad_norm": norm, "anneal_lr": False}, max_steps=1)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        trainer.fit(model, datamodule=data)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        changes[norm] = (after - before).abs().max().item()
+    assert changes[1e-9] < 1e-3 * changes[None]

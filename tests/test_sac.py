@@ -44,7 +44,7 @@ def test_sac_trains_with_replay_target_networks_and_utd(tmp_path: Path) -> None:
     trainer, model = tiny_sac_run(tmp_path, model={"utd_ratio": 0.5})
     # 8 batches of 32 transitions; the first 2 (64 frames) are random, then 16 updates per batch
     assert model.frames == 256 and model.updates == 6 * 16
-    assert trainer.global_step == 3 * model.updates  # actor, critic and temperature optimizers
+    assert trainer.global_step == model.updates  # one Adam, a parameter group each for actor, critics, alpha
     assert len(model.replay_buffer) == 256
     assert trainer.callback_metrics["train/utd_ratio"] == pytest.approx(0.5)
     for key in ("train/loss_actor", "train/loss_qvalue", "train/loss_alpha", "train/alpha", "train/entropy",

@@ -37,9 +37,9 @@ class SAC(RLModule):
     and the UTD logging are the callbacks ``ReplayBufferTrainer``, ``TargetNetUpdaterHook`` and
     ``UTDRHook``, which this module adds to the trainer (``configure_callbacks``) from its arguments.
 
-    One backward pass serves the three optimizers (actor, critics, temperature): the actor's loss reaches
-    the critics' parameters only through detached copies, and the temperature's loss only ``log_alpha``.
-    ``trainer.global_step`` therefore advances by 3 per update; ``updates`` counts updates.
+    One backward pass and one Adam step serve the actor, the critics and the temperature (a parameter
+    group each, with its own learning rate): the actor's loss reaches the critics' parameters only through
+    detached copies, and the temperature's loss only ``log_alpha``.
 
     Args:
         observation_space: the env's observation space (linked from the data by the CLI).
@@ -68,7 +68,8 @@ class SAC(RLModule):
         target_entropy: entropy target; ``None`` gives ``-dim(A)``.
         hidden_sizes: hidden layer sizes of the actor and the Q networks.
         activation: activation of the hidden layers.
-        max_grad_norm: clip each optimizer's gradient norm to this (``None``: no clipping).
+        max_grad_norm: clip the gradient norm of the actor, the critics and the temperature each to this
+            (``None``: no clipping).
 
     Example:
         >>> model = SAC(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-2, 2, (1,)), hidden_sizes=[32])
@@ -278,12 +279,13 @@ class SAC(RLModule):
         inputs = torch.cat([features, action], dim=-1)
         return torch.stack([forward_detached(critic, inputs).squeeze(-1) for critic in self.critics])
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        actor = [*self.actor_body.parameters(), *self.actor_head.parameters()]
-        optimizers: list[torch.optim.Optimizer] = [
-            torch.optim.Adam(actor, lr=self.actor_lr, fused=True),
-            torch.optim.Adam(self.critics.parameters(), lr=self.critic_lr, fused=True),
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """One Adam with a parameter group (and learning rate) each for the actor, the critics and the
+        temperature: the same updates as three optimizers, in one fused step."""
+        groups = [
+            {"params": [*self.actor_body.parameters(), *self.actor_head.parameters()], "lr": self.actor_lr},
+            {"params": list(self.critics.parameters()), "lr": self.critic_lr},
         ]
         if self.auto_alpha:
-            optimizers.append(torch.optim.Adam([self.log_alpha], lr=self.alpha_lr, fused=True))
-        return optimizers
+            groups.append({"params": [self.log_alpha], "lr": self.alpha_lr})
+        return torch.optim.Adam(groups, fused=True)
