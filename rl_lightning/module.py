@@ -58,7 +58,7 @@ class RLModule(pl.LightningModule, ABC):
         self.updates = 0
         self.episodes = 0
         self.loop = RLLoop(self)
-        self._plain_precision = False
+        self._direct_torch = False
         self.logging_batch = True
         """Whether this batch's metrics reach the loggers (every ``trainer.log_every_n_steps`` batches)."""
         self._start_time = 0.0
@@ -114,11 +114,19 @@ class RLModule(pl.LightningModule, ABC):
             optimizer.zero_grad(set_to_none=True)
         self.backward_loss(total_loss(losses))
         for optimizer in optimizers:
-            optimizer.step()
+            if self._direct_torch:
+                # What LightningOptimizer.step does here, minus dispatching no-op hooks to every callback:
+                # count the step (trainer.global_step), run this module's hook (clipping), step torch's optimizer.
+                optimizer._on_before_step()
+                self.on_before_optimizer_step(optimizer.optimizer)
+                optimizer.optimizer.step()
+                optimizer._on_after_step()
+            else:
+                optimizer.step()
 
     def backward_loss(self, loss: torch.Tensor) -> None:
         """``self.manual_backward(loss)``, or plain ``loss.backward()`` where that is all it would do."""
-        if self._plain_precision:
+        if self._direct_torch:
             loss.backward()
         else:
             self.manual_backward(loss)
@@ -161,7 +169,7 @@ class RLModule(pl.LightningModule, ABC):
 
     def on_fit_start(self) -> None:
         self.loop.setup(self.trainer)
-        self._plain_precision = _is_plain_precision(self)
+        self._direct_torch = _can_call_torch_directly(self)
         self._start_time = time.perf_counter()
         self._start_frames = self.frames
 
@@ -250,19 +258,31 @@ class RLModule(pl.LightningModule, ABC):
         self.loop.load_state_dict(state["loop"])
 
 
-def _is_plain_precision(module: RLModule) -> bool:
-    """Whether ``manual_backward`` and ``clip_gradients`` would only call torch (and no-op hooks) in this fit.
+def _can_call_torch_directly(module: RLModule) -> bool:
+    """Whether ``manual_backward`` and ``LightningOptimizer.step`` would only call torch, count the step and
+    run this module's ``on_before_optimizer_step`` in this fit.
 
-    That holds on one device at full precision when neither a callback nor the module implements
-    ``on_before_backward``/``on_after_backward`` (nor overrides ``backward``). Lightning still dispatches
-    those hooks to every callback on each step (~0.15 ms with small networks), which the RL inner loop, with
-    its many small steps, skips. Any other set-up (DDP, mixed precision, such a hook) goes through Lightning.
+    That holds on one device at full precision when no callback implements ``on_before_backward``,
+    ``on_after_backward`` or ``on_before_optimizer_step`` and the module overrides neither backward hook nor
+    ``backward``. Lightning still dispatches those hooks to every callback, with a profiler context each:
+    ~0.2 ms per step, more than the step itself of a small network, which the RL inner loop with its many
+    small steps skips. Any other set-up (DDP, mixed precision, such a hook) goes through Lightning.
+
+    The direct step uses ``LightningOptimizer._on_before_step``/``_on_after_step`` (how Lightning's manual
+    optimization loop counts steps; private API of lightning 2.5-2.6, pinned in pyproject.toml). Without
+    them, Lightning's path is taken.
     """
     trainer = module.trainer
-    hooks = ("on_before_backward", "on_after_backward")
+    hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
     if any(is_overridden(h, cb, pl.Callback) for cb in trainer.callbacks for h in hooks):  # type: ignore[attr-defined]
         return False
-    if any(is_overridden(h, module, pl.LightningModule) for h in (*hooks, "backward")):
+    if any(
+        is_overridden(h, module, pl.LightningModule) for h in ("on_before_backward", "on_after_backward", "backward")
+    ):
+        return False
+    optimizers = module.optimizers()
+    optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+    if not all(hasattr(o, "_on_before_step") and hasattr(o, "_on_after_step") for o in optimizers):
         return False
     return type(trainer.strategy) is SingleDeviceStrategy and type(trainer.precision_plugin) is Precision
 

@@ -234,7 +234,8 @@ def test_ppo_options_train(tmp_path: Any, options: dict[str, Any]) -> None:
 
 
 def test_lightning_backward_hooks_fire_when_implemented(tmp_path: Any) -> None:
-    """Without backward hooks the loop calls torch directly; with one, every step goes through Lightning."""
+    """Without backward/optimizer-step hooks the loop calls torch directly; with one, every step goes through
+    Lightning."""
 
     class CountBackward(pl.Callback):
         def __init__(self) -> None:
@@ -243,15 +244,24 @@ def test_lightning_backward_hooks_fire_when_implemented(tmp_path: Any) -> None:
         def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
             self.calls += 1
 
+    class CountSteps(pl.Callback):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            self.calls += 1
+
     trainer, model, data = tiny_ppo_run(tmp_path)
     trainer.fit(model, datamodule=data)
-    assert model._plain_precision
+    assert model._direct_torch
 
-    counter = CountBackward()
-    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[counter])
-    trainer.fit(model, datamodule=data)
-    assert not model._plain_precision
-    assert counter.calls == model.updates == 16
+    assert trainer.global_step == model.updates == 16  # the direct step still counts optimizer steps
+
+    for counter in (CountBackward(), CountSteps()):
+        trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[counter])
+        trainer.fit(model, datamodule=data)
+        assert not model._direct_torch
+        assert counter.calls == model.updates == trainer.global_step == 16
 
 
 def test_max_grad_norm_clips_each_update(tmp_path: Any) -> None:
