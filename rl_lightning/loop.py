@@ -49,21 +49,30 @@ class RLLoop:
     # -- dispatch ------------------------------------------------------------------------------------
 
     def _call(self, name: str, *args: Any) -> None:
+        fns = self.hooks[name]
+        if not fns:  # most hooks have no implementation: skip even the trainer lookup
+            return
         trainer, module = self.module.trainer, self.module
-        for fn in self.hooks[name]:
+        for fn in fns:
             fn(trainer, module, *args)
 
     def _process(self, name: str, data: TensorDict, *args: Any) -> TensorDict:
+        fns = self.hooks[name]
+        if not fns:
+            return data
         trainer, module = self.module.trainer, self.module
-        for fn in self.hooks[name]:
+        for fn in fns:
             replacement = fn(trainer, module, data, *args)
             if replacement is not None:
                 data = replacement
         return data
 
     def _log(self, name: str, *args: Any) -> None:
+        fns = self.hooks[name]
+        if not fns:
+            return
         trainer, module = self.module.trainer, self.module
-        for fn in self.hooks[name]:
+        for fn in fns:
             metrics = fn(trainer, module, *args)
             if metrics and module.logging_batch:
                 metrics = dict(metrics)
@@ -82,7 +91,8 @@ class RLLoop:
 
         # Loss entries are summed into one stacked tensor (cheaper than TensorDict arithmetic per step), and
         # only where they are used: for the logs, and for an early stop between epochs.
-        track = module.logging_batch or module.optim_epochs > 1
+        early_stop = module.optim_epochs > 1 and module.stops_optim_early
+        track = module.logging_batch or early_stop
         names: list[Any] = []
         total: torch.Tensor | None = None
         steps = 0
@@ -111,8 +121,12 @@ class RLLoop:
             if epoch_total is None:
                 continue
             total = epoch_total.clone() if total is None else total.add_(epoch_total)
-            if epoch + 1 < module.optim_epochs and module.stop_optim_early(
-                TensorDict(dict(zip(names, epoch_total / epoch_steps, strict=True)), batch_size=[])
+            if (
+                early_stop
+                and epoch + 1 < module.optim_epochs
+                and module.stop_optim_early(
+                    TensorDict(dict(zip(names, epoch_total / epoch_steps, strict=True)), batch_size=[])
+                )
             ):
                 break
 

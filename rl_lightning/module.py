@@ -94,6 +94,11 @@ class RLModule(pl.LightningModule, ABC):
         """``(online, target)`` network pairs that ``TargetNetUpdaterHook`` updates; none by default."""
         return []
 
+    @property
+    def stops_optim_early(self) -> bool:
+        """Whether :meth:`stop_optim_early` can stop a batch's epochs (else the loop never calls it)."""
+        return False
+
     def stop_optim_early(self, epoch_losses: TensorDict) -> bool:
         """Whether to skip the remaining epochs, given the mean losses of the last one.
 

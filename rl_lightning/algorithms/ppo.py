@@ -236,9 +236,12 @@ class PPO(RLModule):
             batch_size=[],
         )
 
+    @property
+    def stops_optim_early(self) -> bool:
+        return self.target_kl is not None
+
     def stop_optim_early(self, epoch_losses: TensorDict) -> bool:
-        if self.target_kl is None:
-            return False
+        assert self.target_kl is not None
         exceeded = bool(epoch_losses["approx_kl"] > self.target_kl)
         return bool(self.trainer.strategy.reduce_boolean_decision(exceeded, all=False))
 
