@@ -3,12 +3,20 @@
 from rl_lightning import keys
 from rl_lightning.algorithms import PPO, SAC
 from rl_lightning.builders import TRAINER_DEFAULTS, build, make_trainer
-from rl_lightning.callbacks import RL_HOOKS, FunctionHook, RLCallback
+from rl_lightning.callbacks import (
+    RL_HOOKS,
+    FunctionHook,
+    ReplayBufferTrainer,
+    RLCallback,
+    TargetNetUpdaterHook,
+    UTDRHook,
+)
 from rl_lightning.collector import Collector, evaluate
 from rl_lightning.data import RLDataModule
 from rl_lightning.envs import FrameSkip, make_env, make_vec_env
 from rl_lightning.loop import RLLoop
 from rl_lightning.module import RLModule
+from rl_lightning.replay import ReplayBuffer
 
 __version__ = "0.1.0"
 
@@ -24,6 +32,10 @@ __all__ = [
     "RLDataModule",
     "RLLoop",
     "RLModule",
+    "ReplayBuffer",
+    "ReplayBufferTrainer",
+    "TargetNetUpdaterHook",
+    "UTDRHook",
     "build",
     "evaluate",
     "keys",
