@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ def test_sac_reaches_minus_200_on_pendulum_within_20000_frames(tmp_path: Path) -
             "--trainer.enable_progress_bar=false",
         ]
     )
-    assert run.model.frames <= 20_000
-    assert run.trainer.checkpoint_callback is not None
-    assert run.trainer.checkpoint_callback.best_model_score >= -200.0
+    with open(Path(run.trainer.logger.log_dir) / "metrics.csv") as f:
+        evaluations = [
+            (float(r["step"]), float(r["val/episode_return"])) for r in csv.DictReader(f) if r["val/episode_return"]
+        ]
+    assert any(frames <= 20_000 and value >= -200.0 for frames, value in evaluations), evaluations
