@@ -17,6 +17,20 @@ def _fast_torch() -> None:
     torch.set_num_threads(1)
 
 
+def quiet_trainer(tmp_path: Path, **overrides: Any) -> pl.Trainer:
+    """A CPU trainer for tests: no logger, checkpoints, progress bar or summary unless overridden."""
+    kwargs: dict[str, Any] = {
+        "default_root_dir": tmp_path,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        **overrides,
+    }
+    return make_trainer(**kwargs)
+
+
 def tiny_ppo_run(
     tmp_path: Path,
     data: dict[str, Any] | None = None,
@@ -40,14 +54,4 @@ def tiny_ppo_run(
         datamodule.action_space,
         **{"n_epochs": 2, "minibatch_size": 32, "hidden_sizes": [16], **(model or {})},
     )
-    trainer_kwargs: dict[str, Any] = {
-        "default_root_dir": tmp_path,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "accelerator": "cpu",
-        "val_check_interval": 2,
-        **trainer,
-    }
-    return make_trainer(**trainer_kwargs), module, datamodule
+    return quiet_trainer(tmp_path, **{"val_check_interval": 2, **trainer}), module, datamodule

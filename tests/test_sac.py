@@ -10,8 +10,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from rl_lightning import SAC, RLDataModule, make_trainer
+from rl_lightning import SAC, RLDataModule
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UTDRHook
+from tests.conftest import quiet_trainer
 
 BOX = gym.spaces.Box(-1.0, 1.0, (3,))
 ACTIONS = gym.spaces.Box(-2.0, 2.0, (1,))
@@ -25,17 +26,7 @@ def tiny_sac_run(tmp_path: Path, model: dict[str, Any] | None = None, **trainer:
         data.action_space,
         **{"hidden_sizes": [16], "batch_size": 32, "buffer_size": 1000, "init_random_frames": 64, **(model or {})},
     )
-    kwargs: dict[str, Any] = {
-        "default_root_dir": tmp_path,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "accelerator": "cpu",
-        "log_every_n_steps": 1,
-        **trainer,
-    }
-    built = make_trainer(**kwargs)
+    built = quiet_trainer(tmp_path, **{"log_every_n_steps": 1, **trainer})
     built.fit(module, datamodule=data)
     return built, module
 
