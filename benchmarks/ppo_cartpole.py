@@ -19,79 +19,61 @@ networks are built (like ``build``) to its end, so both timings include making t
 
 from __future__ import annotations
 
-import argparse
-import cProfile
-import inspect
-import logging
 import math
 import os
-import pstats
-import random
-import statistics
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
+from _harness import (
+    ROOT,
+    Result,
+    compare,
+    fit_rl_lightning,
+    parser,
+    print_ratios,
+    profile,
+    quiet,
+    read_hparams,
+    require,
+    seed_all,
+    table,
+)
 from torch import nn
 
-from rl_lightning import PPO, RLDataModule, build
+from rl_lightning import PPO
 from rl_lightning.collector import evaluate
 from rl_lightning.data import EVAL_SEED_OFFSET
 from rl_lightning.envs import make_env, make_vec_env
 from rl_lightning.functional import explained_variance, generalized_advantage_estimate
 from rl_lightning.networks import ObservationEncoder, make_action_head, mlp
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ppo.yaml"
 
 
 def load_hparams(config: Path) -> dict[str, Any]:
     """PPO and RLDataModule defaults, overridden by the config's model/data init_args, plus eval settings."""
-    cfg = yaml.safe_load(config.read_text())
-    hp: dict[str, Any] = {}
-    for cls in (PPO, RLDataModule):
-        for name, p in inspect.signature(cls.__init__).parameters.items():
-            if p.default is not inspect.Parameter.empty:
-                hp[name] = p.default
-    hp.update(cfg["model"]["init_args"])
-    hp.update(cfg["data"])
-    hp["val_check_interval"] = cfg["trainer"].get("val_check_interval", 10)
+    cfg, hp = read_hparams(config, PPO)
     stops = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("EarlyStopping")]
     hp["threshold"] = stops[0]["init_args"]["stopping_threshold"]
     # What the plain loop below implements (the config's CartPole setting); fail loudly otherwise.
-    expected = {
-        "share_network": False,
-        "normalize_observations": False,
-        "clip_value": None,
-        "target_kl": None,
-        "frame_skip": 1,
-        "wrappers": None,
-        "vectorization": "sync",
-        "normalize_advantage": True,
-    }
-    wrong = {k: hp[k] for k, v in expected.items() if hp[k] != v}
-    if wrong:
-        raise SystemExit(f"the plain loop does not implement {wrong}")
+    require(
+        hp,
+        {
+            "share_network": False,
+            "normalize_observations": False,
+            "clip_value": None,
+            "target_kl": None,
+            "frame_skip": 1,
+            "wrappers": None,
+            "vectorization": "sync",
+            "normalize_advantage": True,
+        },
+    )
     return hp
-
-
-@dataclass
-class Result:
-    side: str
-    seed: int
-    frames: int
-    seconds: float
-    eval_return: float | None  # last evaluation's mean return (solve runs)
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,12 +93,6 @@ class Agent(nn.Module):
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self.encoder(obs))
-
-
-def seed_all(seed: int) -> None:  # what seed_everything does for the rl_lightning side
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool) -> Result:
@@ -218,73 +194,9 @@ def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool
     return Result("plain", seed, frames, time.perf_counter() - start, eval_return)
 
 
-# --------------------------------------------------------------------------------------------------
-# rl_lightning, as a user runs it.
-# --------------------------------------------------------------------------------------------------
-
-
-def run_rl_lightning(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool) -> Result:
-    with tempfile.TemporaryDirectory() as root:
-        overrides = [
-            f"--seed_everything={seed}",
-            f"--data.seed={seed}",
-            f"--data.total_frames={total_frames}",
-            f"--trainer.logger.init_args.save_dir={root}",
-            "--trainer.enable_progress_bar=false",
-        ]
-        if not evaluation:
-            overrides.append("--trainer.limit_val_batches=0")
-        trainer, model, data = build(CONFIG, overrides)
-        start = time.perf_counter()
-        trainer.fit(model, datamodule=data)
-        seconds = time.perf_counter() - start
-    metric = trainer.callback_metrics.get("val/episode_return")
-    return Result("rl_lightning", seed, model.frames, seconds, None if metric is None else float(metric))
-
-
-RUNNERS = {"plain": run_plain, "rl_lightning": run_rl_lightning}
-
-
-# --------------------------------------------------------------------------------------------------
-# Reporting.
-# --------------------------------------------------------------------------------------------------
-
-
-def table(title: str, results: list[Result], solve: bool, threshold: float) -> dict[str, dict[str, float]]:
-    print(f"\n{title}")
-    head = f"{'side':<13} {'seed':>4} {'frames':>7} {'seconds':>8} {'frames/s':>9}"
-    print(head + (f" {'eval return':>11} {'solved':>6}" if solve else ""))
-    means: dict[str, dict[str, float]] = {}
-    for side in RUNNERS:
-        rows = [r for r in results if r.side == side]
-        for r in rows:
-            line = f"{side:<13} {r.seed:>4} {r.frames:>7} {r.seconds:>8.2f} {r.fps:>9.0f}"
-            if solve:
-                ret = float("nan") if r.eval_return is None else r.eval_return
-                line += f" {ret:>11.1f} {'yes' if ret > threshold else 'NO':>6}"
-            print(line)
-        means[side] = {
-            "frames": statistics.mean(r.frames for r in rows),
-            "seconds": statistics.mean(r.seconds for r in rows),
-            "fps": sum(r.frames for r in rows) / sum(r.seconds for r in rows),
-        }
-        m = means[side]
-        sd = statistics.stdev(r.seconds for r in rows) if len(rows) > 1 else 0.0
-        print(f"{side:<13} {'mean':>4} {m['frames']:>7.0f} {m['seconds']:>8.2f} {m['fps']:>9.0f}   (sd {sd:.2f} s)")
-    return means
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both sides")
-    parser.add_argument("--throughput-frames", type=int, default=50_000)
-    parser.add_argument("--profile", action="store_true", help="also cProfile one throughput run of each side")
-    args = parser.parse_args()
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
+    args = parser(__doc__, [0, 1, 2], 50_000, "torch.set_num_threads for both sides").parse_args()
+    quiet()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     hp = load_hparams(CONFIG)
@@ -297,25 +209,16 @@ def main() -> None:
         f"({hp['eval_episodes']} episodes), stop at mean return > {hp['threshold']}"
     )
 
-    for run in RUNNERS.values():  # warm-up (imports, first-call costs), not timed
-        run(hp, 0, 2 * hp["frames_per_batch"], evaluation=False)
-
-    solve: list[Result] = []
-    throughput: list[Result] = []
-    for k, seed in enumerate(args.seeds):
-        order = list(RUNNERS) if k % 2 == 0 else list(reversed(RUNNERS))  # alternate who runs first
-        for side in order:
-            solve.append(RUNNERS[side](hp, seed, hp["total_frames"], evaluation=True))
-        for side in order:
-            throughput.append(RUNNERS[side](hp, seed, args.throughput_frames, evaluation=False))
-
+    runners = {"plain": partial(run_plain, hp), "rl_lightning": partial(fit_rl_lightning, CONFIG)}
+    solve, throughput = compare(
+        runners, args.seeds, hp["total_frames"], args.throughput_frames, warm_frames=2 * hp["frames_per_batch"]
+    )
     a = table(
         f"(a) time to mean eval return > {hp['threshold']} (budget {hp['total_frames']} frames)",
         solve,
-        True,
         hp["threshold"],
     )
-    b = table(f"(b) throughput, {args.throughput_frames} frames, evaluation off", throughput, False, hp["threshold"])
+    b = table(f"(b) throughput, {args.throughput_frames} frames, evaluation off", throughput, None)
     rl, pl = "rl_lightning", "plain"
     by = {(r.side, r.seed): r for r in solve}
     same = [
@@ -324,18 +227,10 @@ def main() -> None:
     print(
         f"\nidentical solve runs (same frames and evaluation return on both sides): {len(same)}/{len(args.seeds)} seeds"
     )
-    print(f"\nratios rl_lightning/plain (threads {torch.get_num_threads()}):")
-    print(f"  (a) mean time to solve      {a[rl]['seconds'] / a[pl]['seconds']:.2f}x")
-    print(f"      mean frames to solve    {a[rl]['frames'] / a[pl]['frames']:.2f}x")
-    print(f"      seconds per frame       {a[pl]['fps'] / a[rl]['fps']:.2f}x  (time normalized by frames used)")
-    print(f"  (b) throughput frames/s     {b[rl]['fps'] / b[pl]['fps']:.2f}x")
+    print_ratios(a, b, "solve", width=28)
 
     if args.profile:
-        for side, run in RUNNERS.items():
-            print(f"\ncProfile of one {side} throughput run (top 25 by internal time)")
-            prof = cProfile.Profile()
-            prof.runcall(run, hp, args.seeds[0], args.throughput_frames, False)
-            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        profile(runners, args.seeds[0], args.throughput_frames)
 
 
 if __name__ == "__main__":

@@ -23,35 +23,39 @@ networks are built (like ``build``) to its end, so both timings include making t
 
 from __future__ import annotations
 
-import argparse
-import cProfile
 import inspect
 import json
-import logging
 import math
 import os
-import pstats
-import random
-import statistics
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
+from _harness import (
+    ROOT,
+    Result,
+    compare,
+    fit_rl_lightning,
+    parser,
+    print_ratios,
+    profile,
+    quiet,
+    read_hparams,
+    require,
+    seed_all,
+    table,
+)
 from torch import nn
 
-from rl_lightning import SAC, RLDataModule, build
+from rl_lightning import SAC
 from rl_lightning.collector import evaluate
 from rl_lightning.data import EVAL_SEED_OFFSET
 from rl_lightning.envs import make_env, make_vec_env
 from rl_lightning.networks import forward_detached
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "sac.yaml"
 MODEL_ARGS = [
     n for n in inspect.signature(SAC.__init__).parameters if n not in ("self", "observation_space", "action_space")
@@ -60,61 +64,29 @@ MODEL_ARGS = [
 
 def load_hparams(config: Path) -> dict[str, Any]:
     """SAC and RLDataModule defaults, overridden by the config's model/data init_args, plus eval settings."""
-    cfg = yaml.safe_load(config.read_text())
-    hp: dict[str, Any] = {}
-    for cls in (SAC, RLDataModule):
-        for name, p in inspect.signature(cls.__init__).parameters.items():
-            if p.default is not inspect.Parameter.empty:
-                hp[name] = p.default
-    hp.update(cfg["model"]["init_args"])
-    hp.update(cfg["data"])
-    hp["val_check_interval"] = cfg["trainer"].get("val_check_interval", 10)
+    cfg, hp = read_hparams(config, SAC)
     hp["torch_threads"] = cfg.get("torch_threads")
     # What the plain loop below implements (the config's Pendulum setting); fail loudly otherwise.
-    expected = {
-        "buffer_storage": "memory",
-        "prioritized": False,
-        "n_step": 1,
-        "target_update": "soft",
-        "auto_alpha": True,
-        "max_grad_norm": None,
-        "frame_skip": 1,
-        "wrappers": None,
-        "vectorization": "sync",
-    }
-    wrong = {k: hp[k] for k, v in expected.items() if hp[k] != v}
-    if wrong:
-        raise SystemExit(f"the plain loop does not implement {wrong}")
+    require(
+        hp,
+        {
+            "buffer_storage": "memory",
+            "prioritized": False,
+            "n_step": 1,
+            "target_update": "soft",
+            "auto_alpha": True,
+            "max_grad_norm": None,
+            "frame_skip": 1,
+            "wrappers": None,
+            "vectorization": "sync",
+        },
+    )
     return hp
-
-
-@dataclass
-class Result:
-    side: str
-    seed: int
-    frames: int
-    updates: int
-    seconds: float
-    eval_return: float | None  # last evaluation's mean return (threshold runs)
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.seconds
-
-    @property
-    def ups(self) -> float:
-        return self.updates / self.seconds
 
 
 # --------------------------------------------------------------------------------------------------
 # The plain loop (CleanRL style): no Trainer, no RLLoop, no hooks, no TensorDict.
 # --------------------------------------------------------------------------------------------------
-
-
-def seed_all(seed: int) -> None:  # what seed_everything does for the rl_lightning side
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool, threshold: float) -> Result:
@@ -254,7 +226,7 @@ def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool
                 break
     envs.close()
     eval_envs.close()
-    return Result("plain", seed, frames, updates, time.perf_counter() - start, eval_return)
+    return Result("plain", seed, frames, time.perf_counter() - start, eval_return, updates)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,93 +235,30 @@ def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool
 
 
 def run_rl_lightning(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool, threshold: float) -> Result:
-    with tempfile.TemporaryDirectory() as root:
-        overrides = [
-            f"--seed_everything={seed}",
-            f"--data.seed={seed}",
-            f"--data.total_frames={total_frames}",
-            f"--trainer.logger.init_args.save_dir={root}",
-            "--trainer.enable_progress_bar=false",
-        ]
-        if hp["torch_threads"] is not None:
-            overrides.append(f"--torch_threads={hp['torch_threads']}")
-        if evaluation:  # stop at the first evaluation past the threshold, as a user would
-            stop = {
-                "class_path": "lightning.pytorch.callbacks.EarlyStopping",
-                "init_args": {
-                    "monitor": "val/episode_return",
-                    "mode": "max",
-                    "stopping_threshold": threshold,
-                    "patience": 1_000_000,
-                },
-            }
-            overrides.append(f"--trainer.callbacks+={json.dumps(stop)}")
-        else:
-            overrides.append("--trainer.limit_val_batches=0")
-        trainer, model, data = build(CONFIG, overrides)
-        start = time.perf_counter()
-        trainer.fit(model, datamodule=data)
-        seconds = time.perf_counter() - start
-    metric = trainer.callback_metrics.get("val/episode_return")
-    eval_return = None if metric is None else float(metric)
-    return Result("rl_lightning", seed, model.frames, model.updates, seconds, eval_return)
-
-
-RUNNERS = {"plain": run_plain, "rl_lightning": run_rl_lightning}
-
-
-# --------------------------------------------------------------------------------------------------
-# Reporting.
-# --------------------------------------------------------------------------------------------------
-
-
-def table(title: str, results: list[Result], solve: bool, threshold: float) -> dict[str, dict[str, float]]:
-    print(f"\n{title}")
-    head = f"{'side':<13} {'seed':>4} {'frames':>7} {'updates':>7} {'seconds':>8} {'frames/s':>9} {'updates/s':>9}"
-    print(head + (f" {'eval return':>11} {'reached':>7}" if solve else ""))
-    means: dict[str, dict[str, float]] = {}
-    for side in RUNNERS:
-        rows = [r for r in results if r.side == side]
-        for r in rows:
-            line = f"{side:<13} {r.seed:>4} {r.frames:>7} {r.updates:>7} {r.seconds:>8.2f} {r.fps:>9.0f} {r.ups:>9.0f}"
-            if solve:
-                ret = float("nan") if r.eval_return is None else r.eval_return
-                line += f" {ret:>11.1f} {'yes' if ret > threshold else 'NO':>7}"
-            print(line)
-        seconds = sum(r.seconds for r in rows)
-        means[side] = {
-            "frames": statistics.mean(r.frames for r in rows),
-            "updates": statistics.mean(r.updates for r in rows),
-            "seconds": statistics.mean(r.seconds for r in rows),
-            "fps": sum(r.frames for r in rows) / seconds,
-            "ups": sum(r.updates for r in rows) / seconds,
+    """``fit_rl_lightning`` with the config's torch_threads and, with ``evaluation``, an EarlyStopping."""
+    overrides: list[str] = []
+    if hp["torch_threads"] is not None:
+        overrides.append(f"--torch_threads={hp['torch_threads']}")
+    if evaluation:  # stop at the first evaluation past the threshold, as a user would
+        stop = {
+            "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+            "init_args": {
+                "monitor": "val/episode_return",
+                "mode": "max",
+                "stopping_threshold": threshold,
+                "patience": 1_000_000,
+            },
         }
-        m = means[side]
-        sd = statistics.stdev(r.seconds for r in rows) if len(rows) > 1 else 0.0
-        print(
-            f"{side:<13} {'mean':>4} {m['frames']:>7.0f} {m['updates']:>7.0f} {m['seconds']:>8.2f} {m['fps']:>9.0f} "
-            f"{m['ups']:>9.0f}   (sd {sd:.2f} s)"
-        )
-    return means
+        overrides.append(f"--trainer.callbacks+={json.dumps(stop)}")
+    return fit_rl_lightning(CONFIG, seed, total_frames, evaluation, overrides)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads for both sides (default: the config's torch_threads, 1)",
-    )
-    parser.add_argument("--threshold", type=float, default=-200.0, help="mean evaluation return to reach")
-    parser.add_argument("--throughput-frames", type=int, default=6_000)
-    parser.add_argument("--profile", action="store_true", help="also cProfile one throughput run of each side")
-    args = parser.parse_args()
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore")
+    threads_help = "torch.set_num_threads for both sides (default: the config's torch_threads, 1)"
+    p = parser(__doc__, [0, 1], 6_000, threads_help)
+    p.add_argument("--threshold", type=float, default=-200.0, help="mean evaluation return to reach")
+    args = p.parse_args()
+    quiet()
     hp = load_hparams(CONFIG)
     if args.threads is not None:
         hp["torch_threads"] = args.threads  # rl_lightning gets it as --torch_threads, which build() applies
@@ -367,30 +276,24 @@ def main() -> None:
         f"({hp['eval_episodes']} episodes), stop at mean return > {args.threshold}"
     )
 
+    runners = {
+        "plain": partial(run_plain, hp, threshold=args.threshold),
+        "rl_lightning": partial(run_rl_lightning, hp, threshold=args.threshold),
+    }
     warm_frames = hp["init_random_frames"] + 2 * hp["frames_per_batch"]
-    for run in RUNNERS.values():  # warm-up (imports, first-call costs), not timed
-        run(hp, 0, warm_frames, False, args.threshold)
-
-    solve: list[Result] = []
-    throughput: list[Result] = []
-    for k, seed in enumerate(args.seeds):
-        order = list(RUNNERS) if k % 2 == 0 else list(reversed(RUNNERS))  # alternate who runs first
-        for side in order:
-            solve.append(RUNNERS[side](hp, seed, hp["total_frames"], True, args.threshold))
-        for side in order:
-            throughput.append(RUNNERS[side](hp, seed, args.throughput_frames, False, args.threshold))
-
+    solve, throughput = compare(runners, args.seeds, hp["total_frames"], args.throughput_frames, warm_frames)
     a = table(
         f"(a) time to mean eval return > {args.threshold} (budget {hp['total_frames']} frames)",
         solve,
-        True,
         args.threshold,
+        updates=True,
+        reached="reached",
     )
     b = table(
         f"(b) throughput, {args.throughput_frames} frames ({hp['init_random_frames']} random), evaluation off",
         throughput,
-        False,
-        args.threshold,
+        None,
+        updates=True,
     )
     rl, pl = "rl_lightning", "plain"
     by = {(r.side, r.seed): r for r in solve}
@@ -400,21 +303,15 @@ def main() -> None:
         f"\nframes to threshold match on both sides: {len(same_frames)}/{len(args.seeds)} seeds; "
         f"identical runs (same frames and last evaluation return): {len(same_runs)}/{len(args.seeds)} seeds"
     )
-    print(f"\nratios rl_lightning/plain (threads {torch.get_num_threads()}):")
-    print(f"  (a) mean time to threshold    {a[rl]['seconds'] / a[pl]['seconds']:.2f}x")
-    print(f"      mean frames to threshold  {a[rl]['frames'] / a[pl]['frames']:.2f}x")
-    print(f"      seconds per frame         {a[pl]['fps'] / a[rl]['fps']:.2f}x  (time normalized by frames used)")
-    print(f"  (b) throughput frames/s       {b[rl]['fps'] / b[pl]['fps']:.2f}x")
-    print(f"      throughput updates/s      {b[rl]['ups'] / b[pl]['ups']:.2f}x")
     extra = (b[rl]["seconds"] - b[pl]["seconds"]) / b[pl]["updates"] * 1e6
-    print(f"      extra time per update     {extra:.0f} us  (whole difference of (b) divided by the updates)")
+    more = [
+        ("    throughput updates/s", f"{b[rl]['ups'] / b[pl]['ups']:.2f}x"),
+        ("    extra time per update", f"{extra:.0f} us  (whole difference of (b) divided by the updates)"),
+    ]
+    print_ratios(a, b, "threshold", width=30, more=more)
 
     if args.profile:
-        for side, run in RUNNERS.items():
-            print(f"\ncProfile of one {side} throughput run (top 25 by internal time)")
-            prof = cProfile.Profile()
-            prof.runcall(run, hp, args.seeds[0], args.throughput_frames, False, args.threshold)
-            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        profile(runners, args.seeds[0], args.throughput_frames)
 
 
 if __name__ == "__main__":
