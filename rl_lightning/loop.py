@@ -83,25 +83,30 @@ class RLLoop:
 
     def run(self, batch: TensorDict) -> None:
         """Processes one collector batch: hooks, ``module.prepare_batch``, the optimizer steps, logging."""
-        module = self.module
+        module, hooks = self.module, self.hooks
         batch = self._process("on_batch_process", batch)
         batch = module.prepare_batch(batch)
         self._log("on_pre_steps_log", batch)
         self._call("on_pre_optim_steps")
 
         # Loss entries are summed into one stacked tensor (cheaper than TensorDict arithmetic per step), and
-        # only where they are used: for the logs, and for an early stop between epochs.
+        # only where they are used: for the logs and the hooks that get mean losses, and for an early stop.
         early_stop = module.optim_epochs > 1 and module.stops_optim_early
-        track = module.logging_batch or early_stop
+        track_epochs = early_stop or bool(hooks["on_post_epoch_log"])
+        track = module.logging_batch or track_epochs or bool(hooks["on_post_optim_complete_log"])
         names: list[Any] = []
         total: torch.Tensor | None = None
         steps = 0
         for epoch in range(module.optim_epochs):
+            self._call("on_pre_epoch", epoch)
+            self._log("on_pre_epoch_log", epoch)
             epoch_total: torch.Tensor | None = None
             epoch_steps = 0
             for sub in module.optim_batches(batch, epoch):
                 sub = self._process("on_process_optim_batch", sub)
                 losses = module.loss(sub)
+                if hooks["on_process_loss"]:
+                    losses = self._process_loss(sub, losses)
                 self._call("on_post_loss", sub, losses)
                 remaining = self._process("on_optimizer", losses)
                 if remaining is losses or loss_terms(remaining):
@@ -118,23 +123,38 @@ class RLLoop:
             if epoch_steps == 0:
                 break
             steps += epoch_steps
-            if epoch_total is None:
-                continue
-            total = epoch_total.clone() if total is None else total.add_(epoch_total)
+            epoch_mean = None
+            if epoch_total is not None:
+                total = epoch_total.clone() if total is None else total.add_(epoch_total)
+                if track_epochs:
+                    epoch_mean = TensorDict(dict(zip(names, epoch_total / epoch_steps, strict=True)), batch_size=[])
+            self._call("on_post_epoch", epoch)
+            if epoch_mean is not None:
+                self._log("on_post_epoch_log", epoch, epoch_mean)
             if (
                 early_stop
+                and epoch_mean is not None
                 and epoch + 1 < module.optim_epochs
-                and module.stop_optim_early(
-                    TensorDict(dict(zip(names, epoch_total / epoch_steps, strict=True)), batch_size=[])
-                )
+                and module.stop_optim_early(epoch_mean)
             ):
                 break
 
         self._call("on_post_steps")
-        if total is not None and module.logging_batch:
-            self._log_losses(TensorDict(dict(zip(names, total / steps, strict=True)), batch_size=[]))
+        if total is not None:
+            mean = TensorDict(dict(zip(names, total / steps, strict=True)), batch_size=[])
+            self._log("on_post_optim_complete_log", mean)
+            if module.logging_batch:
+                self._log_losses(mean)
         self._log("on_post_steps_log", batch)
         self.batches += 1
+
+    def _process_loss(self, batch: TensorDict, losses: TensorDict) -> TensorDict:
+        trainer, module = self.module.trainer, self.module
+        for fn in self.hooks["on_process_loss"]:
+            replacement = fn(trainer, module, batch, losses)
+            if replacement is not None:
+                losses = replacement
+        return losses
 
     def _log_losses(self, mean: TensorDict) -> None:
         """Logs the batch's mean of every loss entry as ``train/<key>``, and their sum as ``train/loss``."""

@@ -45,18 +45,62 @@ def test_hooks_run_in_order_over_two_batches(tmp_path: Any) -> None:
     trainer, model, data = tiny_ppo_run(tmp_path, data={"total_frames": 128}, callbacks=[recorder])
     trainer.fit(model, datamodule=data)
 
-    inner = ["on_process_optim_batch", "on_post_loss", "on_optimizer", "on_post_optim", "on_post_optim_log"]
+    step = ["on_process_optim_batch", "on_process_loss", "on_post_loss", "on_optimizer", "on_post_optim",
+            "on_post_optim_log"]  # fmt: skip
+    epoch = ["on_pre_epoch", "on_pre_epoch_log", *step * 2, "on_post_epoch", "on_post_epoch_log"]  # 64 / 32 per step
     one_batch = [
         "on_train_batch_start",
         "on_batch_process",
         "on_pre_steps_log",
         "on_pre_optim_steps",
-        *inner * 4,  # 2 epochs x (64 transitions / 32 per minibatch)
+        *epoch * 2,
         "on_post_steps",
+        "on_post_optim_complete_log",
         "on_post_steps_log",
         "on_train_batch_end",
     ]
     assert recorder.calls == one_batch * 2
+
+
+def test_epoch_and_loss_hooks_get_epochs_and_mean_losses(tmp_path: Any) -> None:
+    seen: dict[str, list[Any]] = {"pre": [], "post": [], "epoch_losses": [], "batch_losses": []}
+
+    class Watch(RLCallback):
+        def __init__(self) -> None:
+            self.step_losses: list[torch.Tensor] = []
+
+        def on_pre_epoch(self, trainer: Any, module: Any, epoch: int) -> None:
+            seen["pre"].append(epoch)
+
+        def on_post_epoch(self, trainer: Any, module: Any, epoch: int) -> None:
+            seen["post"].append(epoch)
+
+        def on_process_loss(self, trainer: Any, module: Any, batch: TensorDict, losses: TensorDict) -> TensorDict:
+            losses = losses.clone()
+            losses["loss_objective"] = losses["loss_objective"] * 0  # reweighting reaches the optimizer step
+            return losses
+
+        def on_post_loss(self, trainer: Any, module: Any, batch: TensorDict, losses: TensorDict) -> None:
+            assert losses["loss_objective"].item() == 0.0
+            self.step_losses.append(losses["loss_critic"].detach())
+
+        def on_post_epoch_log(self, trainer: Any, module: Any, epoch: int, losses: TensorDict) -> dict[str, Any]:
+            seen["epoch_losses"].append(losses["loss_critic"])
+            return {"custom/epoch_critic": losses["loss_critic"]}
+
+        def on_post_optim_complete_log(self, trainer: Any, module: Any, losses: TensorDict) -> dict[str, Any]:
+            seen["batch_losses"].append((losses["loss_critic"], torch.stack(self.step_losses).mean()))
+            self.step_losses.clear()
+            return {"custom/batch_critic": losses["loss_critic"]}
+
+    trainer, model, data = tiny_ppo_run(tmp_path, data={"total_frames": 128}, callbacks=[Watch()])
+    trainer.fit(model, datamodule=data)
+    assert seen["pre"] == seen["post"] == [0, 1, 0, 1]
+    assert len(seen["epoch_losses"]) == 4
+    for mean, expected in seen["batch_losses"]:
+        torch.testing.assert_close(mean, expected)
+    assert len(seen["batch_losses"]) == 2
+    assert "custom/batch_critic" in trainer.callback_metrics
 
 
 def test_counters_are_frames_and_updates_not_global_step(tmp_path: Any) -> None:

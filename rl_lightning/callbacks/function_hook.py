@@ -14,9 +14,12 @@ class FunctionHook(RLCallback):
     """Calls ``fn`` at one hook point, every ``interval`` calls of that hook.
 
     ``fn`` receives the hook's data arguments only, as torchrl's hooks do: the batch for
-    ``batch_process``/``process_optim_batch``/``*_log``, ``(batch, losses)`` for ``post_loss``, the
-    losses for ``optimizer``, nothing for ``pre_optim_steps``/``post_optim``/``post_steps``. What it
-    returns is what the hook returns (a replacement batch, a dict to log, ...). Porting torchrl code::
+    ``batch_process``/``process_optim_batch``/``pre_steps_log``/``post_optim_log``/``post_steps_log``,
+    ``(batch, losses)`` for ``process_loss``/``post_loss``, the losses for ``optimizer`` and
+    ``post_optim_complete_log``, the epoch for ``pre_epoch``/``post_epoch``/``pre_epoch_log``,
+    ``(epoch, losses)`` for ``post_epoch_log``, nothing for ``pre_optim_steps``/``post_optim``/``post_steps``.
+    What it returns is what the hook returns (a replacement batch or losses, a dict to log, ...). Porting
+    torchrl code::
 
         trainer.register_op("post_optim_log", fn)        # torchrl
         callbacks.append(FunctionHook("post_optim_log", fn))  # rl_lightning

@@ -1,4 +1,4 @@
-"""``RLCallback``: a Lightning callback with the ten hook points of the RL loop."""
+"""``RLCallback``: a Lightning callback with the hook points of the RL loop."""
 
 from __future__ import annotations
 
@@ -14,15 +14,23 @@ RL_HOOKS = (
     "on_batch_process",
     "on_pre_steps_log",
     "on_pre_optim_steps",
+    "on_pre_epoch",
+    "on_pre_epoch_log",
     "on_process_optim_batch",
+    "on_process_loss",
     "on_post_loss",
     "on_optimizer",
     "on_post_optim",
     "on_post_optim_log",
+    "on_post_epoch",
+    "on_post_epoch_log",
     "on_post_steps",
+    "on_post_optim_complete_log",
     "on_post_steps_log",
 )
-"""The hook points in the order the RL loop reaches them (``on_`` + torchrl's stage name)."""
+"""The hook points in the order the RL loop reaches them (``on_`` + torchrl's stage name): torchrl's ten, and
+the ones it added later (``pre_epoch``/``post_epoch`` and their ``_log`` forms, ``process_loss``,
+``post_optim_complete_log``). torchrl's ``setup``/``shutdown`` are Lightning's ``setup``/``teardown``."""
 
 LogDict = dict[str, Any] | None
 
@@ -35,16 +43,23 @@ class RLCallback(pl.Callback):
         batch = on_batch_process(trainer, module, batch)           # may return a replacement batch
         on_pre_steps_log(trainer, module, batch) -> dict | None     # logged
         on_pre_optim_steps(trainer, module)
-        for each inner step:
-            sub = on_process_optim_batch(trainer, module, sub)      # may replace the minibatch
-            losses = module.loss(sub)
-            on_post_loss(trainer, module, sub, losses)
-            losses = on_optimizer(trainer, module, losses)          # may take over part of the step
-            module.step_optimizers(losses)                           # backward, clip, step
-            on_post_optim(trainer, module)
-            on_post_optim_log(trainer, module, sub) -> dict | None  # logged
+        for each epoch (module.optim_epochs passes; 1 for off-policy algorithms):
+            on_pre_epoch(trainer, module, epoch)
+            on_pre_epoch_log(trainer, module, epoch) -> dict | None
+            for each minibatch of the epoch (one optimizer step each):
+                sub = on_process_optim_batch(trainer, module, sub)  # may replace the minibatch
+                losses = module.loss(sub)
+                losses = on_process_loss(trainer, module, sub, losses)  # may replace the losses
+                on_post_loss(trainer, module, sub, losses)
+                losses = on_optimizer(trainer, module, losses)      # may take over part of the step
+                module.step_optimizers(losses)                       # backward, clip, step
+                on_post_optim(trainer, module)
+                on_post_optim_log(trainer, module, sub) -> dict | None
+            on_post_epoch(trainer, module, epoch)
+            on_post_epoch_log(trainer, module, epoch, epoch_losses) -> dict | None  # the epoch's mean losses
         on_post_steps(trainer, module)
-        on_post_steps_log(trainer, module, batch) -> dict | None    # logged
+        on_post_optim_complete_log(trainer, module, batch_losses) -> dict | None    # the batch's mean losses
+        on_post_steps_log(trainer, module, batch) -> dict | None
 
     Data-processing hooks return a replacement TensorDict, or ``None`` to keep what they were given.
     Logging hooks return a dict of metrics (logged through the module, with ``"log_pbar": True`` putting
@@ -71,8 +86,19 @@ class RLCallback(pl.Callback):
     def on_pre_optim_steps(self, trainer: pl.Trainer, module: RLModule) -> None:
         """The optimization steps of this batch are about to start."""
 
+    def on_pre_epoch(self, trainer: pl.Trainer, module: RLModule, epoch: int) -> None:
+        """A pass over the batch's minibatches (PPO's epoch) is about to start; ``epoch`` counts from 0."""
+
+    def on_pre_epoch_log(self, trainer: pl.Trainer, module: RLModule, epoch: int) -> LogDict:
+        """Log something before a pass over the batch's minibatches."""
+
     def on_process_optim_batch(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> TensorDict | None:
         """The algorithm picked the minibatch of an inner step; return a replacement or ``None``."""
+
+    def on_process_loss(
+        self, trainer: pl.Trainer, module: RLModule, batch: TensorDict, losses: TensorDict
+    ) -> TensorDict | None:
+        """The loss of an inner step was computed; return replacement losses (e.g. reweighted terms) or ``None``."""
 
     def on_post_loss(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict, losses: TensorDict) -> None:
         """The loss of an inner step was computed (e.g. update priorities from TD errors)."""
@@ -91,8 +117,18 @@ class RLCallback(pl.Callback):
     def on_post_optim_log(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> LogDict:
         """Log something after an optimizer step."""
 
+    def on_post_epoch(self, trainer: pl.Trainer, module: RLModule, epoch: int) -> None:
+        """A pass over the batch's minibatches finished (also the last one before an early stop)."""
+
+    def on_post_epoch_log(self, trainer: pl.Trainer, module: RLModule, epoch: int, losses: TensorDict) -> LogDict:
+        """Log something after a pass; ``losses`` holds the mean of every loss entry over its steps."""
+
     def on_post_steps(self, trainer: pl.Trainer, module: RLModule) -> None:
         """All optimization steps of the batch finished (e.g. push weights to remote collectors)."""
+
+    def on_post_optim_complete_log(self, trainer: pl.Trainer, module: RLModule, losses: TensorDict) -> LogDict:
+        """Log something about the batch's updates; ``losses`` holds the mean of every loss entry over all
+        its steps (what the loop logs as ``train/<entry>``)."""
 
     def on_post_steps_log(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> LogDict:
         """Log something after the optimization steps of the batch."""
