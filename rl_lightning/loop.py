@@ -35,6 +35,9 @@ class RLLoop:
         self.hooks: dict[str, list[Callable[..., Any]]] = {name: [] for name in RL_HOOKS}
         self.batches = 0
         """Collector batches processed (all of this run and the runs it resumed)."""
+        self.batch: TensorDict | None = None
+        """The collector batch being trained on, after ``on_batch_process`` and ``module.prepare_batch`` (PPO's
+        advantages included): what a hook that samples from the whole batch (``BatchSubSampler``) reads."""
 
     def setup(self, trainer: pl.Trainer) -> None:
         """Works out which callbacks (and whether the module) implement each hook."""
@@ -85,7 +88,7 @@ class RLLoop:
         """Processes one collector batch: hooks, ``module.prepare_batch``, the optimizer steps, logging."""
         module, hooks = self.module, self.hooks
         batch = self._process("on_batch_process", batch)
-        batch = module.prepare_batch(batch)
+        batch = self.batch = module.prepare_batch(batch)
         self._log("on_pre_steps_log", batch)
         self._call("on_pre_optim_steps")
 
@@ -147,6 +150,7 @@ class RLLoop:
                 self._log_losses(mean)
         self._log("on_post_steps_log", batch)
         self.batches += 1
+        self.batch = None
 
     def _process_loss(self, batch: TensorDict, losses: TensorDict) -> TensorDict:
         trainer, module = self.module.trainer, self.module
