@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -178,23 +177,3 @@ def test_sac_resume_restores_the_replay_buffer(tmp_path: Path) -> None:
     assert resumed.model.frames == 3 * 64
     assert len(resumed.model.replay_buffer) == 3 * 64  # the checkpointed 128 plus one new batch
     assert resumed.model.updates == 3 * 64
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("config", ["ppo.yaml", "sac.yaml"])
-def test_ddp_with_two_cpu_processes(tmp_path: Path, config: str) -> None:
-    """Two real gloo processes: each rank collects its own batches and frames count over both."""
-    path = ROOT / "configs" / config
-    fpb = yaml.safe_load(path.read_text())["data"]["frames_per_batch"]
-    args = _quick(path, tmp_path, batches=4)
-    args = [a for a in args if not a.startswith("--data.total_frames")] + [
-        f"--data.total_frames={2 * 4 * fpb}",
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
-    ]
-    result = _run("fit", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (metrics,) = tmp_path.rglob("metrics.csv")
-    with open(metrics) as f:
-        frames = [float(r["frames"]) for r in csv.DictReader(f) if r["frames"]]
-    assert frames[-1] == 2 * 4 * fpb  # 4 batches per rank, 2 ranks

@@ -1,0 +1,30 @@
+"""A callback for the DDP tests: each rank saves what it ended a fit with, to compare ranks afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+
+class SaveRankState(pl.Callback):
+    """At the end of a fit, rank ``r`` saves its parameters, optimizer state and counters to ``dirpath/rank{r}.pt``."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        optimizers = pl_module.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        state = {
+            "params": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+            "optimizers": [o.optimizer.state_dict() for o in optimizers],
+            "frames": pl_module.frames,
+            "updates": pl_module.updates,
+            "batches": pl_module.loop.batches,
+            "global_step": trainer.global_step,
+        }
+        torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")

@@ -1,0 +1,81 @@
+"""DDP with real processes: two gloo ranks on CPU train the same networks, count frames over both, and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT
+from tests.test_cli import _quick, _run
+
+pytestmark = pytest.mark.slow
+
+
+def _fit_ddp(config: str, tmp_path: Path, batches_per_rank: int, *extra: str) -> dict[int, dict[str, Any]]:
+    """Runs ``config`` with 2 DDP processes for ``batches_per_rank`` batches each; returns each rank's end state."""
+    path = ROOT / "configs" / config
+    fpb = yaml.safe_load(path.read_text())["data"]["frames_per_batch"]
+    probe = tmp_path / "ranks"
+    args = [a for a in _quick(path, tmp_path) if not a.startswith("--data.total_frames")]
+    callback = {"class_path": "tests.ddp_probe.SaveRankState", "init_args": {"dirpath": str(probe)}}
+    result = _run(
+        "fit",
+        *args,
+        f"--data.total_frames={2 * batches_per_rank * fpb}",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        f"--trainer.callbacks+={json.dumps(callback)}",
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {rank: torch.load(probe / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)}
+
+
+def _assert_same_networks(ranks: dict[int, dict[str, Any]]) -> None:
+    zero, one = ranks[0], ranks[1]
+    assert zero["params"].keys() == one["params"].keys()
+    for name, value in zero["params"].items():
+        torch.testing.assert_close(value, one["params"][name], rtol=0, atol=0, msg=name)
+    for a, b in zip(zero["optimizers"], one["optimizers"], strict=True):
+        for index, state in a["state"].items():
+            for key, value in state.items():
+                torch.testing.assert_close(value, b["state"][index][key], rtol=0, atol=0)
+    for counter in ("frames", "updates", "batches", "global_step"):
+        assert zero[counter] == one[counter], counter
+
+
+def test_ppo_ranks_stay_identical_count_frames_over_both_and_resume(tmp_path: Path) -> None:
+    fpb = yaml.safe_load((ROOT / "configs/ppo.yaml").read_text())["data"]["frames_per_batch"]
+    first = _fit_ddp("ppo.yaml", tmp_path, batches_per_rank=2)
+    _assert_same_networks(first)
+    assert first[0]["frames"] == 2 * 2 * fpb  # 2 batches on each of 2 ranks
+    assert first[0]["updates"] > 0
+
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    resumed = _fit_ddp("ppo.yaml", tmp_path, 4, f"--ckpt_path={ckpt}")
+    _assert_same_networks(resumed)
+    assert resumed[0]["frames"] == 2 * 4 * fpb
+    assert resumed[0]["batches"] == 4
+    assert resumed[0]["updates"] == 2 * first[0]["updates"]
+    for name, value in first[0]["params"].items():  # training went on from the checkpoint
+        if value.is_floating_point() and "encoder" not in name:
+            assert not torch.equal(value, resumed[0]["params"][name]), name
+
+    _, resumed_log = sorted(tmp_path.rglob("metrics.csv"))  # version_0, version_1
+    with resumed_log.open() as f:
+        frames = [float(r["frames"]) for r in csv.DictReader(f) if r["frames"]]
+    assert frames[-1] == 2 * 4 * fpb and frames[0] > 2 * 2 * fpb  # the resumed run logs from where it stopped
+
+
+def test_sac_ranks_stay_identical(tmp_path: Path) -> None:
+    fpb = yaml.safe_load((ROOT / "configs/sac.yaml").read_text())["data"]["frames_per_batch"]
+    ranks = _fit_ddp("sac.yaml", tmp_path, batches_per_rank=3)
+    _assert_same_networks(ranks)  # target networks included: they are part of the state dict
+    assert ranks[0]["frames"] == 2 * 3 * fpb
+    assert ranks[0]["updates"] > 0
