@@ -1,0 +1,112 @@
+"""RLCheckpointIO: atomic writes, large tensors beside the file, loading without unpickling code."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl_lightning.checkpoint import RLCheckpointIO
+
+
+def _data_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.data-"))
+
+
+def test_round_trip_keeps_small_tensors_inline_and_large_ones_beside(tmp_path: Path) -> None:
+    io = RLCheckpointIO(external_bytes=4096)
+    path = tmp_path / "run.ckpt"
+    checkpoint = {
+        "state_dict": {"w": torch.randn(3, 3), "big": torch.randn(64, 32)},
+        "buffers": [torch.arange(2000, dtype=torch.int64), (torch.ones(5000, dtype=torch.bool), 7)],
+        "half": torch.randn(4096, dtype=torch.bfloat16),
+        "meta": {"frames": 10, "name": "PPO"},
+    }
+    io.save_checkpoint(checkpoint, path)
+    (data_dir,) = _data_dirs(path)
+    assert len(list(data_dir.iterdir())) == 4  # big, the int64 range, the bools, the bf16 tensor
+    assert path.stat().st_size < 4096 * 2
+    loaded = io.load_checkpoint(path)
+    assert loaded["meta"] == checkpoint["meta"]
+    for key in ("w", "big"):
+        assert torch.equal(loaded["state_dict"][key], checkpoint["state_dict"][key])
+    assert torch.equal(loaded["buffers"][0], checkpoint["buffers"][0])
+    assert torch.equal(loaded["buffers"][1][0], checkpoint["buffers"][1][0]) and loaded["buffers"][1][1] == 7
+    assert loaded["half"].dtype == torch.bfloat16 and torch.equal(loaded["half"], checkpoint["half"])
+    loaded["state_dict"]["big"].zero_()  # a private mapping: the file keeps its data
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["big"], checkpoint["state_dict"]["big"])
+
+
+def test_saving_again_replaces_the_data_directory_and_removing_deletes_it(tmp_path: Path) -> None:
+    io = RLCheckpointIO(external_bytes=1024)
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"x": torch.zeros(1024)}, path)
+    first = _data_dirs(path)
+    io.save_checkpoint({"x": torch.ones(1024)}, path)
+    second = _data_dirs(path)
+    assert len(first) == len(second) == 1 and first != second
+    assert io.load_checkpoint(path)["x"].sum() == 1024
+    io.remove_checkpoint(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoints_with_pickled_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": argparse.Namespace(a=1)}, path)  # unpickling it would import code
+    with pytest.raises(ValueError, match=r"Refusing to load .*argparse\.Namespace.*weights_only=True"):
+        RLCheckpointIO().load_checkpoint(path)
+
+
+def test_missing_or_damaged_files_are_named(tmp_path: Path) -> None:
+    io = RLCheckpointIO(external_bytes=1024)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        io.load_checkpoint(tmp_path / "nope.ckpt")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        io.load_checkpoint(garbage)
+    path = tmp_path / "run.ckpt"
+    io.save_checkpoint({"x": torch.zeros(1024)}, path)
+    (data_dir,) = _data_dirs(path)
+    (data_dir / "0.bin").write_bytes(b"short")
+    with pytest.raises(ValueError, match="damaged"):
+        io.load_checkpoint(path)
+    for file in data_dir.iterdir():
+        file.unlink()
+    data_dir.rmdir()
+    with pytest.raises(FileNotFoundError, match=r"which is missing"):
+        io.load_checkpoint(path)
+
+
+WRITER = """
+import sys, torch
+from rl_lightning.checkpoint import RLCheckpointIO
+io = RLCheckpointIO(external_bytes=1 << 20)
+print("ready", flush=True)
+for i in range(1, 10**6):
+    io.save_checkpoint({"version": i, "big": torch.full((1 << 22,), float(i)), "small": torch.full((8,), float(i))},
+                       sys.argv[1])
+"""
+
+
+def test_a_save_killed_midway_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    """kill -9 a process that saves a 16 MiB checkpoint in a loop; whatever it left must load whole."""
+    path = tmp_path / "last.ckpt"
+    for delay in (0.05, 0.23, 0.41):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        while not path.exists():  # the first save has completed
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        loaded = RLCheckpointIO().load_checkpoint(path)
+        version = float(loaded["version"])
+        assert torch.all(loaded["big"] == version) and torch.all(loaded["small"] == version)
+        assert len(_data_dirs(path)) >= 1
