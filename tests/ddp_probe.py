@@ -10,7 +10,8 @@ import torch
 
 
 class SaveRankState(pl.Callback):
-    """At the end of a fit, rank ``r`` saves its parameters, optimizer state and counters to ``dirpath/rank{r}.pt``."""
+    """At the end of a fit, rank ``r`` saves its parameters, optimizer state, counters and replay buffer (if any) to
+    ``dirpath/rank{r}.pt``."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
@@ -27,4 +28,7 @@ class SaveRankState(pl.Callback):
             "batches": pl_module.loop.batches,
             "global_step": trainer.global_step,
         }
+        buffer = getattr(pl_module, "replay_buffer", None)
+        if buffer is not None:
+            state["buffer"] = buffer.state_dict()
         torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from rl_lightning.checkpoint import RLCheckpointIO
 from tests.conftest import ROOT
 from tests.test_cli import _quick, _run
 
@@ -73,9 +74,23 @@ def test_ppo_ranks_stay_identical_count_frames_over_both_and_resume(tmp_path: Pa
     assert frames[-1] == 2 * 4 * fpb and frames[0] > 2 * 2 * fpb  # the resumed run logs from where it stopped
 
 
-def test_sac_ranks_stay_identical(tmp_path: Path) -> None:
+def test_sac_ranks_stay_identical_and_resume_with_their_own_replay_buffers(tmp_path: Path) -> None:
     fpb = yaml.safe_load((ROOT / "configs/sac.yaml").read_text())["data"]["frames_per_batch"]
-    ranks = _fit_ddp("sac.yaml", tmp_path, batches_per_rank=3)
-    _assert_same_networks(ranks)  # target networks included: they are part of the state dict
-    assert ranks[0]["frames"] == 2 * 3 * fpb
-    assert ranks[0]["updates"] > 0
+    first = _fit_ddp("sac.yaml", tmp_path, batches_per_rank=2)
+    _assert_same_networks(first)  # target networks included: they are part of the state dict
+    assert first[0]["frames"] == 2 * 2 * fpb and first[0]["updates"] > 0
+    observations = [first[rank]["buffer"]["data"]["observation"] for rank in (0, 1)]
+    assert len(observations[0]) == 2 * fpb and not torch.equal(observations[0], observations[1])  # own envs
+
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    saved = RLCheckpointIO().load_checkpoint(ckpt)
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("ReplayBufferTrainer")]
+    for rank in (0, 1):  # rank zero wrote every rank's buffer
+        assert torch.equal(state["per_rank"][rank]["buffer"]["data"]["observation"], observations[rank])
+
+    resumed = _fit_ddp("sac.yaml", tmp_path, 3, f"--ckpt_path={ckpt}")
+    _assert_same_networks(resumed)
+    assert resumed[0]["frames"] == 2 * 3 * fpb
+    for rank in (0, 1):  # each rank resumed with its own transitions and added one batch
+        data = resumed[rank]["buffer"]["data"]["observation"]
+        assert len(data) == 3 * fpb and torch.equal(data[: 2 * fpb], observations[rank])

@@ -9,6 +9,7 @@ from tensordict import TensorDict
 from typing_extensions import override
 
 from rl_lightning.callbacks.rl_callback import RLCallback
+from rl_lightning.distributed import gather_per_rank, own_state
 
 if TYPE_CHECKING:
     from rl_lightning.module import RLModule
@@ -26,7 +27,8 @@ class ReplayBufferTrainer(RLCallback):
     - ``on_post_loss``: with a prioritized buffer, ``buffer.update_priority(sub["index"], sub["td_error"])``.
 
     The buffer's contents are part of this callback's ``state_dict``, so checkpoints carry them (a
-    memory-mapped buffer is flushed and found again in its directory).
+    memory-mapped buffer is flushed and found again in its directory). Under DDP each rank has its own buffer:
+    the checkpoint holds every rank's, and each rank resumes with its own.
 
     Args:
         buffer: the :class:`~rl_lightning.replay.ReplayBuffer`.
@@ -43,6 +45,11 @@ class ReplayBufferTrainer(RLCallback):
             )
         self.buffer = buffer
         self.batch_size = batch_size
+        self._trainer: pl.Trainer | None = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -63,8 +70,8 @@ class ReplayBufferTrainer(RLCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict()}
+        return gather_per_rank(self._trainer, {"buffer": self.buffer.state_dict()})
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state_dict["buffer"])
+        self.buffer.load_state_dict(own_state(self._trainer, state_dict, "replay buffer")["buffer"])

@@ -1,0 +1,44 @@
+"""State that differs between DDP ranks (each rank's replay buffer, RNG states), in the checkpoint that rank zero
+writes: every rank's state is gathered into it, and each rank takes its own back on resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+PER_RANK = "per_rank"
+
+
+def gather_per_rank(trainer: pl.Trainer | None, state: Any) -> dict[str, list[Any]]:
+    """``{"per_rank": [state of rank 0, state of rank 1, ...]}`` on rank zero (the rank that writes checkpoints).
+
+    Must be called on every rank at once (Lightning builds checkpoints on all ranks). Other ranks get an empty
+    list: what they return is not written.
+    """
+    world_size = 1 if trainer is None else trainer.world_size
+    if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return {PER_RANK: [state]}
+    assert trainer is not None
+    gathered: list[Any] | None = [None] * world_size if trainer.global_rank == 0 else None
+    torch.distributed.gather_object(state, gathered, dst=0)
+    return {PER_RANK: gathered or []}
+
+
+def own_state(trainer: pl.Trainer | None, saved: dict[str, list[Any]], what: str) -> Any:
+    """This rank's entry of a :func:`gather_per_rank` state.
+
+    A run resumed with another number of ranks gives rank ``r`` the state of saved rank ``r mod n``, with a
+    warning naming ``what``.
+    """
+    states = saved[PER_RANK]
+    rank = 0 if trainer is None else trainer.global_rank
+    world_size = 1 if trainer is None else trainer.world_size
+    if len(states) != world_size:
+        rank_zero_warn(
+            f"The checkpoint holds the {what} of {len(states)} rank(s), and this run has {world_size}: rank r "
+            f"resumes with the {what} of saved rank r mod {len(states)}."
+        )
+    return states[rank % len(states)]
