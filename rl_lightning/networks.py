@@ -6,6 +6,7 @@ a TensorDict per call would cost more than the forward pass of a small MLP.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -51,6 +52,36 @@ def mlp(
     if out_features is not None:
         layers.append(orthogonal_linear(size, out_features, out_gain))
     return nn.Sequential(*layers)
+
+
+def compile_networks(module: nn.Module) -> None:
+    """``torch.compile`` every MLP (``nn.Sequential``) of ``module`` in place, for the policy and the losses alike.
+
+    Parameter names stay as they are, so checkpoints load into compiled and eager models alike, and copies
+    (target networks, weight averaging) run on their own parameters. Shapes are compiled as dynamic: the
+    policy sees ``num_envs`` rows, the losses minibatches. Compilation happens on first use (seconds on a CPU,
+    where it needs a C++ compiler).
+    """
+    for network in module.modules():
+        if type(network) is nn.Sequential:
+            network.__class__ = _CompiledSequential
+
+
+class _CompiledSequential(nn.Sequential):
+    """An ``nn.Sequential`` whose forward runs compiled.
+
+    One compiled function takes the network as an argument (rather than ``nn.Module.compile``, which leaves
+    ``Sequential`` eager with torch 2.13, or a compiled bound method, which a ``deepcopy`` would keep calling
+    on the original's parameters).
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _compiled_sequential_forward()(self, input)
+
+
+@functools.cache
+def _compiled_sequential_forward() -> Callable[..., torch.Tensor]:
+    return torch.compile(nn.Sequential.forward, dynamic=True)
 
 
 def forward_detached(network: nn.Module, x: torch.Tensor) -> torch.Tensor:

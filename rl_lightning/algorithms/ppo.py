@@ -15,7 +15,7 @@ from rl_lightning._checks import check_non_negative, check_positive, check_range
 from rl_lightning.data import RLDataModule
 from rl_lightning.functional import explained_variance, generalized_advantage_estimate
 from rl_lightning.module import RLModule
-from rl_lightning.networks import Activation, ObservationEncoder, make_action_head, mlp
+from rl_lightning.networks import Activation, ObservationEncoder, compile_networks, make_action_head, mlp
 from rl_lightning.spaces import SpaceLike
 
 TRAIN_KEYS = (
@@ -57,6 +57,7 @@ class PPO(RLModule):
         share_network: one MLP body for actor and critic (two heads) instead of two separate MLPs.
         normalize_observations: normalize observations with running statistics (updated after each batch).
         log_std_init: initial log standard deviation of the Gaussian policy (``Box`` actions).
+        compile: ``torch.compile`` the MLPs (policy and losses); see ``benchmarks/README.md`` for its effect.
 
     Example:
         >>> import gymnasium as gym
@@ -88,6 +89,7 @@ class PPO(RLModule):
         share_network: bool = False,
         normalize_observations: bool = False,
         log_std_init: float = 0.0,
+        compile: bool = False,
     ) -> None:
         super().__init__(observation_space, action_space)
         check_positive("lr", lr, "Use e.g. lr=3e-4.")
@@ -136,6 +138,8 @@ class PPO(RLModule):
             self.critic = mlp(hidden_sizes[-1], [], activation, out_features=1, out_gain=1.0)
         else:
             self.critic = mlp(features, hidden_sizes, activation, out_features=1, out_gain=1.0)
+        if compile:
+            compile_networks(self)
 
     # -- networks ----------------------------------------------------------------------------------
 

@@ -19,7 +19,14 @@ from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UT
 from rl_lightning.callbacks.replay_buffer_trainer import TD_ERROR
 from rl_lightning.data import RLDataModule
 from rl_lightning.module import RLModule
-from rl_lightning.networks import Activation, ObservationEncoder, TanhGaussianHead, forward_detached, mlp
+from rl_lightning.networks import (
+    Activation,
+    ObservationEncoder,
+    TanhGaussianHead,
+    compile_networks,
+    forward_detached,
+    mlp,
+)
 from rl_lightning.replay import ReplayBuffer
 from rl_lightning.spaces import SpaceLike
 
@@ -70,6 +77,7 @@ class SAC(RLModule):
         activation: activation of the hidden layers.
         max_grad_norm: clip the gradient norm of the actor, the critics and the temperature each to this
             (``None``: no clipping).
+        compile: ``torch.compile`` the MLPs (policy and losses); see ``benchmarks/README.md`` for its effect.
 
     Example:
         >>> model = SAC(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-2, 2, (1,)), hidden_sizes=[32])
@@ -107,6 +115,7 @@ class SAC(RLModule):
         hidden_sizes: list[int] | None = None,
         activation: Activation = "relu",
         max_grad_norm: float | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(observation_space, action_space)
         space = self.action_space
@@ -167,6 +176,8 @@ class SAC(RLModule):
         )
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha)), requires_grad=auto_alpha)
+        if compile:
+            compile_networks(self)
 
     # -- networks ------------------------------------------------------------------------------
 
