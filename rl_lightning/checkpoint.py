@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from typing_extensions import override
@@ -144,6 +145,14 @@ class RLCheckpointIO(TorchCheckpointIO):
         path.unlink(missing_ok=True)
         for directory in _data_dirs(path):
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def use_rl_checkpoint_io(trainer: pl.Trainer) -> None:
+    """Makes ``trainer`` write and load checkpoints through :class:`RLCheckpointIO`, unless the user configured
+    another ``CheckpointIO`` plugin. ``RLModule.setup`` calls it, before Lightning restores a ``ckpt_path``."""
+    strategy = trainer.strategy
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = RLCheckpointIO()
 
 
 def _data_dirs(path: Path) -> list[Path]:

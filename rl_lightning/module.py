@@ -16,6 +16,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_lightning import keys
+from rl_lightning.checkpoint import use_rl_checkpoint_io
 from rl_lightning.data import RLDataModule
 from rl_lightning.functional import total_loss
 from rl_lightning.loop import RLLoop
@@ -171,6 +172,7 @@ class RLModule(pl.LightningModule, ABC):
 
     def setup(self, stage: str) -> None:
         self.check_data(self.data)
+        use_rl_checkpoint_io(self.trainer)
 
     def on_fit_start(self) -> None:
         self.loop.setup(self.trainer)

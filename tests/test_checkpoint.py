@@ -110,3 +110,37 @@ def test_a_save_killed_midway_leaves_a_loadable_checkpoint(tmp_path: Path) -> No
         version = float(loaded["version"])
         assert torch.all(loaded["big"] == version) and torch.all(loaded["small"] == version)
         assert len(_data_dirs(path)) >= 1
+
+
+def test_a_fit_checkpoints_through_it_and_pruning_removes_the_data_directories(tmp_path: Path) -> None:
+    """SAC's replay buffer goes beside each .ckpt; save_top_k pruning removes the directories of pruned files."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.test_sac import tiny_sac_run
+
+    checkpoints = ModelCheckpoint(tmp_path / "ckpt", monitor="val/episode_return", mode="max", save_top_k=2,
+                                  save_last=True, every_n_train_steps=1)  # fmt: skip
+    io = RLCheckpointIO(external_bytes=512)  # the observations of 64 transitions or more
+    trainer, model = tiny_sac_run(
+        tmp_path, enable_checkpointing=True, callbacks=[checkpoints], plugins=[io], val_check_interval=1
+    )
+    assert trainer.strategy.checkpoint_io is io
+    files = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert len(files) == 3  # the two best and last.ckpt; the others were pruned
+    for file in files:
+        assert len(_data_dirs(file)) == 1
+    assert len([p for p in (tmp_path / "ckpt").iterdir() if p.is_dir()]) == 3
+
+    saved = io.load_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("ReplayBufferTrainer")]
+    assert torch.equal(
+        state["per_rank"][0]["buffer"]["data"]["observation"], model.replay_buffer.state_dict()["data"]["observation"]
+    )
+
+
+def test_trainers_use_it_unless_another_checkpoint_io_is_configured(tmp_path: Path) -> None:
+    from tests.conftest import tiny_ppo_run
+
+    trainer, model, data = tiny_ppo_run(tmp_path, max_steps=1)
+    trainer.fit(model, datamodule=data)
+    assert type(trainer.strategy.checkpoint_io) is RLCheckpointIO
