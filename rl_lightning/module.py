@@ -18,6 +18,7 @@ from torch import nn
 from rl_lightning import keys
 from rl_lightning.checkpoint import use_rl_checkpoint_io
 from rl_lightning.data import RLDataModule
+from rl_lightning.distributed import gather_per_rank, own_state, rng_state, set_rng_state
 from rl_lightning.functional import total_loss
 from rl_lightning.loop import RLLoop
 from rl_lightning.spaces import SpaceLike, space_from_dict, space_to_dict
@@ -248,6 +249,7 @@ class RLModule(pl.LightningModule, ABC):
             "updates": self.updates,
             "episodes": self.episodes,
             "loop": self.loop.state_dict(),
+            "rng": gather_per_rank(self._trainer, rng_state()),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -263,6 +265,8 @@ class RLModule(pl.LightningModule, ABC):
         self.updates = int(state["updates"])
         self.episodes = int(state["episodes"])
         self.loop.load_state_dict(state["loop"])
+        if "rng" in state:
+            set_rng_state(own_state(self._trainer, state["rng"], "random number generator states"))
 
 
 def _can_call_torch_directly(module: RLModule) -> bool:

@@ -144,3 +144,23 @@ def test_trainers_use_it_unless_another_checkpoint_io_is_configured(tmp_path: Pa
     trainer, model, data = tiny_ppo_run(tmp_path, max_steps=1)
     trainer.fit(model, datamodule=data)
     assert type(trainer.strategy.checkpoint_io) is RLCheckpointIO
+
+
+def test_checkpoints_carry_the_random_number_generators(tmp_path: Path) -> None:
+    """Resuming restores torch, numpy and python RNGs as they were at the save."""
+    import random
+
+    import numpy as np
+
+    from rl_lightning import PPO
+    from tests.conftest import tiny_ppo_run
+
+    trainer, model, data = tiny_ppo_run(tmp_path, max_steps=2, enable_checkpointing=True)
+    trainer.fit(model, datamodule=data)
+    path = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(path)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)  # what a fresh process would have
+    PPO.load_from_checkpoint(path)  # no trainer: a single process's state
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
