@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -44,6 +44,10 @@ class RLModule(pl.LightningModule, ABC):
     """Passes over :meth:`optim_batches` per collector batch."""
     max_grad_norm: float | None = None
     """Clip each parameter group's gradient norm to this value (``None``: no clipping)."""
+    nonfinite: Literal["raise", "skip"] = "raise"
+    """What an optimizer step with NaN or inf gradients does: stop the run with a message naming the update,
+    the loss terms and the last checkpoint (``"raise"``), or change nothing and go on (``"skip"``, counted in
+    ``skipped_updates`` and logged as ``train/skipped_updates``)."""
 
     def __init__(self, observation_space: SpaceLike | None, action_space: SpaceLike | None) -> None:
         super().__init__()
@@ -65,6 +69,9 @@ class RLModule(pl.LightningModule, ABC):
         """Whether this batch's metrics reach the loggers (every ``trainer.log_every_n_steps`` batches)."""
         self._start_time = 0.0
         self._start_frames = 0
+        self.skipped_updates = 0
+        self._last_losses: TensorDict | None = None
+        self._grad_scaler = False
 
     def save_rl_hyperparameters(self) -> None:
         """``save_hyperparameters`` of the caller's arguments, with the spaces stored as plain data."""
@@ -119,6 +126,7 @@ class RLModule(pl.LightningModule, ABC):
             optimizers = [optimizers]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
+        self._last_losses = losses
         self.backward_loss(total_loss(losses))
         for optimizer in optimizers:
             if self._direct_torch:
@@ -140,10 +148,46 @@ class RLModule(pl.LightningModule, ABC):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Clips the gradient norm of each parameter group to ``max_grad_norm`` (SAC: actor, critics and
-        temperature separately). Lightning calls this after unscaling mixed-precision gradients."""
+        temperature separately), and stops on (or skips, see :attr:`nonfinite`) gradients with NaN or inf.
+        Lightning calls this after unscaling mixed-precision gradients; with float16's gradient scaler, the
+        scaler itself skips steps with inf gradients, so no check is made here."""
+        norm: torch.Tensor | None
         if self.max_grad_norm is not None:
-            for group in optimizer.param_groups:
-                torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm)
+            norms = [
+                torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm) for group in optimizer.param_groups
+            ]
+            norm = norms[0] if len(norms) == 1 else torch.stack(norms).sum()
+        else:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if norm is not None and not self._grad_scaler and not bool(torch.isfinite(norm)):
+            self._nonfinite_gradients(optimizer)
+
+    def _nonfinite_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Raises, naming the update, the loss terms and the last checkpoint; or with ``nonfinite="skip"``
+        drops the gradients, so that this optimizer step changes nothing (every rank sees the same reduced
+        gradients, so all ranks agree)."""
+        if self.nonfinite == "skip":
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_updates += 1
+            return
+        losses = self._last_losses
+        names = [] if losses is None else [k for k in losses.keys() if isinstance(k, str) and k.startswith("loss_")]
+        terms = ", ".join(f"{k}={float(losses.get(k)):.4g}" for k in names) if losses is not None else ""
+        checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or getattr(
+            self.trainer.checkpoint_callback, "best_model_path", ""
+        )
+        raise FloatingPointError(
+            f"NaN or inf gradients at update {self.updates + 1} (frames {self.frames}, global step "
+            f"{self.trainer.global_step}); the losses of this step: {terms or 'unknown'}. "
+            + (
+                f"The last checkpoint, written before this step: {checkpoint}. "
+                if checkpoint
+                else "No checkpoint was written before this step. "
+            )
+            + "Lower the learning rate, scale or clip the rewards, or set max_grad_norm; to skip such updates "
+            "instead, set the model's nonfinite: skip."
+        )
 
     # -- access to the data ------------------------------------------------------------------------------
 
@@ -178,6 +222,7 @@ class RLModule(pl.LightningModule, ABC):
     def on_fit_start(self) -> None:
         self.loop.setup(self.trainer)
         self._direct_torch = _can_call_torch_directly(self)
+        self._grad_scaler = getattr(self.trainer.precision_plugin, "scaler", None) is not None
         self._start_time = time.perf_counter()
         self._start_frames = self.frames
 
@@ -216,6 +261,8 @@ class RLModule(pl.LightningModule, ABC):
             "time/fps": (self.frames - self._start_frames) / elapsed,
             "rollout/episodes": float(self.episodes),
         }
+        if self.nonfinite == "skip":
+            metrics["train/skipped_updates"] = float(self.skipped_updates)
         if count:
             metrics["rollout/episode_return"] = returns / count
             metrics["rollout/episode_length"] = lengths / count

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -58,6 +58,8 @@ class PPO(RLModule):
         normalize_observations: normalize observations with running statistics (updated after each batch).
         log_std_init: initial log standard deviation of the Gaussian policy (``Box`` actions).
         compile: ``torch.compile`` the MLPs (policy and losses); see ``benchmarks/README.md`` for its effect.
+        nonfinite: an update with NaN or inf gradients stops the run with a message (``"raise"``) or is skipped
+            (``"skip"``, counted in ``train/skipped_updates``).
 
     Example:
         >>> import gymnasium as gym
@@ -90,6 +92,7 @@ class PPO(RLModule):
         normalize_observations: bool = False,
         log_std_init: float = 0.0,
         compile: bool = False,
+        nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__(observation_space, action_space)
         check_positive("lr", lr, "Use e.g. lr=3e-4.")
@@ -110,7 +113,10 @@ class PPO(RLModule):
         hidden_sizes = [64, 64] if hidden_sizes is None else list(hidden_sizes)
         if not hidden_sizes or min(hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes={hidden_sizes} is invalid: expected a non-empty list of positive sizes.")
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite={nonfinite!r} is invalid: expected 'raise' or 'skip'.")
         self.save_rl_hyperparameters()
+        self.nonfinite = nonfinite
         self.lr = lr
         self.anneal_lr = anneal_lr
         self.adam_eps = adam_eps

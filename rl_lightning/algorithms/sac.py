@@ -78,6 +78,8 @@ class SAC(RLModule):
         max_grad_norm: clip the gradient norm of the actor, the critics and the temperature each to this
             (``None``: no clipping).
         compile: ``torch.compile`` the MLPs (policy and losses); see ``benchmarks/README.md`` for its effect.
+        nonfinite: an update with NaN or inf gradients stops the run with a message (``"raise"``) or is skipped
+            (``"skip"``, counted in ``train/skipped_updates``).
 
     Example:
         >>> model = SAC(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-2, 2, (1,)), hidden_sizes=[32])
@@ -116,6 +118,7 @@ class SAC(RLModule):
         activation: Activation = "relu",
         max_grad_norm: float | None = None,
         compile: bool = False,
+        nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__(observation_space, action_space)
         space = self.action_space
@@ -141,7 +144,10 @@ class SAC(RLModule):
         hidden_sizes = [256, 256] if hidden_sizes is None else list(hidden_sizes)
         if not hidden_sizes or min(hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes={hidden_sizes} is invalid: expected a non-empty list of positive sizes.")
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite={nonfinite!r} is invalid: expected 'raise' or 'skip'.")
         self.save_rl_hyperparameters()
+        self.nonfinite = nonfinite
         self.actor_lr, self.critic_lr, self.alpha_lr = actor_lr, critic_lr, alpha_lr
         self.gamma = gamma
         self.batch_size = batch_size

@@ -1,0 +1,69 @@
+"""Faults: NaN/inf in an update stops the run with a message (or is skipped on request), and what is on
+disk stays intact."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from tensordict import TensorDict
+
+from rl_lightning import PPO, RLCallback
+from rl_lightning.checkpoint import RLCheckpointIO
+from tests.conftest import tiny_ppo_run
+
+
+class PoisonLoss(RLCallback):
+    """Turns ``loss_critic`` into NaN at the given updates (counted from 1)."""
+
+    def __init__(self, at: set[int]) -> None:
+        self.at = at
+        self.params_before: list[torch.Tensor] = []
+        self.unchanged: list[bool] = []  # per poisoned update: did its step leave every parameter as it was?
+
+    def on_process_loss(self, trainer: Any, module: Any, batch: TensorDict, losses: TensorDict) -> TensorDict | None:
+        if module.updates + 1 not in self.at:
+            return None
+        self.params_before = [p.detach().clone() for p in module.parameters()]
+        losses = losses.clone(False)
+        losses["loss_critic"] = losses["loss_critic"] * math.nan
+        return losses
+
+    def on_post_optim(self, trainer: Any, module: Any) -> None:
+        if module.updates in self.at:
+            same = [torch.equal(a, b) for a, b in zip(self.params_before, module.parameters(), strict=True)]
+            self.unchanged.append(all(same))
+
+
+def test_nan_gradients_stop_the_run_naming_the_update_the_loss_and_the_last_checkpoint(tmp_path: Path) -> None:
+    last = ModelCheckpoint(tmp_path / "ckpt", save_last=True, every_n_train_steps=1, save_top_k=0)
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[PoisonLoss({9}), last], enable_checkpointing=True)
+    with pytest.raises(FloatingPointError) as error:
+        trainer.fit(model, datamodule=data)
+    message = str(error.value)
+    assert "update 9 " in message and "loss_critic=nan" in message and "loss_objective=" in message
+    assert str(tmp_path / "ckpt" / "last.ckpt") in message and "nonfinite: skip" in message
+    saved = RLCheckpointIO().load_checkpoint(tmp_path / "ckpt" / "last.ckpt")
+    assert saved["rl_lightning"]["updates"] == 8  # 2 batches of 4 updates: written before the bad step
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+def test_nonfinite_skip_leaves_the_parameters_and_goes_on(tmp_path: Path) -> None:
+    poison = PoisonLoss({3, 7})
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[poison], model={"nonfinite": "skip"})
+    trainer.fit(model, datamodule=data)
+    assert model.skipped_updates == 2 and model.updates == 16
+    assert poison.unchanged == [True, True]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert model.frames == data.total_frames
+
+
+def test_a_bad_nonfinite_value_is_named() -> None:
+    import gymnasium as gym
+
+    with pytest.raises(ValueError, match="nonfinite='ignore' is invalid"):
+        PPO(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), nonfinite="ignore")  # type: ignore[arg-type]
