@@ -155,15 +155,37 @@ def use_rl_checkpoint_io(trainer: pl.Trainer) -> None:
         strategy.checkpoint_io = RLCheckpointIO()
 
 
+def find_last_checkpoint(trainer: pl.Trainer) -> Path | None:
+    """The newest ``last.ckpt`` (or ``last-v<n>.ckpt``) of this experiment's earlier runs, or ``None``.
+
+    Each run logs to a new version directory (``<save_dir>/<name>/version_<n>``) and ``ModelCheckpoint`` writes
+    into its ``checkpoints`` folder, where Lightning's own ``ckpt_path="last"`` does not look; this looks in
+    every ``<save_dir>/<name>/*/checkpoints``. The CLI resolves ``--ckpt_path last`` with it.
+    """
+    logger = trainer.logger
+    if logger is not None and logger.save_dir is not None:
+        base = Path(logger.save_dir) / (logger.name or "")
+    else:
+        base = Path(trainer.default_root_dir) / "lightning_logs"
+    found = [p for p in base.glob("*/checkpoints/*.ckpt") if re.fullmatch(r"last(-v\d+)?", p.stem)]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def _data_dirs(path: Path) -> list[Path]:
     pattern = re.compile(re.escape(path.name) + r"\.data-[0-9a-f]{12}")
     return [p for p in path.parent.iterdir() if p.is_dir() and pattern.fullmatch(p.name)]
 
 
 def _remove_leftovers(path: Path) -> None:
-    """Temporary files of saves to ``path`` that a crash interrupted."""
+    """Temporary files of saves to ``path`` that a crash interrupted, and data directories whose checkpoint is
+    gone (removed by something other than :meth:`RLCheckpointIO.remove_checkpoint`, e.g. a ``last.ckpt`` that
+    ``ModelCheckpoint(save_last="link")`` replaced by a link)."""
     for leftover in path.parent.glob(f".{path.name}.tmp-*"):
         leftover.unlink(missing_ok=True)
+    for directory in path.parent.glob("*.data-*"):
+        base, _, token = directory.name.rpartition(".data-")
+        if directory.is_dir() and re.fullmatch(r"[0-9a-f]{12}", token) and not (path.parent / base).is_file():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _externalize(value: Any, threshold: int, files: list[tuple[str, torch.Tensor]]) -> Any:

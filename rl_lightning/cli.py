@@ -11,16 +11,45 @@ import warnings
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from rl_lightning.builders import TRAINER_DEFAULTS
+from rl_lightning.checkpoint import find_last_checkpoint
+from rl_lightning.compat import check_callback_classes, check_logger_packages, classes_in_config
 from rl_lightning.data import RLDataModule
 from rl_lightning.module import RLModule
 
 
+class RLSaveConfigCallback(SaveConfigCallback):
+    """Lightning's ``SaveConfigCallback``, also for loggers without a local directory (MLflow with a database or
+    server store): the config then goes to the run as the artifact ``config.yaml`` instead of failing."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.save_to_log_dir and trainer.log_dir is None:
+            self.save_to_log_dir = False
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        logger = trainer.logger
+        if isinstance(logger, MLFlowLogger) and logger.save_dir is None and logger.run_id:
+            config = self.parser.dump(self.config, skip_none=False)
+            logger.experiment.log_text(logger.run_id, config, self.config_filename)
+
+
 class RLLightningCLI(LightningCLI):
     """LightningCLI for an :class:`~rl_lightning.RLModule` (chosen by ``model.class_path``) and an
-    :class:`~rl_lightning.RLDataModule` (``data.*``)."""
+    :class:`~rl_lightning.RLDataModule` (``data.*``).
+
+    Before anything is built it stops on a logger whose package is missing (naming the extra to install) and on
+    a Lightning callback that cannot work in an RL fit (:mod:`rl_lightning.compat`)."""
+
+    def __init__(
+        self, *args: Any, save_config_callback: type[SaveConfigCallback] | None = RLSaveConfigCallback, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, save_config_callback=save_config_callback, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -42,6 +71,25 @@ class RLLightningCLI(LightningCLI):
             if threads < 1:
                 raise ValueError(f"torch_threads={threads} is invalid: expected an integer >= 1, or null.")
             torch.set_num_threads(threads)
+        trainer = config.get("trainer") if config is not None else None
+        if trainer is not None:
+            check_logger_packages(classes_in_config(trainer.get("logger")))
+            if self.subcommand in ("fit", None):  # None: built to be fitted from Python
+                check_callback_classes(classes_in_config(trainer.get("callbacks")))
+
+    def before_fit(self) -> None:
+        _resume_from_last(self)
+
+
+def _resume_from_last(cli: RLLightningCLI) -> None:
+    """``--ckpt_path last``: the newest ``last.ckpt`` of this experiment's earlier runs (each run logs to a new
+    version directory, where Lightning alone would not find it); Lightning resolves it when none is found."""
+    config = cli.config_init[cli.subcommand]
+    if config.get("ckpt_path") == "last":
+        found = find_last_checkpoint(cli.trainer)
+        if found is not None:
+            rank_zero_info(f"Resuming from {found} (--ckpt_path last).")
+            config["ckpt_path"] = str(found)
 
 
 def _observation_space(data: RLDataModule) -> dict[str, Any]:

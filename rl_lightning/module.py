@@ -16,7 +16,9 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_lightning import keys
+from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
 from rl_lightning.checkpoint import use_rl_checkpoint_io
+from rl_lightning.compat import check_callbacks
 from rl_lightning.data import RLDataModule
 from rl_lightning.distributed import gather_per_rank, own_state, rng_state, set_rng_state
 from rl_lightning.functional import total_loss
@@ -98,6 +100,11 @@ class RLModule(pl.LightningModule, ABC):
     def prepare_batch(self, batch: TensorDict) -> TensorDict:
         """Turns a collected batch into training data (e.g. writes advantages). Runs after ``on_batch_process``."""
         return batch
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Callbacks every RL run gets: :class:`~rl_lightning.callbacks.GracefulInterrupt` (Ctrl-C stops at the end
+        of a batch with a checkpoint). Algorithms add theirs (SAC: replay buffer, target updates, UTD ratio)."""
+        return [GracefulInterrupt()]
 
     def target_networks(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(online, target)`` network pairs that ``TargetNetUpdaterHook`` updates; none by default."""
@@ -216,6 +223,8 @@ class RLModule(pl.LightningModule, ABC):
     # -- Lightning hooks -----------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            check_callbacks(self.trainer.callbacks)  # type: ignore[attr-defined]  # set dynamically by Lightning
         self.check_data(self.data)
         use_rl_checkpoint_io(self.trainer)
 
@@ -280,6 +289,7 @@ class RLModule(pl.LightningModule, ABC):
         self.log(f"{prefix}/episode_length", lengths.mean(), sync_dist=True, batch_size=size)
         if self.trainer.state.fn == "fit":  # plot evaluations against env frames, like the training curves
             self.log("step", float(self.frames), sync_dist=True, batch_size=size)
+            self.log("frames", float(self.frames), sync_dist=True, batch_size=size)  # checkpoint names use it
 
     def validation_step(self, batch: TensorDict, batch_idx: int) -> None:
         self._log_evaluation(batch, "val")

@@ -24,7 +24,7 @@ def _fit_ddp(config: str, tmp_path: Path, batches_per_rank: int, *extra: str) ->
     fpb = yaml.safe_load(path.read_text())["data"]["frames_per_batch"]
     probe = tmp_path / "ranks"
     args = [a for a in _quick(path, tmp_path) if not a.startswith("--data.total_frames")]
-    callback = {"class_path": "tests.ddp_probe.SaveRankState", "init_args": {"dirpath": str(probe)}}
+    callback = {"class_path": "tests.probe.SaveRankState", "init_args": {"dirpath": str(probe)}}
     result = _run(
         "fit",
         *args,

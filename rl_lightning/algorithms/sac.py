@@ -214,7 +214,12 @@ class SAC(RLModule):
     # -- the RL loop -----------------------------------------------------------------------------
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [ReplayBufferTrainer(self.replay_buffer, self.batch_size), self.target_updater, UTDRHook()]
+        return [
+            *super().configure_callbacks(),
+            ReplayBufferTrainer(self.replay_buffer, self.batch_size),
+            self.target_updater,
+            UTDRHook(),
+        ]
 
     def check_data(self, data: RLDataModule) -> None:
         super().check_data(data)

@@ -1,4 +1,5 @@
-"""A callback for the DDP tests: each rank saves what it ended a fit with, to compare ranks afterwards."""
+"""A callback for tests with real processes: each rank saves its state at the start or end of a fit, to compare
+ranks afterwards, or a resumed run with the checkpoint it resumed from."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ import torch
 
 
 class SaveRankState(pl.Callback):
-    """At the end of a fit, rank ``r`` saves its parameters, optimizer state, counters and replay buffer (if any) to
-    ``dirpath/rank{r}.pt``."""
+    """At the end of a fit (or at its start, after a checkpoint was restored, with ``at_start=True``), rank ``r``
+    saves its parameters, optimizer state, counters and replay buffer (if any) to ``dirpath/rank{r}.pt``."""
 
-    def __init__(self, dirpath: str) -> None:
+    def __init__(self, dirpath: str, at_start: bool = False) -> None:
         self.dirpath = Path(dirpath)
+        self.at_start = at_start
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.at_start:
+            self._save(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if not self.at_start:
+            self._save(trainer, pl_module)
+
+    def _save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
         optimizers = pl_module.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
