@@ -21,6 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
 
 EXTERNAL = "rl_lightning.external"
@@ -149,10 +150,29 @@ class RLCheckpointIO(TorchCheckpointIO):
 
 def use_rl_checkpoint_io(trainer: pl.Trainer) -> None:
     """Makes ``trainer`` write and load checkpoints through :class:`RLCheckpointIO`, unless the user configured
-    another ``CheckpointIO`` plugin. ``RLModule.setup`` calls it, before Lightning restores a ``ckpt_path``."""
+    another ``CheckpointIO`` plugin, and checks that every ``ModelCheckpoint`` can write its directory.
+    ``RLModule.setup`` calls it, before Lightning restores a ``ckpt_path`` and before any training."""
     strategy = trainer.strategy
     if type(strategy.checkpoint_io) is TorchCheckpointIO:
         strategy.checkpoint_io = RLCheckpointIO()
+    if trainer.state.fn == "fit" and trainer.is_global_zero:
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+                _check_writable(Path(callback.dirpath))
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{uuid.uuid4().hex[:12]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"Checkpoints cannot be written to {str(directory)!r} ({err.strerror or err}). Choose a writable "
+            "directory: ModelCheckpoint's dirpath, or the logger's save_dir (trainer.logger.init_args.save_dir) "
+            "or trainer.default_root_dir it defaults to."
+        ) from err
 
 
 def find_last_checkpoint(trainer: pl.Trainer) -> Path | None:

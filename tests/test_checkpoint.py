@@ -164,3 +164,18 @@ def test_checkpoints_carry_the_random_number_generators(tmp_path: Path) -> None:
     PPO.load_from_checkpoint(path)  # no trainer: a single process's state
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_an_unwritable_checkpoint_directory_stops_the_run_before_training(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.conftest import tiny_ppo_run
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    checkpoint = ModelCheckpoint(dirpath=blocker / "checkpoints")
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[checkpoint], enable_checkpointing=True)
+    with pytest.raises(ValueError, match=r"Checkpoints cannot be written to .*a-file/checkpoints"):
+        trainer.fit(model, datamodule=data)
+    assert model.frames == 0 and model.updates == 0
+    assert blocker.read_text() == "not a directory"
