@@ -318,6 +318,15 @@ class RLModule(pl.LightningModule, ABC):
                 f"This checkpoint holds a {state['algorithm']} model and cannot be loaded into "
                 f"{type(self).__name__}. Load it with rl_lightning.{state['algorithm']} (model.class_path)."
             )
+        saved = checkpoint.get("hyper_parameters", {})
+        for name in ("observation_space", "action_space"):
+            ours = space_to_dict(getattr(self, name))
+            if name in saved and saved[name] != ours:
+                raise ValueError(
+                    f"This checkpoint's model was built for the {name} {space_from_dict(saved[name])}, but this "
+                    f"model has {space_from_dict(ours)}: it was trained on another environment. Use the env it was "
+                    "trained on (data.env_id and wrappers), or start a new run."
+                )
         self.frames = int(state["frames"])
         self.updates = int(state["updates"])
         self.episodes = int(state["episodes"])

@@ -179,3 +179,20 @@ def test_an_unwritable_checkpoint_directory_stops_the_run_before_training(tmp_pa
         trainer.fit(model, datamodule=data)
     assert model.frames == 0 and model.updates == 0
     assert blocker.read_text() == "not a directory"
+
+
+def test_bad_ckpt_paths_and_checkpoints_of_other_envs_are_refused(tmp_path: Path) -> None:
+    from tests.conftest import tiny_ppo_run
+
+    trainer, model, data = tiny_ppo_run(tmp_path, max_steps=1)
+    trainer.fit(model, datamodule=data)
+    cartpole = tmp_path / "cartpole.ckpt"
+    trainer.save_checkpoint(cartpole)
+
+    trainer, model, data = tiny_ppo_run(tmp_path, data={"env_id": "Acrobot-v1"})
+    with pytest.raises(ValueError, match=r"built for the observation_space Box.*\(4,\).*this model has Box.*\(6,\)"):
+        trainer.fit(model, datamodule=data, ckpt_path=cartpole)
+    trainer, model, data = tiny_ppo_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        trainer.fit(model, datamodule=data, ckpt_path=tmp_path / "missing.ckpt")
+    assert model.frames == 0
