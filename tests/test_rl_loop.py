@@ -319,3 +319,18 @@ def test_max_grad_norm_clips_each_update(tmp_path: Any) -> None:
         after = torch.cat([p.detach().flatten() for p in model.parameters()])
         changes[norm] = (after - before).abs().max().item()
     assert changes[1e-9] < 1e-3 * changes[None]
+
+
+def test_two_runs_with_the_same_seed_are_identical(tmp_path: Any) -> None:
+    from tests.test_sac import tiny_sac_run
+
+    ends = []
+    for run in range(2):
+        trainer, model, data = tiny_ppo_run(tmp_path / f"ppo{run}")
+        trainer.fit(model, datamodule=data)
+        _, sac = tiny_sac_run(tmp_path / f"sac{run}")
+        ends.append((model.state_dict(), sac.state_dict(), sac.replay_buffer.state_dict()["data"]))
+    for first, second in zip(*ends, strict=True):
+        assert first.keys() == second.keys()
+        for key in first:
+            assert torch.equal(first[key], second[key]), key
