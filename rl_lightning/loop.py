@@ -161,9 +161,12 @@ class RLLoop:
         return losses
 
     def _log_losses(self, mean: TensorDict) -> None:
-        """Logs the batch's mean of every loss entry as ``train/<key>``, and their sum as ``train/loss``."""
-        metrics: dict[str, torch.Tensor] = {f"train/{k}": mean.get(k) for k in mean.keys()}
-        metrics["train/loss"] = total_loss(mean)
+        """Logs the batch's mean of every loss entry as ``train/<key>``, and their sum as ``train/loss``; under
+        DDP averaged over the ranks (one all-reduce for all of them)."""
+        names = [f"train/{k}" for k in mean.keys()]
+        values = torch.stack([*(mean.get(k) for k in mean.keys()), total_loss(mean)])
+        values = self.module.trainer.strategy.reduce(values, reduce_op="mean")
+        metrics = dict(zip([*names, "train/loss"], values.unbind(), strict=True))
         self.module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:
