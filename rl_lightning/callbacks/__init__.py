@@ -5,6 +5,7 @@ from rl_lightning.callbacks.clear_cuda_cache import ClearCudaCache
 from rl_lightning.callbacks.count_frames_log import CountFramesLog
 from rl_lightning.callbacks.frame_early_stopping import FrameEarlyStopping
 from rl_lightning.callbacks.function_hook import FunctionHook
+from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
 from rl_lightning.callbacks.log_scalar import LogScalar
 from rl_lightning.callbacks.log_timing import LogTiming
 from rl_lightning.callbacks.log_validation_reward import LogValidationReward
@@ -25,6 +26,7 @@ __all__ = [
     "CountFramesLog",
     "FrameEarlyStopping",
     "FunctionHook",
+    "GracefulInterrupt",
     "LRSchedulerHook",
     "LogScalar",
     "LogTiming",
