@@ -44,6 +44,8 @@ class RLModule(pl.LightningModule, ABC):
 
     optim_epochs: int = 1
     """Passes over :meth:`optim_batches` per collector batch."""
+    batch_keys: tuple[str | tuple[str, ...], ...] = ()
+    """The collected keys the algorithm reads (``SelectKeys`` refuses to drop them); empty: not declared."""
     max_grad_norm: float | None = None
     """Clip each parameter group's gradient norm to this value (``None``: no clipping)."""
     nonfinite: Literal["raise", "skip"] = "raise"

@@ -68,6 +68,16 @@ class PPO(RLModule):
         ['action', 'action_log_prob']
     """
 
+    batch_keys = (
+        keys.OBSERVATION,
+        keys.ACTION,
+        keys.ACTION_LOG_PROB,
+        keys.NEXT_OBSERVATION,
+        keys.NEXT_REWARD,
+        keys.NEXT_TERMINATED,
+        keys.NEXT_DONE,
+    )
+
     def __init__(
         self,
         observation_space: SpaceLike | None = None,

@@ -27,7 +27,7 @@ from rl_lightning.networks import (
     forward_detached,
     mlp,
 )
-from rl_lightning.replay import ReplayBuffer
+from rl_lightning.replay import TRANSITION_KEYS, ReplayBuffer
 from rl_lightning.spaces import SpaceLike
 
 DISCOUNT = ("next", "discount")
@@ -89,6 +89,8 @@ class SAC(RLModule):
 
     action_low: torch.Tensor
     action_high: torch.Tensor
+
+    batch_keys = TRANSITION_KEYS  # what the replay buffer stores
 
     def __init__(
         self,

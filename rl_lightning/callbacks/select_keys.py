@@ -9,41 +9,17 @@ import lightning.pytorch as pl
 from tensordict import TensorDict
 from typing_extensions import override
 
-from rl_lightning import keys as batch_keys
 from rl_lightning.callbacks._nested_keys import NestedKey, dotted, leaf_keys, parse_key
 from rl_lightning.callbacks.rl_callback import RLCallback
 
 if TYPE_CHECKING:
     from rl_lightning.module import RLModule
 
-_ON_POLICY_KEYS: tuple[NestedKey, ...] = (
-    batch_keys.OBSERVATION,
-    batch_keys.ACTION,
-    batch_keys.ACTION_LOG_PROB,
-    batch_keys.NEXT_OBSERVATION,
-    batch_keys.NEXT_REWARD,
-    batch_keys.NEXT_TERMINATED,
-    batch_keys.NEXT_DONE,
-)
-
 
 def required_keys(module: pl.LightningModule) -> tuple[NestedKey, ...]:
-    """The collected keys the module's algorithm reads after ``on_batch_process``.
-
-    A module may declare them as a ``batch_keys`` attribute; PPO and SAC are known here. An unknown algorithm
-    without ``batch_keys`` gives ``()`` (nothing is checked).
-    """
-    declared = getattr(module, "batch_keys", None)
-    if declared is not None:
-        return tuple(parse_key(k) if isinstance(k, str) else tuple(k) for k in declared)
-    from rl_lightning.algorithms import PPO, SAC
-    from rl_lightning.replay import TRANSITION_KEYS
-
-    if isinstance(module, PPO):
-        return _ON_POLICY_KEYS
-    if isinstance(module, SAC):
-        return TRANSITION_KEYS  # what its replay buffer stores
-    return ()
+    """The collected keys the module's algorithm reads after ``on_batch_process``: its ``batch_keys``
+    (``RLModule.batch_keys``; empty, so nothing is checked, for a module that declares none)."""
+    return tuple(getattr(module, "batch_keys", ()))
 
 
 class SelectKeys(RLCallback):
