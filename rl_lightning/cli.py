@@ -3,10 +3,12 @@
 rl-lightning fit --config configs/ppo.yaml
 rl-lightning fit --config configs/ppo.yaml --data.env_id Acrobot-v1 --model.lr 3e-4
 rl-lightning validate --config configs/ppo.yaml --ckpt_path runs/ppo/checkpoints/last.ckpt
+rl-lightning plot runs/ppo/version_0 --output curve.png
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -118,5 +120,11 @@ def cli(args: list[str] | None = None, run: bool = True) -> RLLightningCLI:
 
 
 def main() -> None:
-    """Entry point of ``rl-lightning`` and ``python -m rl_lightning``."""
+    """Entry point of ``rl-lightning`` and ``python -m rl_lightning``; ``rl-lightning plot ...`` draws a learning
+    curve (:mod:`rl_lightning.plot`)."""
+    if sys.argv[1:2] == ["plot"]:
+        from rl_lightning.plot import main as plot_main
+
+        plot_main(sys.argv[2:])
+        return
     cli()

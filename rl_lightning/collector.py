@@ -7,6 +7,7 @@ copy env output) and calls the policy once per step for all envs. No TensorDict 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -42,6 +43,9 @@ class Collector:
         envs: a gymnasium vector env made with ``AutoresetMode.SAME_STEP`` (see ``make_vec_env``).
         policy: see :data:`Policy`; called under ``torch.inference_mode()``.
         steps_per_batch: vector steps per batch (T).
+        pixels: also store each env's rendered frame of the observation at t under ``"pixels"``
+            (``[num_envs, T, H, W, 3]`` uint8); the envs must be made with ``render_mode="rgb_array"``
+            (e.g. :func:`rl_lightning.recording.make_rendering_vec_env`).
 
     Example:
         >>> from rl_lightning.envs import make_vec_env
@@ -52,9 +56,15 @@ class Collector:
         torch.Size([2, 8])
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, policy: Policy, steps_per_batch: int) -> None:
+    def __init__(self, envs: gym.vector.VectorEnv, policy: Policy, steps_per_batch: int, pixels: bool = False) -> None:
         if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
             raise ValueError("Collector needs a vector env with autoreset_mode=AutoresetMode.SAME_STEP.")
+        if pixels and envs.render_mode != "rgb_array":
+            raise ValueError(
+                f"Collector(pixels=True) stores rendered frames, but the envs have render_mode={envs.render_mode!r}; "
+                "expected 'rgb_array'. Make them with rl_lightning.recording.make_rendering_vec_env."
+            )
+        self.pixels = pixels
         self.envs = envs
         self.policy = policy
         self.steps_per_batch = steps_per_batch
@@ -89,10 +99,19 @@ class Collector:
         obs_np, next_obs_np = obs.numpy(), next_obs.numpy()
         reward_np, term_np, trunc_np = reward.numpy(), terminated.numpy(), truncated.numpy()
         outputs: dict[str, torch.Tensor] = {}
+        pixels: torch.Tensor | None = None
+        if self.pixels:
+            frames = _rendered(self.envs)
+            pixels = torch.empty((n, steps, *frames[0].shape), dtype=torch.uint8)
+            pixels_np = pixels.numpy()
 
         current = self._obs
         for t in range(steps):
             obs_np[:, t] = current
+            if pixels is not None:
+                # at t = 0 the frames rendered above to size the tensor are the current ones
+                for env, frame in enumerate(_rendered(self.envs) if t else frames):
+                    pixels_np[env, t] = frame
             out = self.policy(obs[:, t])
             if not outputs:
                 outputs = {k: torch.empty((n, steps, *v.shape[1:]), dtype=v.dtype) for k, v in out.items()}
@@ -117,6 +136,8 @@ class Collector:
 
         done_flags = terminated | truncated
         not_done = torch.zeros_like(done_flags)
+        if pixels is not None:
+            outputs[keys.PIXELS] = pixels
         return TensorDict(
             {
                 keys.OBSERVATION: obs,
@@ -139,11 +160,29 @@ class Collector:
 
 
 @torch.inference_mode()
-def evaluate(envs: gym.vector.VectorEnv, policy: Policy, num_episodes: int, seed: int | None = None) -> TensorDict:
+def evaluate(
+    envs: gym.vector.VectorEnv,
+    policy: Policy,
+    num_episodes: int,
+    seed: int | None = None,
+    frames: list[np.ndarray] | None = None,
+    max_frames: int | None = None,
+) -> TensorDict:
     """Runs ``num_episodes`` whole episodes spread over the envs and returns their returns and lengths.
 
     Every env runs a fixed quota of episodes (not "the first ones to finish", which would favour short
     episodes). Returns a TensorDict of ``episode_return`` and ``episode_length``, ``batch_size=[num_episodes]``.
+
+    Args:
+        envs: vector env with same-step autoreset.
+        policy: see :data:`Policy`.
+        num_episodes: episodes to run, over all envs.
+        seed: resets the envs with ``seed, seed + 1, ...``.
+        frames: when a list is given, the rendered frames of env 0 are appended to it (the envs must be made with
+            ``render_mode="rgb_array"``): one frame per step of each of its episodes, showing the state the
+            action was chosen in (same-step autoreset shows the next episode's first state, never the terminal
+            one), so an episode of length L adds L frames.
+        max_frames: stop appending to ``frames`` at this many frames (``None``: no limit).
     """
     n = envs.num_envs
     quota = np.array([(num_episodes + n - 1 - i) // n for i in range(n)])
@@ -154,7 +193,12 @@ def evaluate(envs: gym.vector.VectorEnv, policy: Policy, num_episodes: int, seed
     finished = np.zeros(n, dtype=np.int64)
     returns: list[float] = []
     lengths: list[int] = []
+    limit = np.inf if max_frames is None else max_frames
+    render = frames is not None and quota[0] > 0 and limit > 0
     while (finished < quota).any():
+        if render and frames is not None:
+            frames.append(_render_first(envs))
+            render = len(frames) < limit
         action = policy(torch.from_numpy(np.asarray(current)))[keys.ACTION]
         current, rew, term, trunc, _ = envs.step(to_env(action))
         running_return += rew
@@ -166,6 +210,7 @@ def evaluate(envs: gym.vector.VectorEnv, policy: Policy, num_episodes: int, seed
                 finished[i] += 1
             running_return[i] = 0.0
             running_length[i] = 0
+        render = render and finished[0] < quota[0]
     return TensorDict(
         {
             keys.EPISODE_RETURN: torch.tensor(returns, dtype=torch.float32),
@@ -173,3 +218,19 @@ def evaluate(envs: gym.vector.VectorEnv, policy: Policy, num_episodes: int, seed
         },
         batch_size=[num_episodes],
     )
+
+
+def _render_first(envs: gym.vector.VectorEnv) -> np.ndarray:
+    """The frame of env 0 (a sync vector env renders only that one; an async one renders them all)."""
+    frame = envs.envs[0].render() if isinstance(envs, gym.vector.SyncVectorEnv) else _rendered(envs)[0]
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(
+            f"evaluate(frames=[...]) records rendered frames, but env 0 returned {type(frame).__name__} from "
+            f"render() (render_mode={envs.render_mode!r}); make the envs with render_mode='rgb_array'."
+        )
+    return frame
+
+
+def _rendered(envs: gym.vector.VectorEnv) -> tuple[np.ndarray, ...]:
+    """``envs.render()``: in gymnasium 1.x a tuple of one frame per env, for sync and async vector envs alike."""
+    return cast("tuple[np.ndarray, ...]", envs.render())

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from rl_lightning._checks import check_positive
 from rl_lightning.collector import Collector, Policy, evaluate
 from rl_lightning.envs import Vectorization, WrapperSpec, make_env, make_vec_env
+from rl_lightning.recording import check_rgb_array, make_rendering_vec_env
 from rl_lightning.spaces import space_to_dict
 
 if TYPE_CHECKING:
@@ -91,6 +92,9 @@ class RLDataModule(pl.LightningDataModule):
         seed: seeds the envs (``seed + rank * 1000 + env index``); ``None`` leaves them unseeded.
         eval_episodes: episodes per validation/test round.
         eval_envs: envs stepped together during evaluation (at most ``eval_episodes``).
+        pixels: make the training envs with ``render_mode="rgb_array"`` and put each step's rendered frames in
+            the batch under ``"pixels"`` (``[num_envs, T, H, W, 3]`` uint8, beside the observation). Rendering
+            costs time and memory (CartPole: 400x600x3 bytes per frame).
 
     Example:
         >>> data = RLDataModule("CartPole-v1", num_envs=4, frames_per_batch=64, total_frames=640)
@@ -110,6 +114,7 @@ class RLDataModule(pl.LightningDataModule):
         seed: int | None = 0,
         eval_episodes: int = 10,
         eval_envs: int = 10,
+        pixels: bool = False,
     ) -> None:
         super().__init__()
         check_positive("num_envs", num_envs)
@@ -144,6 +149,11 @@ class RLDataModule(pl.LightningDataModule):
         self.eval_envs_count = min(eval_envs, eval_episodes)
         self.steps_per_batch = frames_per_batch // (num_envs * frame_skip)
         self.eval_rounds = 0
+        self.pixels = pixels
+        self.pixels_shape: tuple[int, ...] | None = None
+        """``[H, W, 3]`` of the rendered frames with ``pixels=True``."""
+        if pixels:
+            self.pixels_shape = check_rgb_array(env_id, wrappers, frame_skip, "RLDataModule(pixels=True)")
 
         probe = make_env(env_id, wrappers, frame_skip)
         self.observation_space: gym.Space = probe.observation_space
@@ -210,10 +220,15 @@ class RLDataModule(pl.LightningDataModule):
     @property
     def collector(self) -> Collector:
         if self._collector is None:
-            envs = make_vec_env(
-                self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization, seed=None
-            )
-            self._collector = Collector(envs, self.policy, self.steps_per_batch)
+            if self.pixels:
+                envs = make_rendering_vec_env(
+                    self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization
+                )
+            else:
+                envs = make_vec_env(
+                    self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization, seed=None
+                )
+            self._collector = Collector(envs, self.policy, self.steps_per_batch, pixels=self.pixels)
             self._collector.reset(seed=None if self.seed is None else self.rank_seed)
         return self._collector
 

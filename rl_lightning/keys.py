@@ -18,6 +18,8 @@ key                                       meaning
 ``("next", "episode_length")``            length of the episode that ended at this transition (0 elsewhere)
 ``state_value`` / ``advantage`` /         written by value estimators (GAE)
 ``value_target``
+``pixels``                                rendered ``rgb_array`` frame of the observation at t,
+                                          ``[H, W, 3]`` uint8 (only with ``RLDataModule(pixels=True)``)
 ========================================  ===========================================================
 """
 
@@ -36,6 +38,8 @@ EPISODE_LENGTH = "episode_length"
 STATE_VALUE = "state_value"
 ADVANTAGE = "advantage"
 VALUE_TARGET = "value_target"
+PIXELS = "pixels"
+"""The rendered frame of the observation at t, ``[H, W, 3]`` uint8 (only with ``RLDataModule(pixels=True)``)."""
 
 NEXT_OBSERVATION = (NEXT, OBSERVATION)
 NEXT_REWARD = (NEXT, REWARD)

@@ -1,0 +1,138 @@
+"""Rendering and videos: envs that render ``rgb_array`` frames, mp4 files, and videos sent to the loggers.
+
+The ``video`` extra (``pip install 'rl-lightning[video]'``) provides imageio and imageio-ffmpeg, which write the
+mp4 files. TensorBoard gets an animated GIF of the same frames (what ``SummaryWriter.add_video`` writes; that
+method needs ``moviepy<2``, so with moviepy 2 the GIF is encoded here with imageio); W&B gets the mp4 through
+``WandbLogger.log_video``; MLflow gets it as an artifact under ``videos/``; other loggers (CSV) only get the file.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+from rl_lightning.envs import Vectorization, WrapperSpec, make_env
+
+VIDEO_EXTRA = "pip install 'rl-lightning[video]'"
+"""How to install what writing videos needs."""
+
+
+def require_video_extra(who: str) -> None:
+    """Raises when imageio or imageio-ffmpeg (the ``video`` extra) cannot be imported.
+
+    Args:
+        who: what needs the videos, named in the message (e.g. ``"LogValidationReward(record_video=True)"``).
+
+    Raises:
+        ModuleNotFoundError: naming the missing package and the extra to install.
+    """
+    for name in ("imageio", "imageio_ffmpeg"):
+        try:
+            __import__(name)
+        except ImportError as err:
+            raise ModuleNotFoundError(
+                f"{who} writes mp4 videos with imageio and imageio-ffmpeg, but {name!r} cannot be imported "
+                f"({err}). Install the video extra: {VIDEO_EXTRA}, or turn video recording off."
+            ) from err
+
+
+def check_rgb_array(env_id: str, wrappers: Sequence[WrapperSpec] | None, frame_skip: int, who: str) -> tuple[int, ...]:
+    """Makes one env with ``render_mode="rgb_array"``, renders its first frame and returns the frame's shape.
+
+    Raises:
+        ValueError: naming the env id when it does not list ``"rgb_array"`` in ``metadata["render_modes"]`` or
+            its ``render()`` does not return an ``[H, W, 3]`` uint8 array.
+    """
+    env = make_env(env_id, wrappers, frame_skip)
+    modes = list(env.metadata.get("render_modes") or [])
+    env.close()
+    if "rgb_array" not in modes:
+        raise ValueError(
+            f"{who} renders frames of env {env_id!r} with render_mode='rgb_array', but that env supports "
+            f"render_modes={modes}. Use an env whose metadata['render_modes'] includes 'rgb_array', or turn "
+            "the rendering off."
+        )
+    env = make_env(env_id, wrappers, frame_skip, render_mode="rgb_array")
+    try:
+        env.reset(seed=0)
+        frame = env.render()
+    finally:
+        env.close()
+    if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
+        got = f"{type(frame).__name__} {getattr(frame, 'shape', '')} {getattr(frame, 'dtype', '')}".strip()
+        raise ValueError(
+            f"{who}: env {env_id!r} with render_mode='rgb_array' returned {got} from render(); expected an "
+            "[H, W, 3] uint8 array. Fix the env's render() or turn the rendering off."
+        )
+    return tuple(frame.shape)
+
+
+def make_rendering_vec_env(
+    env_id: str,
+    num_envs: int,
+    wrappers: Sequence[WrapperSpec] | None = None,
+    frame_skip: int = 1,
+    vectorization: Vectorization = "sync",
+) -> gym.vector.VectorEnv:
+    """``make_vec_env``'s envs (same-step autoreset), made with ``render_mode="rgb_array"``.
+
+    ``envs.render()`` then returns a tuple of ``[H, W, 3]`` uint8 frames, one per env, for sync and async
+    vectorization alike (gymnasium 1.x).
+    """
+    fns = [lambda: make_env(env_id, wrappers, frame_skip, render_mode="rgb_array") for _ in range(num_envs)]
+    if vectorization == "async":
+        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int) -> Path:
+    """Writes ``[T, H, W, 3]`` uint8 frames to an H.264 mp4 file; odd heights or widths are padded by one row or
+    column of black (yuv420p needs even sizes). Returns the path."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", macro_block_size=1)
+    return path
+
+
+def log_video(loggers: Sequence[Logger], tag: str, path: Path, frames: np.ndarray, step: int, fps: int) -> None:
+    """Sends a written video to every logger that takes videos: TensorBoard (an animated GIF image), W&B
+    (``wandb.Video`` of the mp4) and MLflow (the mp4 as an artifact under ``videos/``). Call on rank zero."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            _tensorboard_video(logger.experiment, tag, frames, step, fps)
+        elif isinstance(logger, WandbLogger):
+            logger.log_video(tag, [str(path)], step=step, fps=[fps], format=["mp4"])
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="videos")
+
+
+def _tensorboard_video(writer: Any, tag: str, frames: np.ndarray, step: int, fps: int) -> None:
+    """``writer.add_video`` where torch's implementation works (moviepy < 2); otherwise the same summary, an
+    animated GIF in an image value, encoded with imageio."""
+    try:
+        from moviepy import editor  # noqa: F401  # what torch's add_video imports; gone in moviepy 2
+    except ImportError:
+        import imageio.v2 as imageio
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        buffer = io.BytesIO()
+        imageio.mimwrite(buffer, list(frames), format="GIF", duration=1000 / fps, loop=0)
+        _, height, width, channels = frames.shape
+        image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue())
+        writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        return
+    import torch
+
+    writer.add_video(tag, torch.from_numpy(frames).permute(0, 3, 1, 2).unsqueeze(0), global_step=step, fps=fps)
