@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.loggers import Logger
+
+from rl_lightning.compat import check_callbacks, check_logger_packages
 
 if TYPE_CHECKING:
     from rl_lightning.data import RLDataModule
@@ -24,11 +27,19 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 def make_trainer(**kwargs: Any) -> pl.Trainer:
     """A ``lightning.Trainer`` with :data:`TRAINER_DEFAULTS`, overridden by ``kwargs``.
 
+    Stops before building it on a logger whose package is missing (the message names the extra to install) and on
+    a Lightning callback that cannot work in an RL fit (see :mod:`rl_lightning.compat`).
+
     Example:
         >>> trainer = make_trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
         >>> trainer.val_check_interval
         10
     """
+    logger = kwargs.get("logger")
+    loggers = logger if isinstance(logger, list | tuple) else [logger]
+    check_logger_packages((type(one) for one in loggers if isinstance(one, Logger)), where="logger")
+    callbacks = kwargs.get("callbacks")
+    check_callbacks(callbacks if isinstance(callbacks, list | tuple) else [callbacks] if callbacks else [])
     return pl.Trainer(**{**TRAINER_DEFAULTS, **kwargs})
 
 

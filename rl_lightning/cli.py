@@ -48,10 +48,10 @@ class RLLightningCLI(LightningCLI):
     Before anything is built it stops on a logger whose package is missing (naming the extra to install) and on
     a Lightning callback that cannot work in an RL fit (:mod:`rl_lightning.compat`)."""
 
-    def __init__(
-        self, *args: Any, save_config_callback: type[SaveConfigCallback] | None = RLSaveConfigCallback, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, save_config_callback=save_config_callback, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) < 3:  # LightningCLI's third argument is save_config_callback
+            kwargs.setdefault("save_config_callback", RLSaveConfigCallback)
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(

@@ -1,0 +1,126 @@
+"""What of Lightning cannot work in an RL fit, checked before the first env step: callbacks and logger extras.
+
+Most of Lightning's callbacks work unchanged (``ModelCheckpoint``, ``EarlyStopping``, ``Timer``, progress bars,
+``LearningRateMonitor``, ``EMAWeightAveraging``...). The few that cannot are listed in :data:`UNSUPPORTED_CALLBACKS`
+with the reason, and :func:`check_callbacks` stops a fit that uses one. Loggers whose package is missing are
+caught by :func:`check_logger_packages` with the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BatchSizeFinder, LearningRateFinder, StochasticWeightAveraging
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+UNSUPPORTED_CALLBACKS: dict[type[pl.Callback], str] = {
+    LearningRateFinder: (
+        "it sweeps the learning rate over optimizer steps of automatic optimization and picks the steepest fall "
+        "of the loss, but an RLModule optimizes manually inside training_step, each collector batch comes from "
+        "a different policy, and RL losses do not fall as the policy improves: the curve says nothing about the "
+        "learning rate, and the sweep itself steps the envs and changes the run. Remove it from "
+        "trainer.callbacks and compare runs with different model lr values on val/episode_return."
+    ),
+    BatchSizeFinder: (
+        "it grows the DataLoader batch size until memory runs out, but an RL training item is one whole "
+        "collector batch (the DataLoader's batch size is None) and the sizes that matter (data.frames_per_batch, "
+        "the model's minibatch_size or batch_size) change what the algorithm learns, not only its memory use. "
+        "Remove it from trainer.callbacks and set those sizes in the config."
+    ),
+    StochasticWeightAveraging: (
+        "it averages the weights once per training epoch from swa_epoch_start on and swaps in an SWALR scheduler, "
+        "but an RL fit is a single epoch of collector batches (max_epochs=-1) optimized manually, so it would "
+        "average one set of weights and its scheduler would never step. Use "
+        "lightning.pytorch.callbacks.EMAWeightAveraging (or WeightAveraging), which average after every "
+        "collector batch, instead."
+    ),
+}
+"""Lightning callbacks that cannot work in an RL fit (and their subclasses), with the reason and the alternative."""
+
+LOGGER_EXTRAS: dict[type[Logger], tuple[tuple[str, ...], str]] = {
+    WandbLogger: (("wandb",), "wandb"),
+    MLFlowLogger: (("mlflow",), "mlflow"),
+    TensorBoardLogger: (("tensorboard", "tensorboardX"), "tensorboard"),
+}
+"""Logger class → (importable packages, any one of which it needs; the rl-lightning extra that installs them)."""
+
+
+def check_callbacks(callbacks: Iterable[pl.Callback]) -> None:
+    """Raises ``ValueError`` if a callback of :data:`UNSUPPORTED_CALLBACKS` (or a subclass) is among ``callbacks``.
+
+    Example:
+        >>> from lightning.pytorch.callbacks import LearningRateFinder, ModelCheckpoint
+        >>> check_callbacks([ModelCheckpoint()])
+        >>> check_callbacks([LearningRateFinder()])
+        Traceback (most recent call last):
+        ...
+        ValueError: LearningRateFinder cannot be used in an RL fit: it sweeps the learning rate ...
+    """
+    check_callback_classes(type(callback) for callback in callbacks)
+
+
+def check_callback_classes(classes: Iterable[type]) -> None:
+    """:func:`check_callbacks` for callback classes (e.g. resolved from a config's ``class_path`` entries)."""
+    for callback_class in classes:
+        for cls, reason in UNSUPPORTED_CALLBACKS.items():
+            if issubclass(callback_class, cls):
+                raise ValueError(f"{callback_class.__name__} cannot be used in an RL fit: {reason}")
+
+
+def missing_logger_extra(logger_class: type) -> str | None:
+    """The install command for ``logger_class``'s package if none of its packages can be imported, else ``None``."""
+    for cls, (packages, extra) in LOGGER_EXTRAS.items():
+        if issubclass(logger_class, cls):
+            if not any(_importable(name) for name in packages):
+                return f"pip install 'rl-lightning[{extra}]'"
+            return None
+    return None
+
+
+def check_logger_packages(loggers: Iterable[type], where: str = "trainer.logger") -> None:
+    """Raises ``ModuleNotFoundError``, naming the extra to install, for a logger class whose package is missing.
+
+    Args:
+        loggers: logger classes (e.g. ``type(WandbLogger(...))``, or classes resolved from a config's class paths).
+        where: how the caller names the setting in the message.
+    """
+    for logger_class in loggers:
+        command = missing_logger_extra(logger_class)
+        if command is not None:
+            packages, _ = next(v for k, v in LOGGER_EXTRAS.items() if issubclass(logger_class, k))
+            raise ModuleNotFoundError(
+                f"{where} is {logger_class.__module__}.{logger_class.__qualname__}, which needs the package "
+                f"{' or '.join(repr(p) for p in packages)}, and it is not installed. Install it with {command}, "
+                "or choose another logger (lightning.pytorch.loggers.CSVLogger needs nothing more)."
+            )
+
+
+def classes_in_config(value: Any) -> list[type]:
+    """The classes named by ``class_path`` entries of a parsed config value (one entry or a list), e.g.
+    ``trainer.logger`` or ``trainer.callbacks``."""
+    found: list[type] = []
+    if isinstance(value, list | tuple):
+        for item in value:
+            found += classes_in_config(item)
+        return found
+    class_path = value.get("class_path") if hasattr(value, "get") else None
+    if isinstance(class_path, str) and "." in class_path:
+        module_name, _, name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            return found  # jsonargparse reports a class path it cannot resolve itself
+        if isinstance(cls, type):
+            found.append(cls)
+    return found
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules[name] is None or has no __spec__
+        return False
