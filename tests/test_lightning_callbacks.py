@@ -146,9 +146,9 @@ def test_progress_bar_counts_collector_batches_and_shows_return_and_fps(bar: typ
 
 @pytest.mark.xfail(
     strict=True,
-    reason="data.py's _Rollouts.__len__ is the whole run's batch count, but a resumed run yields only the "
-    "remaining batches: the bar ends at 2/4. Fix: __len__ returns num_batches - module.frames // "
-    "global_frames_per_batch.",
+    reason="data.py's _Rollouts.__len__ is the whole run's batch count while a resumed run yields only the "
+    "remaining batches, so the bar of a run resumed after its epoch ended stops at 2/4 (and one resumed mid-epoch "
+    "shows no total). data.py must give the length Lightning expects for the resumed epoch.",
 )
 @pytest.mark.parametrize("bar", BARS, ids=lambda b: b.__name__)
 def test_progress_bar_total_of_a_resumed_run(bar: type, tmp_path: Path) -> None:
