@@ -45,7 +45,7 @@ class Collector:
         steps_per_batch: vector steps per batch (T).
         pixels: also store each env's rendered frame of the observation at t under ``"pixels"``
             (``[num_envs, T, H, W, 3]`` uint8); the envs must be made with ``render_mode="rgb_array"``
-            (e.g. :func:`rl_lightning.recording.make_rendering_vec_env`).
+            (e.g. ``make_vec_env(..., render_mode="rgb_array")``).
 
     Example:
         >>> from rl_lightning.envs import make_vec_env
@@ -62,7 +62,7 @@ class Collector:
         if pixels and envs.render_mode != "rgb_array":
             raise ValueError(
                 f"Collector(pixels=True) stores rendered frames, but the envs have render_mode={envs.render_mode!r}; "
-                "expected 'rgb_array'. Make them with rl_lightning.recording.make_rendering_vec_env."
+                "expected 'rgb_array'. Make them with rl_lightning.envs.make_vec_env(..., render_mode='rgb_array')."
             )
         self.pixels = pixels
         self.envs = envs

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from rl_lightning._checks import check_positive
 from rl_lightning.collector import Collector, Policy, evaluate
 from rl_lightning.envs import Vectorization, WrapperSpec, make_env, make_vec_env
-from rl_lightning.recording import check_rgb_array, make_rendering_vec_env
+from rl_lightning.recording import check_rgb_array
 from rl_lightning.spaces import space_to_dict
 
 if TYPE_CHECKING:
@@ -220,14 +220,10 @@ class RLDataModule(pl.LightningDataModule):
     @property
     def collector(self) -> Collector:
         if self._collector is None:
-            if self.pixels:
-                envs = make_rendering_vec_env(
-                    self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization
-                )
-            else:
-                envs = make_vec_env(
-                    self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization, seed=None
-                )
+            render_mode = "rgb_array" if self.pixels else None
+            envs = make_vec_env(
+                self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization, render_mode=render_mode
+            )
             self._collector = Collector(envs, self.policy, self.steps_per_batch, pixels=self.pixels)
             self._collector.reset(seed=None if self.seed is None else self.rank_seed)
         return self._collector

@@ -124,15 +124,18 @@ def make_vec_env(
     frame_skip: int = 1,
     vectorization: Vectorization = "sync",
     seed: int | None = None,
+    render_mode: str | None = None,
 ) -> gym.vector.VectorEnv:
     """Makes ``num_envs`` copies of an env, stepped together, with same-step autoreset.
 
     Same-step autoreset returns the reset observation of a finished env directly and keeps the final one
-    in ``info["final_obs"]``, which the collector stores as ``("next", "observation")``.
+    in ``info["final_obs"]``, which the collector stores as ``("next", "observation")``. With
+    ``render_mode="rgb_array"``, ``envs.render()`` returns a tuple of ``[H, W, 3]`` uint8 frames, one per env,
+    for sync and async vectorization alike (gymnasium 1.x).
     """
     if vectorization not in ("sync", "async"):
         raise ValueError(f"vectorization={vectorization!r} is not supported; use 'sync' or 'async'.")
-    fns = [lambda: make_env(env_id, wrappers, frame_skip) for _ in range(num_envs)]
+    fns = [lambda: make_env(env_id, wrappers, frame_skip, render_mode) for _ in range(num_envs)]
     envs: gym.vector.VectorEnv
     if vectorization == "sync":
         envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)

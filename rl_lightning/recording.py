@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from rl_lightning.envs import Vectorization, WrapperSpec, make_env
+from rl_lightning.envs import WrapperSpec, make_env
 
 VIDEO_EXTRA = "pip install 'rl-lightning[video]'"
 """How to install what writing videos needs."""
@@ -72,24 +70,6 @@ def check_rgb_array(env_id: str, wrappers: Sequence[WrapperSpec] | None, frame_s
             "[H, W, 3] uint8 array. Fix the env's render() or turn the rendering off."
         )
     return tuple(frame.shape)
-
-
-def make_rendering_vec_env(
-    env_id: str,
-    num_envs: int,
-    wrappers: Sequence[WrapperSpec] | None = None,
-    frame_skip: int = 1,
-    vectorization: Vectorization = "sync",
-) -> gym.vector.VectorEnv:
-    """``make_vec_env``'s envs (same-step autoreset), made with ``render_mode="rgb_array"``.
-
-    ``envs.render()`` then returns a tuple of ``[H, W, 3]`` uint8 frames, one per env, for sync and async
-    vectorization alike (gymnasium 1.x).
-    """
-    fns = [lambda: make_env(env_id, wrappers, frame_skip, render_mode="rgb_array") for _ in range(num_envs)]
-    if vectorization == "async":
-        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
-    return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int) -> Path:

@@ -24,7 +24,6 @@ from rl_lightning import LogValidationReward, RLCallback, RLDataModule, RolloutR
 from rl_lightning.cli import cli
 from rl_lightning.collector import Collector, evaluate
 from rl_lightning.envs import make_env, make_vec_env
-from rl_lightning.recording import make_rendering_vec_env
 from tests.conftest import tiny_ppo_run
 
 CARTPOLE_FRAME = (400, 600, 3)
@@ -63,7 +62,7 @@ def _random(obs: torch.Tensor) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("max_frames", [None, 15])
 def test_evaluate_records_one_frame_per_step_of_env_zero(max_frames: int | None) -> None:
     torch.manual_seed(0)
-    envs = make_rendering_vec_env("CartPole-v1", num_envs=1)
+    envs = make_vec_env("CartPole-v1", num_envs=1, render_mode="rgb_array")
     frames: list[np.ndarray] = []
     result = evaluate(envs, _random, num_episodes=2, seed=3, frames=frames, max_frames=max_frames)
     envs.close()
@@ -79,7 +78,7 @@ def test_evaluate_records_one_frame_per_step_of_env_zero(max_frames: int | None)
 def test_recording_leaves_the_evaluation_unchanged() -> None:
     greedy = lambda obs: {keys.ACTION: (obs[:, 2] > 0).long()}  # noqa: E731
     plain = evaluate(make_vec_env("CartPole-v1", 2), greedy, num_episodes=3, seed=5)
-    rendering = make_rendering_vec_env("CartPole-v1", 2)
+    rendering = make_vec_env("CartPole-v1", 2, render_mode="rgb_array")
     frames: list[np.ndarray] = []
     recorded = evaluate(rendering, greedy, num_episodes=3, seed=5, frames=frames)
     rendering.close()
@@ -232,7 +231,7 @@ def test_rollout_recorder_defaults_to_the_log_dir(tmp_path: Path) -> None:
 @pytest.mark.parametrize("vectorization", ["sync", "async"])
 def test_collector_stores_each_envs_rendered_frame(vectorization: Any) -> None:
     # gymnasium 1.4: envs.render() of a sync or an async vector env is a tuple of one [H, W, 3] frame per env
-    envs = make_rendering_vec_env("CartPole-v1", 2, vectorization=vectorization)
+    envs = make_vec_env("CartPole-v1", 2, vectorization=vectorization, render_mode="rgb_array")
     torch.manual_seed(0)
     collector = Collector(envs, _random, steps_per_batch=6, pixels=True)
     collector.reset(seed=7)

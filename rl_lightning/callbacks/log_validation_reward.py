@@ -15,7 +15,7 @@ from rl_lightning.callbacks.rl_callback import RLCallback
 from rl_lightning.collector import evaluate
 from rl_lightning.data import EVAL_SEED_OFFSET, RLDataModule
 from rl_lightning.envs import make_vec_env
-from rl_lightning.recording import check_rgb_array, log_video, make_rendering_vec_env, require_video_extra, write_video
+from rl_lightning.recording import check_rgb_array, log_video, require_video_extra, write_video
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -140,10 +140,10 @@ class LogValidationReward(RLCallback):
         """Runs one evaluation now, logs it at ``module.frames`` and returns its metrics."""
         data: RLDataModule = module.data
         if self._envs is None:
-            if self.record_video:
-                self._envs = make_rendering_vec_env(data.env_id, self.num_envs, data.wrappers, data.frame_skip)
-            else:
-                self._envs = make_vec_env(data.env_id, self.num_envs, data.wrappers, data.frame_skip)
+            render_mode = "rgb_array" if self.record_video else None
+            self._envs = make_vec_env(
+                data.env_id, self.num_envs, data.wrappers, data.frame_skip, render_mode=render_mode
+            )
         base = self.seed if self.seed is not None else None if data.seed is None else data.seed + SEED_OFFSET
         frames: list[np.ndarray] | None = [] if self.record_video else None
 
