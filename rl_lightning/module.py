@@ -105,7 +105,13 @@ class RLModule(pl.LightningModule, ABC):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """Callbacks every RL run gets: :class:`~rl_lightning.callbacks.GracefulInterrupt` (Ctrl-C stops at the end
-        of a batch with a checkpoint). Algorithms add theirs (SAC: replay buffer, target updates, UTD ratio)."""
+        of a batch with a checkpoint). Algorithms add theirs (SAC: replay buffer, target updates, UTD ratio).
+
+        Lightning calls this first in a fit, before any callback's ``setup``: it is where a Lightning callback that
+        cannot work in an RL fit is refused (:func:`~rl_lightning.compat.check_callbacks`; :meth:`setup` checks
+        again for subclasses that do not call this)."""
+        if self.trainer.state.fn == "fit":
+            check_callbacks(self.trainer.callbacks)  # type: ignore[attr-defined]  # set dynamically by Lightning
         return [GracefulInterrupt()]
 
     def target_networks(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -30,8 +30,9 @@ from lightning_utilities.core.imports import RequirementCache
 
 from rl_lightning import SAC, RLDataModule
 from rl_lightning.builders import TRAINER_DEFAULTS
+from rl_lightning.cli import cli
 from rl_lightning.compat import UNSUPPORTED_CALLBACKS
-from tests.conftest import quiet_trainer, tiny_ppo_run
+from tests.conftest import ROOT, quiet_trainer, tiny_ppo_run
 
 BATCH = 64  # frames per collector batch in tiny_ppo_run
 
@@ -214,27 +215,50 @@ def test_ema_weight_averaging_averages_after_every_collector_batch(tmp_path: Pat
     assert torch.allclose(final, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "callback",
-    [LearningRateFinder(), StochasticWeightAveraging(swa_lrs=1e-3), BatchSizeFinder()],
-    ids=lambda c: type(c).__name__,
-)
-def test_callbacks_that_cannot_work_stop_the_fit_at_start(callback: pl.Callback, tmp_path: Path) -> None:
-    # SAC has a `batch_size` attribute, which BatchSizeFinder would otherwise go on to scale.
+def _tiny_sac() -> tuple[SAC, RLDataModule]:
     data = RLDataModule("Pendulum-v1", num_envs=2, frames_per_batch=64, total_frames=128, eval_episodes=1)
     module = SAC(data.observation_space, data.action_space, hidden_sizes=[16], batch_size=32, init_random_frames=0)
-    plain: dict[str, Any] = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "accelerator": "cpu",
-    }
-    trainer = pl.Trainer(**{**TRAINER_DEFAULTS, **plain, "default_root_dir": tmp_path, "callbacks": [callback]})
-    name = type(callback).__name__
-    with pytest.raises(ValueError, match=rf"^{name} cannot be used in an RL fit: it "):
+    return module, data
+
+
+@pytest.mark.parametrize("algorithm", ["PPO", "SAC"])
+@pytest.mark.parametrize(
+    "callback",
+    [LearningRateFinder, StochasticWeightAveraging, BatchSizeFinder],
+    ids=lambda c: c.__name__,
+)
+def test_callbacks_that_cannot_work_stop_the_fit_at_start(callback: type, algorithm: str, tmp_path: Path) -> None:
+    """Refused with a plain ``lightning.Trainer`` too, before the callback's own set-up runs (BatchSizeFinder would
+    fail on PPO for want of a ``batch_size`` attribute, and go on to scale SAC's)."""
+    if algorithm == "PPO":
+        _, module, data = tiny_ppo_run(tmp_path)
+    else:
+        module, data = _tiny_sac()
+    instance = callback(swa_lrs=1e-3) if callback is StochasticWeightAveraging else callback()
+    plain: dict[str, Any] = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    trainer = pl.Trainer(
+        **{**TRAINER_DEFAULTS, **plain, "accelerator": "cpu", "default_root_dir": tmp_path, "callbacks": [instance]}
+    )
+    with pytest.raises(ValueError, match=rf"^{callback.__name__} cannot be used in an RL fit: it "):
         trainer.fit(module, datamodule=data)
     assert module.frames == 0 and module.updates == 0
-    assert type(callback) in UNSUPPORTED_CALLBACKS
+    assert callback in UNSUPPORTED_CALLBACKS
+
+
+def test_the_cli_refuses_them_before_building_anything(tmp_path: Path) -> None:
+    extra = tmp_path / "finder.yaml"
+    extra.write_text("trainer:\n  callbacks+:\n    - class_path: lightning.pytorch.callbacks.LearningRateFinder\n")
+    args = [
+        "fit",
+        f"--config={ROOT / 'configs/ppo.yaml'}",
+        f"--config={extra}",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
+    with pytest.raises(ValueError, match="LearningRateFinder cannot be used in an RL fit") as refused:
+        cli(args)
+    assert any(entry.name == "before_instantiate_classes" for entry in refused.traceback)  # from the config
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("config.yaml"))
 
 
 def test_make_trainer_refuses_them_too(tmp_path: Path) -> None:
