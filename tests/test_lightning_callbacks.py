@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger
 from lightning_utilities.core.imports import RequirementCache
 
-from rl_lightning import SAC, RLDataModule
+from rl_lightning import SAC, RLDataModule, RLModule
 from rl_lightning.builders import TRAINER_DEFAULTS
 from rl_lightning.cli import cli
 from rl_lightning.compat import UNSUPPORTED_CALLBACKS
@@ -230,6 +230,7 @@ def _tiny_sac() -> tuple[SAC, RLDataModule]:
 def test_callbacks_that_cannot_work_stop_the_fit_at_start(callback: type, algorithm: str, tmp_path: Path) -> None:
     """Refused with a plain ``lightning.Trainer`` too, before the callback's own set-up runs (BatchSizeFinder would
     fail on PPO for want of a ``batch_size`` attribute, and go on to scale SAC's)."""
+    module: RLModule
     if algorithm == "PPO":
         _, module, data = tiny_ppo_run(tmp_path)
     else:
