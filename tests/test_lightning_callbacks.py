@@ -242,6 +242,27 @@ def _tiny_sac() -> tuple[SAC, RLDataModule]:
     return module, data
 
 
+@pytest.mark.filterwarnings("ignore:.*exists and is not empty")  # the resumed run writes where the first one did
+def test_ema_weight_averaging_resumes_its_average(tmp_path: Path) -> None:
+    def run(batches: int, ckpt: Path | None) -> EMAWeightAveraging:
+        averaging = EMAWeightAveraging(decay=0.5)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+        trainer, module, data = tiny_ppo_run(
+            tmp_path,
+            data={"total_frames": batches * BATCH},
+            callbacks=[averaging, checkpoint],
+            enable_checkpointing=True,
+        )
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+        assert module.frames == batches * BATCH
+        return averaging
+
+    first = run(2, None)
+    assert first._average_model is not None and int(first._average_model.n_averaged) == 2
+    resumed = run(4, tmp_path / "last.ckpt")
+    assert resumed._average_model is not None and int(resumed._average_model.n_averaged) == 4  # continued
+
+
 @pytest.mark.parametrize("algorithm", ["PPO", "SAC"])
 @pytest.mark.parametrize(
     "callback",
