@@ -48,7 +48,9 @@ class _Rollouts(IterableDataset):
         self.data = data
 
     def __len__(self) -> int:
-        return self.data.num_batches
+        # The batches this fit will yield (a resumed run: those left), what progress bars show as the total.
+        data = self.data
+        return data.num_batches - data.module.frames // data.global_frames_per_batch
 
     def __iter__(self) -> Iterator[TensorDict]:
         data = self.data

@@ -156,12 +156,6 @@ class _StopAfter(pl.Callback):
             trainer.should_stop = True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data.py's _Rollouts.__len__ is the whole run's batch count while a resumed run yields only the "
-    "remaining batches: the bar of a run resumed after its budget was spent stops at 2/4, and one resumed "
-    "mid-epoch shows no total. data.py must give the length Lightning expects for the resumed epoch.",
-)
 @pytest.mark.filterwarnings("ignore:.*exists and is not empty")  # the resumed run writes where the first one did
 @pytest.mark.parametrize("first_run", ["budget_spent", "stopped_mid_epoch"])
 @pytest.mark.parametrize("bar", BARS, ids=lambda b: b.__name__)
