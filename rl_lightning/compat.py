@@ -1,4 +1,5 @@
-"""What of Lightning cannot work in an RL fit, checked before the first env step: callbacks and logger extras.
+"""What of Lightning cannot work in an RL fit, checked before the first env step: callbacks, logger extras, and
+the trainer's strategy, precision and devices.
 
 Most of Lightning's callbacks work unchanged (``ModelCheckpoint``, ``EarlyStopping``, ``Timer``, progress bars,
 ``LearningRateMonitor``, ``EMAWeightAveraging``...). The few that cannot are listed in :data:`UNSUPPORTED_CALLBACKS`
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BatchSizeFinder, LearningRateFinder, StochasticWeightAveraging
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 UNSUPPORTED_CALLBACKS: dict[type[pl.Callback], str] = {
     LearningRateFinder: (
@@ -124,3 +127,41 @@ def _importable(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # ValueError: sys.modules[name] is None or has no __spec__
         return False
+
+
+SUPPORTED_PRECISION = ("32-true", "32", "bf16-mixed", "16-mixed")
+"""Precisions an RL fit trains with: full precision, or mixed precision with float32 weights."""
+
+
+def check_trainer(trainer: pl.Trainer) -> None:
+    """Raises ``ValueError`` for a strategy, precision or device count an RL fit cannot use, naming what to use.
+
+    - Strategies: one device or DDP (``ddp``, ``ddp_spawn``, ``ddp_find_unused_parameters_true``, ...). Sharded
+      strategies (FSDP, DeepSpeed, model parallel) split parameters across devices, while the algorithms read and
+      copy whole parameters under manual optimization (target networks, SAC's detached critics).
+    - Precision: ``32-true``, ``bf16-mixed`` or ``16-mixed``. With ``*-true`` half (or double) precision the
+      weights change dtype but the collector's float32 observations do not.
+    - Devices: on CPU each device is a process collecting its own envs; more processes than cores only contend.
+    """
+    strategy = trainer.strategy
+    if not isinstance(strategy, SingleDeviceStrategy | DDPStrategy):
+        raise ValueError(
+            f"strategy={type(strategy).__name__} cannot train an RLModule: it shards parameters and optimizer "
+            "state across devices, while the RL algorithms read and copy whole parameters under manual "
+            "optimization (target networks, SAC's critics in the actor loss). Use trainer.strategy: ddp (one "
+            "process per device, gradients all-reduced), or a single device."
+        )
+    precision = str(trainer.precision)
+    if precision not in SUPPORTED_PRECISION:
+        raise ValueError(
+            f"precision={precision!r} is not supported in an RL fit: it changes the networks' weights to another "
+            "dtype, while the collector feeds float32 observations. Use trainer.precision: bf16-mixed (or 16-mixed "
+            "on a GPU) for mixed precision with float32 weights, or 32-true."
+        )
+    cores = os.cpu_count() or 1
+    if trainer.accelerator.__class__.__name__ == "CPUAccelerator" and trainer.num_devices > cores:
+        raise ValueError(
+            f"devices={trainer.num_devices} on the CPU starts {trainer.num_devices} processes, but this machine has "
+            f"{cores} CPU cores. Use trainer.devices: {cores} or fewer (each process collects from its own "
+            "data.num_envs envs), or a GPU accelerator."
+        )

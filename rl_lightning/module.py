@@ -18,7 +18,7 @@ from torch import nn
 from rl_lightning import keys
 from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
 from rl_lightning.checkpoint import use_rl_checkpoint_io
-from rl_lightning.compat import check_callbacks
+from rl_lightning.compat import check_callbacks, check_trainer
 from rl_lightning.data import RLDataModule
 from rl_lightning.distributed import gather_per_rank, own_state, rng_state, set_rng_state
 from rl_lightning.functional import total_loss
@@ -112,6 +112,7 @@ class RLModule(pl.LightningModule, ABC):
         again for subclasses that do not call this)."""
         if self.trainer.state.fn == "fit":
             check_callbacks(self.trainer.callbacks)  # type: ignore[attr-defined]  # set dynamically by Lightning
+        check_trainer(self.trainer)
         return [GracefulInterrupt()]
 
     def target_networks(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -233,6 +234,7 @@ class RLModule(pl.LightningModule, ABC):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             check_callbacks(self.trainer.callbacks)  # type: ignore[attr-defined]  # set dynamically by Lightning
+        check_trainer(self.trainer)
         self.check_data(self.data)
         use_rl_checkpoint_io(self.trainer)
 

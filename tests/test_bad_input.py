@@ -72,3 +72,31 @@ def test_checkpoint_of_another_algorithm(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds a PPO model and cannot be loaded into OtherPPO"):
         OtherPPO.load_from_checkpoint(tmp_path / "ppo.ckpt")
     assert PPO.load_from_checkpoint(tmp_path / "ppo.ckpt").frames == model.frames
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true"])
+def test_precisions_that_change_the_weights_dtype_are_refused(precision: str, tmp_path: Path) -> None:
+    trainer, model, data = tiny_ppo_run(tmp_path, precision=precision)
+    with pytest.raises(ValueError, match=rf"precision='{precision}' is not supported.*bf16-mixed"):
+        trainer.fit(model, datamodule=data)
+    assert model.frames == 0
+
+
+def test_more_cpu_processes_than_cores_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 1)  # this machine's core count, seen as 1: two devices are too many
+    trainer, _, _ = tiny_ppo_run(tmp_path, devices=2, strategy="ddp_spawn")
+    from rl_lightning.compat import check_trainer
+
+    with pytest.raises(ValueError, match=r"devices=2 on the CPU starts 2 processes, but this machine has 1 CPU cores"):
+        check_trainer(trainer)
+
+
+def test_sharding_strategies_are_refused(tmp_path: Path) -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from rl_lightning.compat import check_trainer
+
+    trainer, _, _ = tiny_ppo_run(tmp_path)
+    trainer.strategy.__class__ = FSDPStrategy  # FSDP itself needs a GPU to be built; the check reads the type
+    with pytest.raises(ValueError, match=r"strategy=FSDPStrategy cannot train an RLModule.*strategy: ddp"):
+        check_trainer(trainer)
