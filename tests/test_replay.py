@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import doctest
 import math
+import pickle
+import shutil
+import sysconfig
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import pytest
 import torch
@@ -15,6 +19,23 @@ from rl_lightning import keys, replay
 from rl_lightning.collector import Collector
 from rl_lightning.envs import make_vec_env
 from rl_lightning.replay import INDEX, NEXT_DISCOUNT, STORED_KEYS, WEIGHT, ReplayBuffer, _SumTree, n_step_returns
+
+# The sum tree's two backends: the compiled C loops (rl_lightning._sumtree, built by `pip install` when a C
+# compiler is present) and the torch fallback. Prioritized tests run on both.
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "compiled", marks=pytest.mark.skipif(replay._compiled is None, reason="rl_lightning._sumtree is not built")
+    ),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The sum-tree backend of the buffers a test builds; "torch" runs as an install without a C compiler does."""
+    if request.param == "torch":
+        monkeypatch.setattr(replay, "_compiled", None)
+    return cast(str, request.param)
 
 
 def transitions(
@@ -143,9 +164,10 @@ def test_uniform_sampling_frequencies() -> None:
     assert chi_square(counts, torch.full((10,), 0.1, dtype=torch.float64)) < CHI2_9_999
 
 
-def test_prioritized_sampling_frequencies_follow_priority_to_the_alpha() -> None:
+def test_prioritized_sampling_frequencies_follow_priority_to_the_alpha(backend: str) -> None:
     alpha = 0.7
     buffer = ReplayBuffer(capacity=10, prioritized=True, alpha=alpha, priority_eps=1e-6)
+    assert buffer._tree is not None and buffer._tree.backend == backend
     buffer.extend(transitions(1, 10))
     priority = torch.arange(1.0, 11.0)
     buffer.update_priority(torch.arange(10), priority)
@@ -161,9 +183,10 @@ def test_prioritized_sampling_frequencies_follow_priority_to_the_alpha() -> None
 @pytest.mark.parametrize(
     ("capacity", "branching", "root_size"), [(1, 16, 8192), (37, 4, 2), (1000, 4, 8), (300, 16, 64)]
 )
-def test_sum_tree_matches_cumsum_and_searchsorted(capacity: int, branching: int, root_size: int) -> None:
+def test_sum_tree_matches_cumsum_and_searchsorted(capacity: int, branching: int, root_size: int, backend: str) -> None:
     generator = torch.Generator().manual_seed(capacity)
     tree = _SumTree(capacity, branching=branching, root_size=root_size)
+    assert tree.backend == backend
     # Integer priorities: every sum is exact in float32 and float64, so the comparison can be exact.
     priority = torch.zeros(capacity)
     written = capacity // 2 + 1
@@ -178,15 +201,148 @@ def test_sum_tree_matches_cumsum_and_searchsorted(capacity: int, branching: int,
         assert tree.min.item() == priority[:written].min().item()
         mass = torch.rand(500, generator=generator, dtype=torch.float64) * priority.sum()
         expected = torch.searchsorted(priority.double().cumsum(0), mass, right=True)
-        assert torch.equal(tree.find(mass), expected)
+        leaf, value = tree.find(mass)
+        assert torch.equal(leaf, expected) and torch.equal(value, priority[expected])
     rebuilt = _SumTree(capacity, branching=branching, root_size=root_size)
     rebuilt.rebuild(tree.leaves(written))
     mass = torch.rand(500, generator=generator, dtype=torch.float64) * priority.sum()
-    assert torch.equal(rebuilt.find(mass), tree.find(mass))
+    assert torch.equal(rebuilt.find(mass)[0], tree.find(mass)[0])
     assert rebuilt.total == tree.total and rebuilt.min.item() == tree.min.item()
 
 
-def test_update_priority_with_duplicate_indices_keeps_the_last() -> None:
+def tree_tensors(tree: _SumTree) -> list[torch.Tensor]:
+    return [*tree._values, *tree._minima, tree._top_values, tree._top_minima, tree._root]
+
+
+@pytest.mark.skipif(replay._compiled is None, reason="rl_lightning._sumtree is not built")
+@pytest.mark.parametrize(
+    ("capacity", "branching", "root_size"), [(1, 16, 8192), (37, 4, 2), (1000, 4, 8), (5000, 3, 5), (70_000, 16, 8192)]
+)
+def test_sum_tree_backends_agree_bit_for_bit(capacity: int, branching: int, root_size: int) -> None:
+    """Float priorities (sums round): both backends hold the same tree and find the same leaves, which are the
+    leaves a brute-force cumsum + searchsorted over all leaves finds, up to the rounding of the sums."""
+    generator = torch.Generator().manual_seed(capacity)
+    compiled = _SumTree(capacity, branching=branching, root_size=root_size, backend="compiled")
+    fallback = _SumTree(capacity, branching=branching, root_size=root_size, backend="torch")
+    written = capacity // 2 + 1
+    value = torch.rand(written, generator=generator) + 0.01
+    for tree in (compiled, fallback):
+        tree.update(torch.arange(written), value)
+    for step in range(6):
+        index = torch.randint(written, (min(written, 300),), generator=generator).unique()
+        value = torch.rand(len(index), generator=generator) ** 3 + 1e-6
+        if step % 2:
+            order = torch.randperm(len(index), generator=generator)  # unsorted updates too
+            index, value = index[order], value[order]
+        increasing = bool((index[1:] > index[:-1]).all())
+        reports = [tree.try_update(index, value, limit=written) for tree in (compiled, fallback)]
+        expected = (increasing, increasing, int(index.min()), int(index.max()), float(value.max()))
+        assert reports[0] == reports[1] == expected
+        if not increasing:  # refused, untouched: applied as a plain update
+            for tree in (compiled, fallback):
+                tree.update(index, value)
+        for a, b in zip(tree_tensors(compiled), tree_tensors(fallback), strict=True):
+            assert torch.equal(a, b)
+        leaves = compiled.leaves(written).double()
+        running = leaves.cumsum(0)
+        mass = torch.rand(1000, generator=generator, dtype=torch.float64) * compiled.total
+        for query in (mass, mass.sort().values):
+            leaf, found = compiled.find(query, limit=written)
+            other_leaf, other_found = fallback.find(query, limit=written)
+            assert torch.equal(leaf, other_leaf) and torch.equal(found, other_found)
+            assert torch.equal(found, compiled.leaves(written)[leaf])
+            # Brute force: the mass lies in the leaf's interval of the running sum, up to float rounding.
+            tolerance = 1e-9 * compiled.total
+            assert bool(((running - leaves)[leaf] <= query + tolerance).all())
+            assert bool((query < running[leaf] + tolerance).all())
+            exact = torch.searchsorted(running, query, right=True).clamp_(max=written - 1)
+            assert int((leaf != exact).sum()) <= 2
+        uniform = torch.rand(256, generator=generator, dtype=torch.float64)
+        leaf, relative = compiled.sample(uniform, limit=written)
+        other_leaf, other_relative = fallback.sample(uniform, limit=written)
+        assert torch.equal(leaf, other_leaf) and torch.equal(relative, other_relative)
+        assert bool((leaf[1:] >= leaf[:-1]).all())
+        torch.testing.assert_close(relative, compiled.leaves(written)[leaf] / compiled.leaves(written).min())
+    # Refused batches (NaN, out of range) change nothing, on both backends.
+    before = [t.clone() for t in tree_tensors(compiled)]
+    for leaf, value in (
+        (torch.tensor([0, 1, 2]), torch.tensor([1.0, float("nan"), 2.0])),
+        (torch.tensor([1, written]), torch.ones(2)),
+    ):
+        reports = [tree.try_update(leaf, value, limit=written) for tree in (compiled, fallback)]
+        assert not reports[0][0] and not reports[1][0] and reports[0][1:4] == reports[1][1:4]
+        assert math.isfinite(reports[0][4]) == math.isfinite(reports[1][4]) == (not bool(value.isnan().any()))
+    for a, b, c in zip(tree_tensors(compiled), tree_tensors(fallback), before, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, c)
+    for tree in (compiled, fallback):
+        tree.rebuild(compiled.leaves(written))
+    for a, b in zip(tree_tensors(compiled), tree_tensors(fallback), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(replay._compiled is None, reason="rl_lightning._sumtree is not built")
+def test_prioritized_buffer_samples_the_same_on_both_backends(tmp_path: Path) -> None:
+    def make(backend: Literal["compiled", "torch"]) -> ReplayBuffer:
+        buffer = ReplayBuffer(capacity=300, prioritized=True, alpha=0.6, beta=0.4, beta_steps=10)
+        buffer._tree = _SumTree(300, backend=backend)
+        return buffer
+
+    compiled, fallback = make("compiled"), make("torch")
+    generator = torch.Generator().manual_seed(0)
+    for start in range(0, 400, 50):  # wraps around
+        batch = transitions(2, 25, start=start)
+        for buffer in (compiled, fallback):
+            buffer.extend(batch)
+        td_error = torch.randn(32, 1, generator=generator)
+        seed = int(torch.randint(1 << 30, (1,), generator=generator))
+        samples = [buffer.sample(32, generator=torch.Generator().manual_seed(seed)) for buffer in (compiled, fallback)]
+        assert (samples[0] == samples[1]).all()
+        for buffer, sample in zip((compiled, fallback), samples, strict=True):
+            buffer.update_priority(sample[INDEX], td_error)
+    assert compiled._tree is not None and fallback._tree is not None
+    for a, b in zip(tree_tensors(compiled._tree), tree_tensors(fallback._tree), strict=True):
+        assert torch.equal(a, b)
+    # A checkpoint of one backend resumes on the other.
+    torch.save(compiled.state_dict(), tmp_path / "buffer.pt")
+    resumed = make("torch")
+    resumed.load_state_dict(torch.load(tmp_path / "buffer.pt", weights_only=True))
+    a = compiled.sample(64, generator=torch.Generator().manual_seed(1))
+    b = resumed.sample(64, generator=torch.Generator().manual_seed(1))
+    assert (a == b).all()
+
+
+def test_compiled_sum_tree_is_built_where_a_compiler_is() -> None:
+    """`pip install` builds rl_lightning._sumtree when it finds a C compiler: it must not go missing silently."""
+    compiler = str(sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not any(shutil.which(name) for name in (compiler, "gcc", "cc")):
+        pytest.skip("no C compiler: the torch sum tree is the one in use")
+    assert replay._compiled is not None, (
+        f"A C compiler is present but rl_lightning._sumtree does not import ({replay._COMPILED_ERROR}). "
+        "Reinstall with `pip install -e .` (or `bash scripts/setup.sh`) and read the build output."
+    )
+    assert _SumTree(10).backend == "compiled"
+    assert ReplayBuffer(capacity=10, prioritized=True)._tree is not None
+
+
+def test_compiled_backend_that_did_not_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replay, "_compiled", None)
+    assert _SumTree(10).backend == "torch"
+    with pytest.raises(ValueError, match=r"backend='compiled' is unavailable.*use backend='torch'"):
+        _SumTree(10, backend="compiled")
+
+
+def test_copies_of_a_sum_tree_are_independent(backend: str) -> None:
+    """The compiled loops write through data pointers: a copy must write its own tensors, never the original's."""
+    tree = _SumTree(100, branching=4, root_size=8)
+    tree.update(torch.arange(50), torch.ones(50))
+    for copied in (copy.deepcopy(tree), pickle.loads(pickle.dumps(tree))):
+        copied.update(torch.tensor([3, 60]), torch.tensor([5.0, 2.0]))
+        assert tree.total == 50.0 and tree.leaves(61)[[3, 60]].tolist() == [1.0, 0.0]
+        assert copied.total == 56.0 and copied.leaves(61)[[3, 60]].tolist() == [5.0, 2.0]
+        assert torch.equal(copied.find(torch.tensor([4.0, 55.5], dtype=torch.float64))[0], torch.tensor([3, 60]))
+
+
+def test_update_priority_with_duplicate_indices_keeps_the_last(backend: str) -> None:
     buffer = ReplayBuffer(capacity=40, prioritized=True, alpha=1.0, priority_eps=0.5)
     buffer.extend(transitions(2, 20))
     index = torch.tensor([3, 5, 3, 7, 5, 3])
@@ -203,10 +359,10 @@ def test_update_priority_with_duplicate_indices_keeps_the_last() -> None:
     assert torch.equal(buffer._tree.leaves(40), expected)
     generator = torch.Generator().manual_seed(1)
     mass = torch.rand(1000, generator=generator, dtype=torch.float64) * expected.sum()
-    assert torch.equal(buffer._tree.find(mass), torch.searchsorted(expected.double().cumsum(0), mass, right=True))
+    assert torch.equal(buffer._tree.find(mass)[0], torch.searchsorted(expected.double().cumsum(0), mass, right=True))
 
 
-def test_new_transitions_get_the_max_priority() -> None:
+def test_new_transitions_get_the_max_priority(backend: str) -> None:
     buffer = ReplayBuffer(capacity=8, prioritized=True, alpha=1.0, priority_eps=1e-6)
     buffer.extend(transitions(1, 4))
     buffer.update_priority(torch.tensor([0, 1]), torch.tensor([5.0, 0.5]))
@@ -215,7 +371,7 @@ def test_new_transitions_get_the_max_priority() -> None:
     assert buffer._tree.leaves(6).tolist() == pytest.approx([5.0, 0.5, 1.0, 1.0, 5.0, 5.0], rel=1e-5)
 
 
-def test_importance_weights_and_beta_annealing() -> None:
+def test_importance_weights_and_beta_annealing(backend: str) -> None:
     buffer = ReplayBuffer(capacity=6, prioritized=True, alpha=0.5, beta=0.4, beta_final=1.0, beta_steps=4)
     buffer.extend(transitions(1, 6))
     priority = torch.tensor([0.1, 1.0, 2.0, 4.0, 8.0, 0.5], dtype=torch.float64)
@@ -318,7 +474,7 @@ def test_n_step_carry_survives_a_checkpoint_and_short_batches() -> None:
 # --- checkpoints ------------------------------------------------------------------------------------------------
 
 
-def test_memory_state_dict_round_trips_through_torch_save(tmp_path: Path) -> None:
+def test_memory_state_dict_round_trips_through_torch_save(tmp_path: Path, backend: str) -> None:
     def make() -> ReplayBuffer:
         return ReplayBuffer(capacity=50, prioritized=True, n_step=2, gamma=0.9)
 
@@ -481,7 +637,7 @@ def test_sample_more_than_stored() -> None:
         buffer.sample(0)
 
 
-def test_bad_extend_and_update_priority_calls() -> None:
+def test_bad_extend_and_update_priority_calls(backend: str) -> None:
     buffer = ReplayBuffer(capacity=10, prioritized=True, n_step=2)
     with pytest.raises(ValueError, match=r"flat batch .* n_step=2"):
         buffer.extend(transitions(1, 4).reshape(-1))
@@ -494,6 +650,8 @@ def test_bad_extend_and_update_priority_calls() -> None:
         wide[keys.NEXT_OBSERVATION] = torch.zeros(2, 4, 4)
         buffer.extend(wide)
     size = len(buffer)
+    assert buffer._tree is not None and buffer._tree.backend == backend
+    before = buffer._tree.leaves(10)
     with pytest.raises(ValueError, match=rf"indices in \[0, 50\], but the buffer holds {size}"):
         buffer.update_priority(torch.tensor([0, 50]), torch.ones(2))
     with pytest.raises(ValueError, match=r"indices in \[-1, 3\]"):
@@ -502,6 +660,9 @@ def test_bad_extend_and_update_priority_calls() -> None:
         buffer.update_priority(torch.tensor([0, 1]), torch.ones(3))
     with pytest.raises(ValueError, match=r"NaN or infinite"):
         buffer.update_priority(torch.tensor([0, 1]), torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ValueError, match=r"NaN or infinite"):
+        buffer.update_priority(torch.tensor([1, 0]), torch.tensor([float("inf"), 1.0]))
+    assert torch.equal(buffer._tree.leaves(10), before)  # every bad call was refused before any write
 
 
 def test_load_state_dict_from_another_configuration() -> None:
