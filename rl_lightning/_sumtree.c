@@ -266,9 +266,10 @@ static PyObject *find(PyObject *self, PyObject *args) {
     const double *mass = (const double *)(uintptr_t)mass_address;
     int64_t *node = (int64_t *)(uintptr_t)index_address; /* the node of each query, level by level */
     float *value = (float *)(uintptr_t)value_address;
-    double *residual = (double *)PyMem_RawMalloc((size_t)count * sizeof(double));
+    /* Per query its residual mass, then GROUP rows of exclusive running sums (no variable-length arrays). */
+    double *residual = (double *)PyMem_RawMalloc((size_t)(count + GROUP * tree.k) * sizeof(double));
     if (!residual) return PyErr_NoMemory();
-    double exclusive[GROUP * tree.k];
+    double *exclusive = residual + count;
 
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t hint = 0;
