@@ -36,6 +36,60 @@ class _ActionAdapter:
         return array
 
 
+class EnvError(RuntimeError):
+    """An environment raised, or the subprocess of an async env died, while the collector stepped it.
+
+    The message names the env id, the env's index in the vector env and how many frames this process had
+    collected; the original exception is the ``__cause__``. Attributes: ``env_id``, ``index`` (``None`` when it
+    cannot be told), ``frames``.
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, env_id: str, err: BaseException, frames: int) -> None:
+        self.env_id, self.frames = env_id, frames
+        self.index: int | None
+        dead = _dead_worker(envs, err)
+        if dead is not None:
+            self.index, exit_code = dead
+            what = f"the subprocess of env {self.index} died (exit code {exit_code}; {type(err).__name__}: {err})"
+        else:
+            self.index = _failing_index(err)
+            which = f"env {self.index}" if self.index is not None else "one of the envs"
+            what = f"{which} raised {type(err).__name__}: {err}"
+        super().__init__(
+            f"Environment {env_id!r}: {what}, after {frames} frames collected by this process "
+            f"({envs.num_envs} envs, {type(envs).__name__}). The run stopped before training on it; checkpoints "
+            "already written are untouched. Fix the environment or its wrappers, then resume with --ckpt_path last."
+        )
+
+
+def _dead_worker(envs: gym.vector.VectorEnv, err: BaseException) -> tuple[int, int | None] | None:
+    """``(index, exit code)`` of the first async env whose subprocess is gone."""
+    processes = getattr(envs, "processes", ())
+    if isinstance(err, EOFError | OSError):  # a closed pipe: give a dying worker a moment to be reaped
+        for process in processes:
+            process.join(timeout=0.05)
+    for index, process in enumerate(processes):
+        if not process.is_alive():
+            return index, process.exitcode
+    return None
+
+
+def _failing_index(err: BaseException) -> int | None:
+    """The index of the env that raised, read from gymnasium's vector env frames in the traceback: the loop
+    variable of ``SyncVectorEnv.step``/``reset``, or the worker index ``AsyncVectorEnv`` re-raises from."""
+    found = None
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = type(frame.f_locals.get("self")).__name__
+        if owner == "SyncVectorEnv" and isinstance(frame.f_locals.get("i"), int):
+            found = frame.f_locals["i"]
+        elif owner == "AsyncVectorEnv" and isinstance(frame.f_locals.get("index"), int):
+            found = frame.f_locals["index"]
+        tb = tb.tb_next
+    return found
+
+
 class Collector:
     """Collects batches of ``[num_envs, steps_per_batch]`` transitions.
 
@@ -43,6 +97,7 @@ class Collector:
         envs: a gymnasium vector env made with ``AutoresetMode.SAME_STEP`` (see ``make_vec_env``).
         policy: see :data:`Policy`; called under ``torch.inference_mode()``.
         steps_per_batch: vector steps per batch (T).
+        env_id: the envs' id, for error messages.
         pixels: also store each env's rendered frame of the observation at t under ``"pixels"``
             (``[num_envs, T, H, W, 3]`` uint8); the envs must be made with ``render_mode="rgb_array"``
             (e.g. ``make_vec_env(..., render_mode="rgb_array")``).
@@ -56,7 +111,14 @@ class Collector:
         torch.Size([2, 8])
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, policy: Policy, steps_per_batch: int, pixels: bool = False) -> None:
+    def __init__(
+        self,
+        envs: gym.vector.VectorEnv,
+        policy: Policy,
+        steps_per_batch: int,
+        pixels: bool = False,
+        env_id: str = "the environment",
+    ) -> None:
         if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
             raise ValueError("Collector needs a vector env with autoreset_mode=AutoresetMode.SAME_STEP.")
         if pixels and envs.render_mode != "rgb_array":
@@ -66,6 +128,9 @@ class Collector:
             )
         self.pixels = pixels
         self.envs = envs
+        self.env_id = env_id
+        self.frames = 0
+        """Frames this collector has collected (this process, since it was made)."""
         self.policy = policy
         self.steps_per_batch = steps_per_batch
         self.num_envs = envs.num_envs
@@ -79,7 +144,10 @@ class Collector:
 
     def reset(self, seed: int | None = None) -> None:
         """Resets every env (seeding them ``seed, seed + 1, ...``) and the running episode statistics."""
-        self._obs, _ = self.envs.reset(seed=seed)
+        try:
+            self._obs, _ = self.envs.reset(seed=seed)
+        except Exception as err:
+            raise EnvError(self.envs, self.env_id, err, self.frames) from err
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
 
@@ -117,7 +185,10 @@ class Collector:
                 outputs = {k: torch.empty((n, steps, *v.shape[1:]), dtype=v.dtype) for k, v in out.items()}
             for key, value in out.items():
                 outputs[key][:, t] = value
-            current, rew, term, trunc, info = self.envs.step(self._to_env(out[keys.ACTION]))
+            try:
+                current, rew, term, trunc, info = self.envs.step(self._to_env(out[keys.ACTION]))
+            except Exception as err:
+                raise EnvError(self.envs, self.env_id, err, self.frames + t * n) from err
             next_obs_np[:, t] = current
             reward_np[:, t, 0] = rew
             term_np[:, t, 0] = term
@@ -133,6 +204,7 @@ class Collector:
                 self._episode_return[done] = 0.0
                 self._episode_length[done] = 0
         self._obs = current
+        self.frames += n * steps
 
         done_flags = terminated | truncated
         not_done = torch.zeros_like(done_flags)

@@ -226,7 +226,7 @@ class RLDataModule(pl.LightningDataModule):
             envs = make_vec_env(
                 self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization, render_mode=render_mode
             )
-            self._collector = Collector(envs, self.policy, self.steps_per_batch, pixels=self.pixels)
+            self._collector = Collector(envs, self.policy, self.steps_per_batch, self.pixels, self.env_id)
             self._collector.reset(seed=None if self.seed is None else self.rank_seed)
         return self._collector
 
