@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 import torch
-from tensordict import MemoryMappedTensor, TensorDict, TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 
 from rl_lightning import keys
 from rl_lightning._checks import check_non_negative, check_positive, check_range
@@ -360,10 +360,10 @@ class ReplayBuffer:
     over ``beta_steps`` calls to :meth:`sample`. New transitions get the largest priority seen so far.
 
     **Checkpoints.** :meth:`state_dict` holds only tensors, numbers, strings, lists and dicts (fit for
-    ``torch.load(weights_only=True)``). With ``"memory"`` storage it holds the stored tensors themselves; with
-    ``"memmap"`` storage the directory and the counters, the contents stay on disk (flushed by
-    :meth:`state_dict`). The directory always holds the *latest* contents: resuming from an older checkpoint
-    of a memmap buffer restores its counters over transitions written after that checkpoint.
+    ``torch.load(weights_only=True)``) and the stored transitions themselves; with ``"memmap"`` storage they
+    are views of the mapped files (nothing is copied into RAM), which rl_lightning's checkpoint IO
+    (:class:`~rl_lightning.checkpoint.RLCheckpointIO`) writes into a directory beside the ``.ckpt``: each
+    checkpoint keeps its own snapshot, and loading one copies it back into this buffer's files.
 
     Args:
         capacity: the most transitions the buffer holds.
@@ -627,11 +627,10 @@ class ReplayBuffer:
             "pending": self._pending.clone(),
         }
         if self.storage == "memmap":
+            # Views of the mapped files (nothing is copied into RAM): rl_lightning's checkpoint IO writes large
+            # tensors into a directory beside the .ckpt, a snapshot that later transitions do not overwrite.
             state["scratch_dir"] = self.scratch_dir
-            state["data"] = None
-            state["allocated"] = bool(self._data)
-            if self._memmap is not None:
-                _flush(self._memmap)
+            state["data"] = {_name(k): v[: self._size] for k, v in self._data.items()} if self._data else None
         elif self._data:
             # A view saves its whole storage: save the filled part as its own tensor unless that is all of it.
             full = self._size == self.capacity
@@ -649,10 +648,9 @@ class ReplayBuffer:
                     f"{name}={getattr(self, name)!r}. Build the buffer with {name}={state[name]!r} to load it."
                 )
         self._data, self._memmap = {}, None
-        if self.storage == "memmap":
-            if state["allocated"]:
-                self._open_memmap(state["scratch_dir"])
-            self.scratch_dir = state["scratch_dir"]
+        if self.storage == "memmap" and state["data"] is None and state.get("allocated"):
+            # A checkpoint of an earlier version: the contents are in the buffer's directory as last written.
+            self._open_memmap(state["scratch_dir"])
         elif state["data"] is not None:
             data = {_key(name): value for name, value in state["data"].items()}
             self._allocate({key: (value.shape[1:], value.dtype) for key, value in data.items()})
@@ -811,17 +809,6 @@ def _prepare_scratch_dir(scratch_dir: str | os.PathLike[str]) -> None:
             f"scratch_dir={str(scratch_dir)!r} is not a writable directory ({err}). Pass a directory this process "
             "can create and write, with room for the buffer, or use storage='memory'."
         ) from err
-
-
-def _flush(memmap: TensorDictBase) -> None:
-    """Writes the mapped files' dirty pages to disk (fsync covers pages written through the mapping)."""
-    for value in memmap.values(include_nested=True, leaves_only=True):
-        if isinstance(value, MemoryMappedTensor) and value.filename is not None:
-            fd = os.open(value.filename, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def _float_dtype(value: torch.Tensor) -> torch.dtype:

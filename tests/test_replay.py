@@ -16,6 +16,7 @@ import torch
 from tensordict import TensorDict
 
 from rl_lightning import keys, replay
+from rl_lightning.checkpoint import RLCheckpointIO
 from rl_lightning.collector import Collector
 from rl_lightning.envs import make_vec_env
 from rl_lightning.replay import INDEX, NEXT_DISCOUNT, STORED_KEYS, WEIGHT, ReplayBuffer, _SumTree, n_step_returns
@@ -515,18 +516,25 @@ def test_memmap_storage_round_trip(tmp_path: Path) -> None:
         "observation.memmap",
     ]
     state = buffer.state_dict()
-    assert state["data"] is None and state["scratch_dir"] == str(scratch)
-    torch.save(state, tmp_path / "buffer.pt")
+    assert state["data"]["observation"].data_ptr() == buffer._data[keys.OBSERVATION].data_ptr()  # a view, no copy
+    io = RLCheckpointIO(external_bytes=256)  # rl_lightning's checkpoint IO: the contents go beside the file
+    io.save_checkpoint({"buffer": state}, tmp_path / "buffer.ckpt")
+    saved_contents = contents(buffer).clone()
+    buffer.extend(transitions(2, 16, start=500))  # written after the checkpoint: not in its snapshot
 
     restored = ReplayBuffer(capacity=50, storage="memmap", scratch_dir=str(tmp_path / "elsewhere"), prioritized=True)
-    restored.load_state_dict(torch.load(tmp_path / "buffer.pt", weights_only=True))
-    assert restored.scratch_dir == str(scratch)
+    restored.load_state_dict(io.load_checkpoint(tmp_path / "buffer.ckpt")["buffer"])
+    assert restored.scratch_dir == str(tmp_path / "elsewhere")  # its own files, filled from the snapshot
     assert len(restored) == 50
-    assert (contents(restored) == contents(buffer)).all()
-    a = buffer.sample(16, generator=torch.Generator().manual_seed(0))
+    assert (contents(restored) == saved_contents).all()
+    assert not (contents(restored) == contents(buffer)).all()
+    reference = ReplayBuffer(capacity=50, storage="memmap", scratch_dir=str(tmp_path / "ref"), prioritized=True)
+    for start in (0, 32, 64):
+        reference.extend(transitions(2, 16, start=start))
+    a = reference.sample(16, generator=torch.Generator().manual_seed(0))
     b = restored.sample(16, generator=torch.Generator().manual_seed(0))
     assert (a == b).all()
-    assert buffer.extend(transitions(1, 4, start=200)).tolist() == restored.extend(transitions(1, 4)).tolist()
+    assert reference.extend(transitions(1, 4, start=200)).tolist() == restored.extend(transitions(1, 4)).tolist()
 
 
 def test_empty_buffer_state_round_trips(tmp_path: Path) -> None:
@@ -673,11 +681,11 @@ def test_load_state_dict_from_another_configuration() -> None:
         ReplayBuffer(capacity=10).load_state_dict(state)
 
 
-def test_memmap_state_without_its_directory(tmp_path: Path) -> None:
+def test_memmap_state_of_an_earlier_version_without_its_directory(tmp_path: Path) -> None:
+    """Checkpoints written before buffers carried their contents name the directory that held them."""
     buffer = ReplayBuffer(capacity=10, storage="memmap", scratch_dir=str(tmp_path / "a"))
     buffer.extend(transitions(1, 4))
-    state = buffer.state_dict()
-    state["scratch_dir"] = str(tmp_path / "gone")
+    state = {**buffer.state_dict(), "data": None, "allocated": True, "scratch_dir": str(tmp_path / "gone")}
     with pytest.raises(ValueError, match=r"Cannot open the memory-mapped replay buffer in scratch_dir=.*gone"):
         ReplayBuffer(capacity=10, storage="memmap", scratch_dir=str(tmp_path / "b")).load_state_dict(state)
 
