@@ -74,6 +74,10 @@ class RLModule(pl.LightningModule, ABC):
         self._start_time = 0.0
         self._start_frames = 0
         self.skipped_updates = 0
+        self.stop_requested = False
+        """Set on any rank (by ``GracefulInterrupt``) to stop the fit at the end of a collector batch."""
+        self.stop_agreed = False
+        """Whether some rank had ``stop_requested`` when this batch started: the same answer on every rank."""
         self._last_losses: TensorDict | None = None
         self._grad_scaler = False
 
@@ -268,11 +272,14 @@ class RLModule(pl.LightningModule, ABC):
                 batch[keys.NEXT_EPISODE_RETURN][done].sum(),
                 batch[keys.NEXT_EPISODE_LENGTH][done].sum().to(torch.float32),
                 done.sum().to(torch.float32),
+                torch.tensor(float(self.stop_requested)),
             ]
         ).to(torch.float64)
+        # One all-reduce a batch: the episode statistics, and whether any rank was asked to stop (Ctrl-C).
         stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
-        returns, lengths, count = stats.tolist()
+        returns, lengths, count, stops = stats.tolist()
         self.episodes += int(count)
+        self.stop_agreed = stops > 0
         elapsed = max(time.perf_counter() - self._start_time, 1e-9)
         metrics: dict[str, float] = {
             "step": float(self.frames),

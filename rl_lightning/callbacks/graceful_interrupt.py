@@ -20,7 +20,8 @@ class GracefulInterrupt(pl.Callback):
     """The first Ctrl-C (SIGINT) of a fit stops it at the end of the current collector batch, with a checkpoint.
 
     An interrupt in the middle of a batch would leave the inner loop half done; instead the signal only sets a
-    flag, and at the end of the batch (agreed by all DDP ranks) the fit writes ``last.ckpt`` into the
+    flag, and at the end of the batch (agreed by all DDP ranks through the module's per-batch all-reduce of
+    episode statistics, ``RLModule.stop_agreed``) the fit writes ``last.ckpt`` into the
     ``ModelCheckpoint``'s directory and stops, so ``--ckpt_path last`` continues exactly from there. A second
     Ctrl-C aborts at once (Lightning's own handling of ``KeyboardInterrupt``). Every ``RLModule`` adds this
     callback (``configure_callbacks``); it does nothing outside the main thread, where signals cannot be caught.
@@ -30,10 +31,14 @@ class GracefulInterrupt(pl.Callback):
         self.requested = False
         self._installed = False
         self._previous: Any = None
+        self._module: Any = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.requested = False
+        self._module = pl_module
+        if hasattr(pl_module, "stop_requested"):
+            setattr(pl_module, "stop_requested", False)  # noqa: B010  (an RLModule attribute)
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True
@@ -43,13 +48,16 @@ class GracefulInterrupt(pl.Callback):
             signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
             raise KeyboardInterrupt
         self.requested = True
+        if self._module is not None:
+            self._module.stop_requested = True
         log.warning("Interrupted: stopping after this collector batch, with a checkpoint (Ctrl-C again to abort).")
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self._installed or not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+        # The module agrees on a stop across ranks with its per-batch all-reduce of episode statistics.
+        if not self._installed or not getattr(pl_module, "stop_agreed", self.requested):
             return
         trainer.should_stop = True
         checkpoint = trainer.checkpoint_callback
