@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -80,6 +81,7 @@ class RLModule(pl.LightningModule, ABC):
         """Whether some rank had ``stop_requested`` when this batch started: the same answer on every rank."""
         self._last_losses: TensorDict | None = None
         self._grad_scaler = False
+        self._check_loss = True
 
     def save_rl_hyperparameters(self) -> None:
         """``save_hyperparameters`` of the caller's arguments, with the spaces stored as plain data."""
@@ -146,8 +148,14 @@ class RLModule(pl.LightningModule, ABC):
             optimizers = [optimizers]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
+        loss = total_loss(losses)
+        # One process checks the loss (a scalar: cheap); under DDP each rank's loss differs, so the all-reduced
+        # gradients are checked instead (all ranks see the same ones and agree), in on_before_optimizer_step.
+        if self._check_loss and not bool(torch.isfinite(loss)):
+            self._nonfinite("loss", losses)
+            return  # skipped: no backward, no step
         self._last_losses = losses
-        self.backward_loss(total_loss(losses))
+        self.backward_loss(loss)
         for optimizer in optimizers:
             if self._direct_torch:
                 # What LightningOptimizer.step does here, minus dispatching no-op hooks to every callback:
@@ -168,37 +176,39 @@ class RLModule(pl.LightningModule, ABC):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Clips the gradient norm of each parameter group to ``max_grad_norm`` (SAC: actor, critics and
-        temperature separately), and stops on (or skips, see :attr:`nonfinite`) gradients with NaN or inf.
-        Lightning calls this after unscaling mixed-precision gradients; with float16's gradient scaler, the
-        scaler itself skips steps with inf gradients, so no check is made here."""
-        norm: torch.Tensor | None
+        temperature separately), and stops on (or skips, see :attr:`nonfinite`) gradients with NaN or inf, where
+        the norm is computed anyway (clipping) or needed (DDP, see :meth:`step_optimizers`). Lightning calls this
+        after unscaling mixed-precision gradients; float16's gradient scaler skips steps with inf gradients itself."""
+        norm: torch.Tensor | None = None
         if self.max_grad_norm is not None:
             norms = [
                 torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm) for group in optimizer.param_groups
             ]
             norm = norms[0] if len(norms) == 1 else torch.stack(norms).sum()
-        else:
+        elif not self._check_loss:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else None
         if norm is not None and not self._grad_scaler and not bool(torch.isfinite(norm)):
-            self._nonfinite_gradients(optimizer)
+            self._nonfinite("gradients", self._last_losses)
+            optimizer.zero_grad(set_to_none=True)  # skipped: the step changes no parameter
 
-    def _nonfinite_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        """Raises, naming the update, the loss terms and the last checkpoint; or with ``nonfinite="skip"``
-        drops the gradients, so that this optimizer step changes nothing (every rank sees the same reduced
-        gradients, so all ranks agree)."""
+    def _nonfinite(self, what: str, losses: TensorDict | None) -> None:
+        """Raises, naming the update, the loss terms and the last checkpoint; with ``nonfinite="skip"`` counts the
+        skipped update and returns (the caller makes sure it changes nothing)."""
         if self.nonfinite == "skip":
-            optimizer.zero_grad(set_to_none=True)
             self.skipped_updates += 1
             return
-        losses = self._last_losses
         names = [] if losses is None else [k for k in losses.keys() if isinstance(k, str) and k.startswith("loss_")]
         terms = ", ".join(f"{k}={float(losses.get(k)):.4g}" for k in names) if losses is not None else ""
-        checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or getattr(
-            self.trainer.checkpoint_callback, "best_model_path", ""
-        )
+        saved = [
+            Path(p)
+            for cb in self.trainer.checkpoint_callbacks
+            for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+            if p and Path(p).exists()
+        ]
+        checkpoint = max(saved, key=lambda p: p.stat().st_mtime) if saved else None
         raise FloatingPointError(
-            f"NaN or inf gradients at update {self.updates + 1} (frames {self.frames}, global step "
+            f"NaN or inf {what} at update {self.updates + 1} (frames {self.frames}, global step "
             f"{self.trainer.global_step}); the losses of this step: {terms or 'unknown'}. "
             + (
                 f"The last checkpoint, written before this step: {checkpoint}. "
@@ -246,6 +256,7 @@ class RLModule(pl.LightningModule, ABC):
         self.loop.setup(self.trainer)
         self._direct_torch = _can_call_torch_directly(self)
         self._grad_scaler = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        self._check_loss = self.trainer.world_size == 1
         self._start_time = time.perf_counter()
         self._start_frames = self.frames
 

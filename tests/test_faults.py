@@ -46,7 +46,7 @@ def test_nan_gradients_stop_the_run_naming_the_update_the_loss_and_the_last_chec
     with pytest.raises(FloatingPointError) as error:
         trainer.fit(model, datamodule=data)
     message = str(error.value)
-    assert "update 9 " in message and "loss_critic=nan" in message and "loss_objective=" in message
+    assert "NaN or inf loss at update 9 " in message and "loss_critic=nan" in message and "loss_objective=" in message
     assert str(tmp_path / "ckpt" / "last.ckpt") in message and "nonfinite: skip" in message
     saved = RLCheckpointIO().load_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     assert saved["rl_lightning"]["updates"] == 8  # 2 batches of 4 updates: written before the bad step
