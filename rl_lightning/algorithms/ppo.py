@@ -11,7 +11,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_lightning import keys
-from rl_lightning._checks import check_non_negative, check_positive, check_range
+from rl_lightning._checks import check_choice, check_non_negative, check_positive, check_range, hidden_sizes_or
 from rl_lightning.data import RLDataModule
 from rl_lightning.functional import explained_variance, generalized_advantage_estimate
 from rl_lightning.module import RLModule
@@ -120,11 +120,8 @@ class PPO(RLModule):
         ):
             if value is not None:
                 check_positive(name, value, "Use null to disable it.")
-        hidden_sizes = [64, 64] if hidden_sizes is None else list(hidden_sizes)
-        if not hidden_sizes or min(hidden_sizes) < 1:
-            raise ValueError(f"hidden_sizes={hidden_sizes} is invalid: expected a non-empty list of positive sizes.")
-        if nonfinite not in ("raise", "skip"):
-            raise ValueError(f"nonfinite={nonfinite!r} is invalid: expected 'raise' or 'skip'.")
+        hidden_sizes = hidden_sizes_or(hidden_sizes, [64, 64])
+        check_choice("nonfinite", nonfinite, ("raise", "skip"))
         self.save_rl_hyperparameters()
         self.nonfinite = nonfinite
         self.lr = lr

@@ -14,7 +14,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_lightning import keys
-from rl_lightning._checks import check_non_negative, check_positive, check_range
+from rl_lightning._checks import check_choice, check_non_negative, check_positive, check_range, hidden_sizes_or
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UTDRHook
 from rl_lightning.callbacks.replay_buffer_trainer import TD_ERROR
 from rl_lightning.data import RLDataModule
@@ -143,11 +143,8 @@ class SAC(RLModule):
             )
         if max_grad_norm is not None:
             check_positive("max_grad_norm", max_grad_norm, "Use null to disable it.")
-        hidden_sizes = [256, 256] if hidden_sizes is None else list(hidden_sizes)
-        if not hidden_sizes or min(hidden_sizes) < 1:
-            raise ValueError(f"hidden_sizes={hidden_sizes} is invalid: expected a non-empty list of positive sizes.")
-        if nonfinite not in ("raise", "skip"):
-            raise ValueError(f"nonfinite={nonfinite!r} is invalid: expected 'raise' or 'skip'.")
+        hidden_sizes = hidden_sizes_or(hidden_sizes, [256, 256])
+        check_choice("nonfinite", nonfinite, ("raise", "skip"))
         self.save_rl_hyperparameters()
         self.nonfinite = nonfinite
         self.actor_lr, self.critic_lr, self.alpha_lr = actor_lr, critic_lr, alpha_lr
