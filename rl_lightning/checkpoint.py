@@ -178,16 +178,23 @@ def _check_writable(directory: Path) -> None:
 def find_last_checkpoint(trainer: pl.Trainer) -> Path | None:
     """The newest ``last.ckpt`` (or ``last-v<n>.ckpt``) of this experiment's earlier runs, or ``None``.
 
-    Each run logs to a new version directory (``<save_dir>/<name>/version_<n>``) and ``ModelCheckpoint`` writes
-    into its ``checkpoints`` folder, where Lightning's own ``ckpt_path="last"`` does not look; this looks in
-    every ``<save_dir>/<name>/*/checkpoints``. The CLI resolves ``--ckpt_path last`` with it.
+    ``ModelCheckpoint`` writes to its ``dirpath`` when one is given, else into the logger's run directory
+    (``<save_dir>/<name>/<version>/checkpoints``; ``<default_root_dir>/<experiment id>/<run id>/checkpoints`` for a
+    logger without a local directory such as MLflow with a database or server store), else into
+    ``<default_root_dir>/checkpoints``. Each run gets a new version, where Lightning's own ``ckpt_path="last"``
+    does not look; this looks in the directories of every version. The CLI resolves ``--ckpt_path last`` with it.
     """
-    logger = trainer.logger
-    if logger is not None and logger.save_dir is not None:
-        base = Path(logger.save_dir) / (logger.name or "")
+    folders: list[Path] = []
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+        folders += (Path(save_dir) / str(logger.name)).glob("*/checkpoints")
     else:
-        base = Path(trainer.default_root_dir) / "lightning_logs"
-    found = [p for p in base.glob("*/checkpoints/*.ckpt") if re.fullmatch(r"last(-v\d+)?", p.stem)]
+        folders.append(Path(trainer.default_root_dir) / "checkpoints")
+    folders += [
+        Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath
+    ]
+    found = [p for folder in folders for p in folder.glob("*.ckpt") if re.fullmatch(r"last(-v\d+)?", p.stem)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

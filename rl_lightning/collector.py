@@ -62,6 +62,33 @@ class EnvError(RuntimeError):
         )
 
 
+def close_envs(envs: gym.vector.VectorEnv, force: bool = False) -> None:
+    """Closes a vector env; closing twice does nothing.
+
+    With ``force`` (a broken env, or a fit that failed) an async env's subprocesses are ended rather than asked to
+    close: a dead worker, or one that raised mid-step, would never answer, and gymnasium's own forced close first
+    waits for the pending step, which a dead worker's pipe breaks. SIGTERM, then SIGKILL for a worker still alive
+    after a second (an env that installed its own SIGTERM handler).
+    """
+    if not (force and isinstance(envs, gym.vector.AsyncVectorEnv)):
+        envs.close()
+        return
+    if envs.closed:
+        return
+    for process in envs.processes:
+        if process.is_alive():
+            process.terminate()
+    for process in envs.processes:
+        process.join(timeout=1.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    for pipe in envs.parent_pipes:
+        if pipe is not None:
+            pipe.close()
+    envs.closed = True
+
+
 def _dead_worker(envs: gym.vector.VectorEnv, err: BaseException) -> tuple[int, int | None] | None:
     """``(index, exit code)`` of the first async env whose subprocess is gone."""
     processes = getattr(envs, "processes", ())
@@ -147,9 +174,16 @@ class Collector:
         try:
             self._obs, _ = self.envs.reset(seed=seed)
         except Exception as err:
-            raise EnvError(self.envs, self.env_id, err, self.frames) from err
+            raise self._fail(err, self.frames) from err
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
+
+    def _fail(self, err: Exception, frames: int) -> EnvError:
+        """The :class:`EnvError` for ``err``, after closing the envs: a failed vector env cannot go on, and an
+        async one would otherwise keep its other subprocesses (and its half-done step) until interpreter exit."""
+        error = EnvError(self.envs, self.env_id, err, frames)
+        close_envs(self.envs, force=True)
+        return error
 
     @torch.inference_mode()
     def collect(self) -> TensorDict:
@@ -188,7 +222,7 @@ class Collector:
             try:
                 current, rew, term, trunc, info = self.envs.step(self._to_env(out[keys.ACTION]))
             except Exception as err:
-                raise EnvError(self.envs, self.env_id, err, self.frames + t * n) from err
+                raise self._fail(err, self.frames + t * n) from err
             next_obs_np[:, t] = current
             reward_np[:, t, 0] = rew
             term_np[:, t, 0] = term

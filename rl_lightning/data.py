@@ -14,7 +14,7 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
 from rl_lightning._checks import check_positive
-from rl_lightning.collector import Collector, Policy, evaluate
+from rl_lightning.collector import Collector, Policy, close_envs, evaluate
 from rl_lightning.envs import Vectorization, WrapperSpec, make_env, make_vec_env
 from rl_lightning.recording import check_rgb_array
 from rl_lightning.spaces import space_to_dict
@@ -250,11 +250,20 @@ class RLDataModule(pl.LightningDataModule):
         return DataLoader(_Evaluation(self), batch_size=None, collate_fn=_as_is)
 
     def teardown(self, stage: str) -> None:
+        self.close()
+
+    def on_exception(self, exception: BaseException) -> None:
+        # Lightning calls no `teardown` after an exception: close here, or async envs' subprocesses outlive the fit.
+        self.close(force=True)
+
+    def close(self, force: bool = False) -> None:
+        """Closes the training and evaluation envs; ``force`` ends async envs' subprocesses without asking them
+        (see :func:`~rl_lightning.collector.close_envs`)."""
         if self._collector is not None:
-            self._collector.envs.close()
+            close_envs(self._collector.envs, force)
             self._collector = None
         if self._eval_envs is not None:
-            self._eval_envs.close()
+            close_envs(self._eval_envs, force)
             self._eval_envs = None
 
     def state_dict(self) -> dict[str, Any]:

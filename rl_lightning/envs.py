@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import multiprocessing
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, SupportsFloat
 
@@ -117,6 +119,23 @@ def make_env(
     return env
 
 
+def _make_worker_env(
+    env_id: str, wrappers: Sequence[WrapperSpec] | None, frame_skip: int, render_mode: str | None
+) -> gym.Env:
+    """``make_env`` in an async env's subprocess, with the signal handlers a worker needs.
+
+    The worker is forked from the trainer's process and inherits its Python signal handlers: Lightning's SIGTERM
+    handler only sets a flag, so ``terminate()`` would never end the worker (and interpreter exit, which
+    terminates and joins daemon processes, would hang). SIGTERM gets its default back. SIGINT is ignored: Ctrl-C
+    in a terminal reaches the whole process group, and the trainer's process decides what it means
+    (``GracefulInterrupt`` finishes the batch, which needs the workers alive, then closes them).
+    """
+    if multiprocessing.parent_process() is not None:  # AsyncVectorEnv also calls it once in the trainer's process
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return make_env(env_id, wrappers, frame_skip, render_mode)
+
+
 def make_vec_env(
     env_id: str,
     num_envs: int,
@@ -135,11 +154,12 @@ def make_vec_env(
     """
     if vectorization not in ("sync", "async"):
         raise ValueError(f"vectorization={vectorization!r} is not supported; use 'sync' or 'async'.")
-    fns = [lambda: make_env(env_id, wrappers, frame_skip, render_mode) for _ in range(num_envs)]
     envs: gym.vector.VectorEnv
     if vectorization == "sync":
+        fns = [functools.partial(make_env, env_id, wrappers, frame_skip, render_mode)] * num_envs
         envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     else:
+        fns = [functools.partial(_make_worker_env, env_id, wrappers, frame_skip, render_mode)] * num_envs
         envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
     if seed is not None:
         envs.reset(seed=seed)

@@ -199,7 +199,7 @@ class RLModule(pl.LightningModule, ABC):
             self.skipped_updates += 1
             return
         names = [] if losses is None else [k for k in losses.keys() if isinstance(k, str) and k.startswith("loss_")]
-        terms = ", ".join(f"{k}={float(losses.get(k)):.4g}" for k in names) if losses is not None else ""
+        terms = ", ".join(f"{k}={float(losses.get(k).detach()):.4g}" for k in names) if losses is not None else ""
         saved = [
             Path(p)
             for cb in self.trainer.checkpoint_callbacks

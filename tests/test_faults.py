@@ -4,6 +4,7 @@ disk stays intact."""
 from __future__ import annotations
 
 import math
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,11 @@ from rl_lightning import PPO, RLCallback
 from rl_lightning.checkpoint import RLCheckpointIO
 from rl_lightning.collector import EnvError
 from tests.conftest import tiny_ppo_run
+
+# gymnasium reports a failed async worker through warnings (its logger.error) before re-raising: expected here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*(Received the following error from Worker|Raising the last exception|Traceback):UserWarning"
+)
 
 
 class PoisonLoss(RLCallback):
@@ -70,7 +76,7 @@ def test_a_bad_nonfinite_value_is_named() -> None:
         PPO(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), nonfinite="ignore")  # type: ignore[arg-type]
 
 
-def _fit_with_faulty_env(tmp_path: Path, vectorization: str, **wrapper: Any) -> tuple[Any, Path, bytes]:
+def _fit_with_faulty_env(tmp_path: Path, vectorization: str, **wrapper: Any) -> tuple[EnvError, Path]:
     spec = {"class_path": "tests.faulty_env.RaiseAfter", "init_args": wrapper}
     last = ModelCheckpoint(tmp_path / "ckpt", save_last=True, every_n_train_steps=1, save_top_k=0)
     trainer, model, data = tiny_ppo_run(
@@ -81,30 +87,27 @@ def _fit_with_faulty_env(tmp_path: Path, vectorization: str, **wrapper: Any) -> 
     )
     with pytest.raises(EnvError) as error:
         trainer.fit(model, datamodule=data)
-    path = tmp_path / "ckpt" / "last.ckpt"
-    return error.value, path, path.read_bytes()
+    # the failed envs are closed: no env subprocess outlives the fit (they used to linger until interpreter exit)
+    assert multiprocessing.active_children() == []
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.ckpt"]  # no half-written file
+    return error.value, tmp_path / "ckpt" / "last.ckpt"
 
 
-ASYNC_EXIT_HANG = pytest.mark.skip(
-    reason="passes, but the async vector env with a failed worker left the pytest process hanging at exit when run "
-    "with other test files (gymnasium worker shutdown); kept out of CI until that is understood"
-)
-
-
-@pytest.mark.parametrize("vectorization", ["sync", pytest.param("async", marks=ASYNC_EXIT_HANG)])
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
 def test_an_env_that_raises_is_named_with_its_index_and_frame(tmp_path: Path, vectorization: str) -> None:
     # env 2 of 4 raises at its 40th step: the 3rd batch of 16 steps (64 frames), 32 frames into the fit's 3rd batch
-    error, last, saved = _fit_with_faulty_env(tmp_path, vectorization, steps=40, env_index=2)
+    error, last = _fit_with_faulty_env(tmp_path, vectorization, steps=40, env_index=2)
     message = str(error)
     assert "Environment 'CartPole-v1': env 2 raised ValueError: the simulator exploded" in message
     assert "after 156 frames collected by this process" in message  # 2 batches of 64, then 7 steps x 4 envs
     assert error.index == 2 and isinstance(error.__cause__, ValueError)
     checkpoint = RLCheckpointIO().load_checkpoint(last)
     assert checkpoint["rl_lightning"]["frames"] == 128  # written after the 2nd batch, intact
-    assert last.read_bytes() == saved
 
 
-@ASYNC_EXIT_HANG
-def test_an_async_env_worker_that_dies_is_named(tmp_path: Path) -> None:
-    error, _, _ = _fit_with_faulty_env(tmp_path, "async", steps=40, env_index=1, exit_process=True)
-    assert "the subprocess of env 1 died (exit code 3" in str(error) and error.index == 1
+@pytest.mark.parametrize("env_index", [0, 3])
+def test_an_async_env_worker_that_dies_is_named(tmp_path: Path, env_index: int) -> None:
+    # env 0: gymnasium's own close then fails on the dead pipe while waiting for the pending step
+    error, last = _fit_with_faulty_env(tmp_path, "async", steps=40, env_index=env_index, exit_process=True)
+    assert f"the subprocess of env {env_index} died (exit code 3" in str(error) and error.index == env_index
+    assert RLCheckpointIO().load_checkpoint(last)["rl_lightning"]["frames"] == 128

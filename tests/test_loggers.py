@@ -5,6 +5,7 @@ run at start with the extra to install."""
 from __future__ import annotations
 
 import csv
+import json
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -239,3 +240,36 @@ def test_make_trainer_names_the_extra_of_a_missing_logger(tmp_path: Path, monkey
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
     with pytest.raises(ModuleNotFoundError, match=r"TensorBoardLogger.*rl-lightning\[tensorboard\]"):
         make_trainer(logger=[logger], default_root_dir=tmp_path)
+
+
+# -- --ckpt_path last finds the checkpoints wherever ModelCheckpoint put them ------------------------------------------
+
+LAST_CHECKPOINT_SETUPS: dict[str, Callable[[Path], list[str]]] = {
+    # no local log directory: checkpoints under <default_root_dir>/<experiment id>/<run id>/checkpoints
+    "mlflow": lambda tmp: [
+        f"--config={ROOT / 'configs/loggers/mlflow.yaml'}",
+        f"--trainer.default_root_dir={tmp}",
+        *READERS["mlflow"][1](tmp),
+    ],
+    "no logger": lambda tmp: ["--trainer.logger=false"],  # <default_root_dir>/checkpoints
+    "dirpath": lambda tmp: [  # a ModelCheckpoint with a directory of its own
+        f"--trainer.logger.init_args.save_dir={tmp}",
+        "--trainer.callbacks="
+        + json.dumps(
+            [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": str(tmp / "own"), "save_last": True}}]
+        ),
+    ],
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*Checkpoint directory .* exists and is not empty")  # the resumed run's
+@pytest.mark.parametrize("setup", list(LAST_CHECKPOINT_SETUPS))
+def test_ckpt_path_last_resumes_from_where_the_checkpoints_went(setup: str, tmp_path: Path) -> None:
+    overrides = LAST_CHECKPOINT_SETUPS[setup](tmp_path)
+    first = _fit(tmp_path, "csv", *overrides)
+    (last,) = tmp_path.rglob("last.ckpt")
+    assert first.trainer.checkpoint_callback is not None
+    assert last.parent == Path(first.trainer.checkpoint_callback.dirpath)
+    resumed = _fit(tmp_path, "csv", *overrides, f"--data.total_frames={2 * FRAMES[-1]}", "--ckpt_path=last")
+    assert resumed.config_init["fit"]["ckpt_path"] == str(last)
+    assert resumed.model.loop.batches == 2 * BATCHES  # went on from the first run's batches to the new budget

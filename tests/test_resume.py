@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,9 +23,12 @@ pytestmark = pytest.mark.slow
 
 
 def _start(config: Path, tmp_path: Path, total_frames: int, *extra: str) -> subprocess.Popen[str]:
+    """The run in a process group of its own, as a terminal's foreground job (Ctrl-C reaches the whole group)."""
     args = [a for a in _quick(config, tmp_path) if not a.startswith("--data.total_frames")]
     command = [sys.executable, "-m", "rl_lightning", "fit", *args, f"--data.total_frames={total_frames}", *extra]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def _wait_for_checkpoint(tmp_path: Path, proc: subprocess.Popen[str], frames: int) -> None:
@@ -88,13 +92,14 @@ def test_kill_9_mid_run_then_resume_from_last(tmp_path: Path) -> None:
     assert RLCheckpointIO().load_checkpoint(newest)["rl_lightning"]["frames"] == frames + 2 * fpb  # on to the budget
 
 
-def test_ctrl_c_stops_after_the_batch_with_a_checkpoint_and_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("vectorization", ["sync", "async"])
+def test_ctrl_c_stops_after_the_batch_with_a_checkpoint_and_resumes(tmp_path: Path, vectorization: str) -> None:
     config = ROOT / "configs/ppo.yaml"
     fpb = yaml.safe_load(config.read_text())["data"]["frames_per_batch"]
     normalize = "--model.init_args.normalize_observations=true"
-    proc = _start(config, tmp_path, 1000 * fpb, normalize)
+    proc = _start(config, tmp_path, 1000 * fpb, normalize, f"--data.vectorization={vectorization}")
     _wait_for_checkpoint(tmp_path, proc, 2 * fpb)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # the whole group, async envs' workers too, as a terminal's Ctrl-C
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]  # a graceful stop: the fit ended normally
     assert "Interrupted: stopping after this collector batch" in stderr
@@ -105,7 +110,7 @@ def test_ctrl_c_stops_after_the_batch_with_a_checkpoint_and_resumes(tmp_path: Pa
     assert saved["rl_lightning"]["updates"] == saved["rl_lightning"]["loop"]["batches"] * 20  # whole batches
 
     extra, probe = _resume_probe(tmp_path)
-    resumed_run = _start(config, tmp_path, frames + 2 * fpb, normalize, *extra)
+    resumed_run = _start(config, tmp_path, frames + 2 * fpb, normalize, f"--data.vectorization={vectorization}", *extra)
     _, stderr = resumed_run.communicate(timeout=300)
     assert resumed_run.returncode == 0, stderr[-3000:]
     _assert_resumed_state_is_the_checkpoint(torch.load(probe, weights_only=True), saved)
