@@ -128,6 +128,9 @@ class Collector:
         pixels: also store each env's rendered frame of the observation at t under ``"pixels"``
             (``[num_envs, T, H, W, 3]`` uint8); the envs must be made with ``render_mode="rgb_array"``
             (e.g. ``make_vec_env(..., render_mode="rgb_array")``).
+        pin_memory: allocate each batch in page-locked memory, so that moving it (and each step's observations)
+            to a GPU is an asynchronous copy (``.to(device, non_blocking=True)``) instead of a synchronous one.
+            Needs CUDA.
 
     Example:
         >>> from rl_lightning.envs import make_vec_env
@@ -145,7 +148,15 @@ class Collector:
         steps_per_batch: int,
         pixels: bool = False,
         env_id: str = "the environment",
+        pin_memory: bool = False,
     ) -> None:
+        if pin_memory and not torch.cuda.is_available():
+            raise ValueError(
+                "Collector(pin_memory=True) allocates batches in page-locked memory for asynchronous copies to a "
+                "GPU, but CUDA is not available here. Use pin_memory=False (RLDataModule pins only when the "
+                "trainer's device is a GPU)."
+            )
+        self.pin_memory = pin_memory
         if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
             raise ValueError("Collector needs a vector env with autoreset_mode=AutoresetMode.SAME_STEP.")
         if pixels and envs.render_mode != "rgb_array":
@@ -185,26 +196,33 @@ class Collector:
         close_envs(self.envs, force=True)
         return error
 
+    def _empty(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, pin_memory=self.pin_memory)
+
+    def _zeros(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        return torch.zeros(shape, dtype=dtype, pin_memory=self.pin_memory)
+
     @torch.inference_mode()
     def collect(self) -> TensorDict:
         """Steps the envs ``steps_per_batch`` times and returns the batch, ``batch_size=[num_envs, T]``."""
         if self._obs is None:
             self.reset()
         n, steps = self.num_envs, self.steps_per_batch
-        obs = torch.empty((n, steps, *self._obs_shape), dtype=self._obs_dtype)
-        next_obs = torch.empty_like(obs)
-        reward = torch.empty((n, steps, 1), dtype=torch.float32)
-        terminated = torch.empty((n, steps, 1), dtype=torch.bool)
-        truncated = torch.empty((n, steps, 1), dtype=torch.bool)
-        episode_return = torch.zeros((n, steps, 1), dtype=torch.float32)
-        episode_length = torch.zeros((n, steps, 1), dtype=torch.int64)
+        empty, zeros = self._empty, self._zeros
+        obs = empty((n, steps, *self._obs_shape), self._obs_dtype)
+        next_obs = empty(obs.shape, obs.dtype)
+        reward = empty((n, steps, 1), torch.float32)
+        terminated = empty((n, steps, 1), torch.bool)
+        truncated = empty((n, steps, 1), torch.bool)
+        episode_return = zeros((n, steps, 1), torch.float32)
+        episode_length = zeros((n, steps, 1), torch.int64)
         obs_np, next_obs_np = obs.numpy(), next_obs.numpy()
         reward_np, term_np, trunc_np = reward.numpy(), terminated.numpy(), truncated.numpy()
         outputs: dict[str, torch.Tensor] = {}
         pixels: torch.Tensor | None = None
         if self.pixels:
             frames = _rendered(self.envs)
-            pixels = torch.empty((n, steps, *frames[0].shape), dtype=torch.uint8)
+            pixels = empty((n, steps, *frames[0].shape), torch.uint8)
             pixels_np = pixels.numpy()
 
         current = self._obs
@@ -216,7 +234,7 @@ class Collector:
                     pixels_np[env, t] = frame
             out = self.policy(obs[:, t])
             if not outputs:
-                outputs = {k: torch.empty((n, steps, *v.shape[1:]), dtype=v.dtype) for k, v in out.items()}
+                outputs = {k: empty((n, steps, *v.shape[1:]), v.dtype) for k, v in out.items()}
             for key, value in out.items():
                 outputs[key][:, t] = value
             try:
@@ -241,7 +259,7 @@ class Collector:
         self.frames += n * steps
 
         done_flags = terminated | truncated
-        not_done = torch.zeros_like(done_flags)
+        not_done = zeros(done_flags.shape, torch.bool)
         if pixels is not None:
             outputs[keys.PIXELS] = pixels
         return TensorDict(

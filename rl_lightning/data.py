@@ -226,7 +226,10 @@ class RLDataModule(pl.LightningDataModule):
             envs = make_vec_env(
                 self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization, render_mode=render_mode
             )
-            self._collector = Collector(envs, self.policy, self.steps_per_batch, self.pixels, self.env_id)
+            # Page-locked batches when the module trains on a GPU: the batch's copy there (RLModule.training_step)
+            # and each step's observations (the policy) are then asynchronous copies.
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+            self._collector = Collector(envs, self.policy, self.steps_per_batch, self.pixels, self.env_id, pin)
             self._collector.reset(seed=None if self.seed is None else self.rank_seed)
         return self._collector
 

@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from tensordict import TensorDict
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from rl_lightning import keys
 from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
@@ -257,6 +258,12 @@ class RLModule(pl.LightningModule, ABC):
         self._direct_torch = _can_call_torch_directly(self)
         self._grad_scaler = getattr(self.trainer.precision_plugin, "scaler", None) is not None
         self._check_loss = self.trainer.world_size == 1
+        wrapper = self.trainer.strategy.model
+        if isinstance(wrapper, DistributedDataParallel):
+            # DDP broadcasts rank zero's buffers at every forward (here: every collector batch), a collective and a
+            # sync point each time. An RLModule's buffers are the same on every rank without it: constants (action
+            # bounds) and observation-normalizer statistics, which the module all-reduces itself.
+            wrapper.broadcast_buffers = False
         self._start_time = time.perf_counter()
         self._start_frames = self.frames
 

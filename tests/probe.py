@@ -37,6 +37,7 @@ class SaveRankState(pl.Callback):
             "updates": pl_module.updates,
             "batches": pl_module.loop.batches,
             "global_step": trainer.global_step,
+            "broadcast_buffers": getattr(trainer.strategy.model, "broadcast_buffers", None),
         }
         buffer = getattr(pl_module, "replay_buffer", None)
         if buffer is not None:

@@ -233,3 +233,11 @@ def test_collector_needs_same_step_autoreset() -> None:
     with pytest.raises(ValueError, match=r"AutoresetMode\.SAME_STEP"):
         Collector(envs, push_left, steps_per_batch=4)
     envs.close()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
+def test_pin_memory_without_cuda_is_refused_with_the_fix() -> None:
+    envs = make_vec_env("CartPole-v1", num_envs=2, seed=0)
+    with pytest.raises(ValueError, match=r"pin_memory=True.*CUDA is not available.*Use pin_memory=False"):
+        Collector(envs, lambda obs: {"action": torch.zeros(len(obs), dtype=torch.int64)}, 4, pin_memory=True)
+    envs.close()

@@ -53,13 +53,16 @@ def _assert_same_networks(ranks: dict[int, dict[str, Any]]) -> None:
 
 def test_ppo_ranks_stay_identical_count_frames_over_both_and_resume(tmp_path: Path) -> None:
     fpb = yaml.safe_load((ROOT / "configs/ppo.yaml").read_text())["data"]["frames_per_batch"]
-    first = _fit_ddp("ppo.yaml", tmp_path, batches_per_rank=2)
-    _assert_same_networks(first)
+    normalize = "--model.init_args.normalize_observations=true"
+    first = _fit_ddp("ppo.yaml", tmp_path, 2, normalize)
+    _assert_same_networks(first)  # the normalizer's statistics too: the module syncs them, not DDP's broadcast
+    assert first[0]["broadcast_buffers"] is first[1]["broadcast_buffers"] is False
+    assert first[0]["params"]["encoder.count"] == 2 * 2 * fpb  # statistics of both ranks' observations
     assert first[0]["frames"] == 2 * 2 * fpb  # 2 batches on each of 2 ranks
     assert first[0]["updates"] > 0
 
     ckpt = next(tmp_path.rglob("last.ckpt"))
-    resumed = _fit_ddp("ppo.yaml", tmp_path, 4, f"--ckpt_path={ckpt}")
+    resumed = _fit_ddp("ppo.yaml", tmp_path, 4, normalize, f"--ckpt_path={ckpt}")
     _assert_same_networks(resumed)
     assert resumed[0]["frames"] == 2 * 4 * fpb
     assert resumed[0]["batches"] == 4

@@ -166,7 +166,7 @@ class PPO(RLModule):
         return self.critic(self._bodies(observation)[1])
 
     def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
-        features = self.actor_body(self.encoder(observation.to(self.device)))
+        features = self.actor_body(self.encoder(observation.to(self.device, non_blocking=True)))
         if deterministic:
             return {keys.ACTION: self.head.mode(features).cpu()}
         action, log_prob = self.head.sample(features)

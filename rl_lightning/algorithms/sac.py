@@ -199,7 +199,7 @@ class SAC(RLModule):
         return torch.stack([critic(inputs).squeeze(-1) for critic in critics])
 
     def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
-        observation = observation.to(self.device)
+        observation = observation.to(self.device, non_blocking=True)  # from pinned memory: asynchronous
         if not deterministic and self.frames < self.init_random_frames:
             unit = torch.rand((observation.shape[0], *self.action_low.shape), device=self.device) * 2 - 1
             return {keys.ACTION: self._to_env_scale(unit).cpu()}
