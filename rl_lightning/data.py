@@ -13,7 +13,7 @@ import torch
 from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
-from rl_lightning._checks import check_positive
+from rl_lightning._checks import check_int
 from rl_lightning.collector import Collector, Policy, close_envs, evaluate
 from rl_lightning.envs import Vectorization, WrapperSpec, make_env, make_vec_env
 from rl_lightning.recording import check_rgb_array
@@ -119,11 +119,14 @@ class RLDataModule(pl.LightningDataModule):
         pixels: bool = False,
     ) -> None:
         super().__init__()
-        check_positive("num_envs", num_envs)
-        check_positive("frame_skip", frame_skip)
-        check_positive("frames_per_batch", frames_per_batch)
-        check_positive("eval_episodes", eval_episodes)
-        check_positive("eval_envs", eval_envs)
+        check_int("num_envs", num_envs, hint="It is the envs stepped together on each rank, e.g. 8.")
+        check_int("frame_skip", frame_skip, hint="Use frame_skip=1 to act on every frame.")
+        check_int("frames_per_batch", frames_per_batch, hint="It is the env frames per collector batch, e.g. 1024.")
+        check_int("total_frames", total_frames, hint="It is the frame budget of the whole run, e.g. 100_000.")
+        check_int("eval_episodes", eval_episodes, hint="It is the episodes per validation round, e.g. 10.")
+        check_int("eval_envs", eval_envs, hint="It is the envs stepped together during evaluation, e.g. 10.")
+        if seed is not None:
+            check_int("seed", seed, minimum=0, hint="Gymnasium takes non-negative seeds; use null for unseeded envs.")
         if frames_per_batch % (num_envs * frame_skip):
             step = num_envs * frame_skip
             raise ValueError(

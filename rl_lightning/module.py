@@ -114,12 +114,15 @@ class RLModule(pl.LightningModule, ABC):
         """Callbacks every RL run gets: :class:`~rl_lightning.callbacks.GracefulInterrupt` (Ctrl-C stops at the end
         of a batch with a checkpoint). Algorithms add theirs (SAC: replay buffer, target updates, UTD ratio).
 
-        Lightning calls this first in a fit, before any callback's ``setup``: it is where a Lightning callback that
-        cannot work in an RL fit is refused (:func:`~rl_lightning.compat.check_callbacks`; :meth:`setup` checks
-        again for subclasses that do not call this)."""
+        Lightning calls this first in a fit, before any callback's ``setup`` and before the loggers make their
+        directories and the CLI saves its config: it is where a Lightning callback that cannot work in an RL fit
+        is refused (:func:`~rl_lightning.compat.check_callbacks`) and the data is checked against the model
+        (:meth:`check_data`), so a run refused here leaves nothing on disk. :meth:`setup` checks again for
+        subclasses that do not call this."""
         if self.trainer.state.fn == "fit":
             check_callbacks(self.trainer.callbacks)  # type: ignore[attr-defined]  # set dynamically by Lightning
         check_trainer(self.trainer)
+        self.check_data(self.data)
         return [GracefulInterrupt()]
 
     def target_networks(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from rl_lightning import keys
-from rl_lightning._checks import check_non_negative, check_positive, check_range
+from rl_lightning._checks import check_choice, check_int, check_non_negative, check_positive, check_range
 
 Key = str | tuple[str, ...]
 
@@ -419,20 +419,17 @@ class ReplayBuffer:
         gamma: float = 0.99,
         device: str | torch.device = "cpu",
     ) -> None:
-        _check_int("capacity", capacity, "Give the number of transitions the buffer holds, e.g. capacity=1_000_000.")
-        if storage not in ("memory", "memmap"):
-            raise ValueError(f"storage={storage!r} is invalid: expected 'memory' or 'memmap'.")
-        if storage == "memmap":
-            if scratch_dir is None:
-                raise ValueError(
-                    "storage='memmap' needs scratch_dir, the directory of the memory-mapped files: pass "
-                    "scratch_dir='path/to/dir', or use storage='memory'."
-                )
-            _prepare_scratch_dir(scratch_dir)
+        check_int("capacity", capacity, hint="Give the number of transitions the buffer holds, e.g. 1_000_000.")
+        check_choice("storage", storage, ("memory", "memmap"))
+        if storage == "memmap" and scratch_dir is None:
+            raise ValueError(
+                "storage='memmap' needs scratch_dir, the directory of the memory-mapped files: pass "
+                "scratch_dir='path/to/dir', or use storage='memory'."
+            )
         check_non_negative("alpha", alpha, "alpha is the priority exponent: 0 samples uniformly, 0.6 is the paper's.")
         check_range("beta", beta, 0.0, 1.0, "beta is the importance-sampling exponent (0.4 is the paper's).")
         check_range("beta_final", beta_final, 0.0, 1.0, "beta anneals to beta_final, usually 1.0.")
-        _check_int("beta_steps", beta_steps, "It is the number of sample() calls over which beta anneals.")
+        check_int("beta_steps", beta_steps, hint="It is the number of sample() calls over which beta anneals.")
         check_positive("priority_eps", priority_eps, "A zero priority would never be sampled again; e.g. 1e-6.")
         if prioritized and priority_eps**alpha < torch.finfo(torch.float32).tiny:
             raise ValueError(
@@ -440,8 +437,10 @@ class ReplayBuffer:
                 "alpha, underflow float32, so some transitions could never be sampled. Raise priority_eps or lower "
                 "alpha."
             )
-        _check_int("n_step", n_step, "Use n_step=1 for plain 1-step transitions.")
+        check_int("n_step", n_step, hint="Use n_step=1 for plain 1-step transitions.")
         check_range("gamma", gamma, 0.0, 1.0, "gamma is the discount factor, e.g. 0.99.")
+        if scratch_dir is not None and storage == "memmap":  # the first write to disk, once every value is checked
+            _prepare_scratch_dir(scratch_dir)
         self.capacity = capacity
         self.storage = storage
         self.scratch_dir = None if scratch_dir is None else str(scratch_dir)
@@ -791,11 +790,6 @@ class ReplayBuffer:
         weight = torch.empty(batch_size, 1, dtype=torch.float32)
         torch.pow(relative, -self.current_beta, out=weight.view(-1))
         return index, weight
-
-
-def _check_int(name: str, value: Any, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= 1. {hint}")
 
 
 def _prepare_scratch_dir(scratch_dir: str | os.PathLike[str]) -> None:

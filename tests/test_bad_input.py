@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import pytest
 
-from rl_lightning import PPO, RLDataModule
-from tests.conftest import tiny_ppo_run
+from rl_lightning import PPO, SAC, RLDataModule
+from rl_lightning.callbacks import (
+    BatchSubSampler,
+    ClearCudaCache,
+    FrameEarlyStopping,
+    FunctionHook,
+    LogValidationReward,
+    ReplayBufferTrainer,
+    RewardNormalizer,
+    RolloutRecorder,
+    TargetNetUpdaterHook,
+)
+from rl_lightning.cli import cli
+from rl_lightning.replay import ReplayBuffer
+from tests.conftest import ROOT, tiny_ppo_run
 
 BOX = gym.spaces.Box(-1.0, 1.0, (4,))
 
@@ -100,3 +116,112 @@ def test_sharding_strategies_are_refused(tmp_path: Path) -> None:
     trainer.strategy.__class__ = FSDPStrategy  # FSDP itself needs a GPU to be built; the check reads the type
     with pytest.raises(ValueError, match=r"strategy=FSDPStrategy cannot train an RLModule.*strategy: ddp"):
         check_trainer(trainer)
+
+
+NAN, INF = math.nan, math.inf
+BUILDERS: dict[str, Callable[..., Any]] = {
+    "PPO": lambda **kw: PPO(BOX, gym.spaces.Discrete(2), **kw),
+    "SAC": lambda **kw: SAC(BOX, gym.spaces.Box(-1.0, 1.0, (1,)), **kw),
+    "RLDataModule": RLDataModule,
+    "ReplayBuffer": lambda **kw: ReplayBuffer(**{"capacity": 100, **kw}),
+    "ReplayBufferTrainer": lambda **kw: ReplayBufferTrainer(ReplayBuffer(100), **kw),
+    "BatchSubSampler": BatchSubSampler,
+    "ClearCudaCache": ClearCudaCache,
+    "FrameEarlyStopping": lambda **kw: FrameEarlyStopping("val/episode_return", **{"patience_frames": 10, **kw}),
+    "FunctionHook": lambda **kw: FunctionHook("post_optim", print, **kw),
+    "LogValidationReward": LogValidationReward,
+    "RewardNormalizer": RewardNormalizer,
+    "RolloutRecorder": RolloutRecorder,
+    "TargetNetUpdaterHook": TargetNetUpdaterHook,
+}
+MEMMAP = {"buffer_storage": "memmap", "buffer_dir": "buffer"}  # relative: in the test's empty working directory
+BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
+    ("PPO", {"lr": INF}, r"lr=inf is invalid: expected a finite value > 0"),
+    ("PPO", {"adam_eps": 0.0}, r"adam_eps=0.0 is invalid: expected a value > 0\..*adam_eps=1e-5"),
+    ("PPO", {"gamma": "0.99"}, r"gamma='0.99' is invalid: expected a number in \[0.0, 1.0\], not a str"),
+    ("PPO", {"n_epochs": 2.5}, r"n_epochs=2.5 is invalid: expected an integer >= 1"),
+    ("PPO", {"minibatch_size": "64"}, r"minibatch_size='64' is invalid: expected an integer >= 1"),
+    ("PPO", {"value_coef": INF}, r"value_coef=inf is invalid: expected a finite value >= 0"),
+    ("PPO", {"hidden_sizes": [64.5]}, r"hidden_sizes=\[64.5\] is invalid: expected a non-empty list of positive"),
+    ("PPO", {"activation": "sigmoid"}, r"activation='sigmoid' is invalid: expected 'elu' or 'gelu'"),
+    ("PPO", {"log_std_init": NAN}, r"log_std_init=nan is invalid: expected a finite number"),
+    ("SAC", {"batch_size": 2.5}, r"batch_size=2.5 is invalid: expected an integer >= 1"),
+    ("SAC", {"buffer_size": 0}, r"buffer_size=0 is invalid: expected an integer >= 1"),
+    ("SAC", {"buffer_storage": "disk"}, r"buffer_storage='disk' is invalid: expected 'memory' or 'memmap'"),
+    ("SAC", {"buffer_storage": "memmap"}, r"buffer_storage='memmap' needs buffer_dir.*buffer_storage='memory'"),
+    ("SAC", {"priority_alpha": -0.1}, r"priority_alpha=-0.1 is invalid: expected a value >= 0"),
+    ("SAC", {"priority_beta": 1.5}, r"priority_beta=1.5 is invalid: expected a value in \[0.0, 1.0\]"),
+    ("SAC", {"init_alpha": INF}, r"init_alpha=inf is invalid: expected a finite value > 0"),
+    ("SAC", {"utd_ratio": INF}, r"utd_ratio=inf is invalid: expected a finite value > 0"),
+    ("SAC", {"init_random_frames": 0.5}, r"init_random_frames=0.5 is invalid: expected an integer >= 0"),
+    ("SAC", {"target_update": "polyak"}, r"target_update='polyak' is invalid: expected 'soft' or 'hard'"),
+    ("SAC", {"target_update_interval": 0}, r"target_update_interval=0 is invalid: expected an integer >= 1"),
+    ("SAC", {"target_entropy": NAN}, r"target_entropy=nan is invalid: expected a finite number"),
+    # A memory-mapped buffer's directory is created only once every other value passed.
+    ("SAC", {**MEMMAP, "activation": "sigmoid"}, r"activation='sigmoid' is invalid"),
+    ("SAC", {**MEMMAP, "tau": 0.0}, r"tau=0.0 is invalid: expected a value in \(0.0, 1.0\]"),
+    ("ReplayBuffer", {"storage": "memmap", "scratch_dir": "buffer", "beta": 2.0}, r"beta=2.0 is invalid"),
+    ("ReplayBuffer", {"priority_eps": INF}, r"priority_eps=inf is invalid: expected a finite value > 0"),
+    ("RLDataModule", {"num_envs": 2.0}, r"num_envs=2.0 is invalid: expected an integer >= 1"),
+    ("RLDataModule", {"total_frames": 1e5}, r"total_frames=100000.0 is invalid: expected an integer >= 1"),
+    ("RLDataModule", {"seed": -1}, r"seed=-1 is invalid: expected an integer >= 0.*null"),
+    ("ReplayBufferTrainer", {"batch_size": 2.5}, r"batch_size=2.5 is invalid: expected an integer >= 1"),
+    ("BatchSubSampler", {"batch_size": 3, "sub_traj_len": 1.5}, r"sub_traj_len=1.5 is invalid: expected an integer"),
+    ("BatchSubSampler", {"batch_size": 4, "min_sub_traj_len": 0.5}, r"min_sub_traj_len=0.5 is invalid"),
+    ("ClearCudaCache", {"interval": 2.5}, r"interval=2.5 is invalid: expected an integer >= 1"),
+    ("FrameEarlyStopping", {"patience_frames": 1.5}, r"patience_frames=1.5 is invalid: expected an integer >= 0"),
+    ("FrameEarlyStopping", {"min_delta": NAN}, r"min_delta=nan is invalid: expected a finite number"),
+    ("FunctionHook", {"interval": 2.5}, r"interval=2.5 is invalid: expected an integer >= 1"),
+    ("LogValidationReward", {"interval_frames": 2.5}, r"interval_frames=2.5 is invalid: expected an integer"),
+    ("LogValidationReward", {"num_episodes": 2.5}, r"num_episodes=2.5 is invalid: expected an integer"),
+    ("LogValidationReward", {"num_envs": 1.5}, r"num_envs=1.5 is invalid: expected an integer"),
+    ("LogValidationReward", {"fps": INF}, r"fps=inf is invalid: expected a finite value > 0"),
+    ("LogValidationReward", {"max_video_frames": 2.5}, r"max_video_frames=2.5 is invalid: expected an integer"),
+    ("LogValidationReward", {"seed": -1}, r"seed=-1 is invalid: expected an integer >= 0"),
+    ("RewardNormalizer", {"scale": NAN}, r"scale=nan is invalid: expected a value > 0"),
+    ("RewardNormalizer", {"eps": INF}, r"eps=inf is invalid: expected a finite value > 0"),
+    ("RewardNormalizer", {"loc": NAN}, r"loc=nan is invalid: expected a finite number"),
+    ("RolloutRecorder", {"interval": 2.5}, r"interval=2.5 is invalid: expected an integer >= 1"),
+    ("TargetNetUpdaterHook", {"interval": 2.5}, r"interval=2.5 is invalid: expected an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("builder", "kwargs", "message"),
+    BAD_VALUES,
+    ids=[f"{b}({', '.join(f'{k}={v!r}' for k, v in kw.items())})" for b, kw, _ in BAD_VALUES],
+)
+def test_bad_constructor_values_are_refused_before_anything_is_written(
+    builder: str, kwargs: dict[str, Any], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        BUILDERS[builder](**kwargs)
+    assert not list(tmp_path.iterdir()), "a constructor that refused its arguments wrote files"
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root``: a file's bytes (a link's target's), ``None`` for a directory."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def test_a_run_that_fails_its_validation_overwrites_nothing(tmp_path: Path) -> None:
+    args = [
+        "fit",
+        f"--config={ROOT / 'configs/ppo.yaml'}",
+        "--data.total_frames=512",
+        "--model.init_args.n_epochs=1",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.val_check_interval=1",
+    ]
+    cli(args)
+    before = _snapshot(tmp_path)
+    assert any(name.endswith(".ckpt") for name in before) and any(name.endswith("config.yaml") for name in before)
+    with pytest.raises(ValueError, match=r"lr=-1(\.0)? is invalid: expected a value > 0"):
+        cli([*args, "--model.init_args.lr=-1"])  # refused by the model's constructor
+    assert _snapshot(tmp_path) == before
+    with pytest.raises(ValueError, match=r"minibatch_size=100 does not split a batch of 256 transitions"):
+        cli([*args, "--model.init_args.minibatch_size=100"])  # refused when the fit meets the data
+    assert _snapshot(tmp_path) == before  # before the logger's new version directory or the saved config

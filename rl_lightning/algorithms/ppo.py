@@ -11,11 +11,19 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_lightning import keys
-from rl_lightning._checks import check_choice, check_non_negative, check_positive, check_range, hidden_sizes_or
+from rl_lightning._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_non_negative,
+    check_positive,
+    check_range,
+    hidden_sizes_or,
+)
 from rl_lightning.data import RLDataModule
 from rl_lightning.functional import explained_variance, generalized_advantage_estimate
 from rl_lightning.module import RLModule
-from rl_lightning.networks import Activation, ObservationEncoder, compile_networks, make_action_head, mlp
+from rl_lightning.networks import ACTIVATIONS, Activation, ObservationEncoder, compile_networks, make_action_head, mlp
 from rl_lightning.spaces import SpaceLike
 
 TRAIN_KEYS = (
@@ -106,10 +114,11 @@ class PPO(RLModule):
     ) -> None:
         super().__init__(observation_space, action_space)
         check_positive("lr", lr, "Use e.g. lr=3e-4.")
+        check_positive("adam_eps", adam_eps, "It keeps Adam's step finite; use e.g. adam_eps=1e-5.")
         check_range("gamma", gamma, 0.0, 1.0)
         check_range("gae_lambda", gae_lambda, 0.0, 1.0)
-        check_positive("n_epochs", n_epochs)
-        check_positive("minibatch_size", minibatch_size)
+        check_int("n_epochs", n_epochs, hint="It is the number of passes over each batch, e.g. n_epochs=10.")
+        check_int("minibatch_size", minibatch_size, hint="It is the transitions per update, e.g. 64.")
         check_positive("clip_epsilon", clip_epsilon)
         check_non_negative("value_coef", value_coef)
         check_non_negative("entropy_coef", entropy_coef)
@@ -121,6 +130,8 @@ class PPO(RLModule):
             if value is not None:
                 check_positive(name, value, "Use null to disable it.")
         hidden_sizes = hidden_sizes_or(hidden_sizes, [64, 64])
+        check_choice("activation", activation, sorted(ACTIVATIONS))
+        check_finite("log_std_init", log_std_init, "It is the log of the initial action std, e.g. 0.0 (std 1).")
         check_choice("nonfinite", nonfinite, ("raise", "skip"))
         self.save_rl_hyperparameters()
         self.nonfinite = nonfinite

@@ -14,12 +14,21 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_lightning import keys
-from rl_lightning._checks import check_choice, check_non_negative, check_positive, check_range, hidden_sizes_or
+from rl_lightning._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_non_negative,
+    check_positive,
+    check_range,
+    hidden_sizes_or,
+)
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UTDRHook
 from rl_lightning.callbacks.replay_buffer_trainer import TD_ERROR
 from rl_lightning.data import RLDataModule
 from rl_lightning.module import RLModule
 from rl_lightning.networks import (
+    ACTIVATIONS,
     Activation,
     ObservationEncoder,
     TanhGaussianHead,
@@ -132,10 +141,23 @@ class SAC(RLModule):
         for name, value in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("alpha_lr", alpha_lr)):
             check_positive(name, value, "Use e.g. 3e-4.")
         check_range("gamma", gamma, 0.0, 1.0)
-        check_positive("batch_size", batch_size)
-        check_positive("init_alpha", init_alpha)
+        check_int("batch_size", batch_size, hint="It is the transitions per replay sample, e.g. 256.")
+        check_int("buffer_size", buffer_size, hint="It is the replay capacity in transitions, e.g. 1_000_000.")
+        check_choice("buffer_storage", buffer_storage, ("memory", "memmap"))
+        if buffer_storage == "memmap" and buffer_dir is None:
+            raise ValueError(
+                "buffer_storage='memmap' needs buffer_dir, the directory of the memory-mapped buffer files: pass "
+                "buffer_dir='path/to/dir', or use buffer_storage='memory'."
+            )
+        check_non_negative("priority_alpha", priority_alpha, "0 samples uniformly, 0.6 is the paper's.")
+        check_range("priority_beta", priority_beta, 0.0, 1.0, "It anneals to 1; 0.4 is the paper's.")
+        check_positive("init_alpha", init_alpha, "It is the initial temperature, e.g. 1.0.")
         check_positive("utd_ratio", utd_ratio, "It is the number of updates per collected transition, e.g. 1.")
-        check_non_negative("init_random_frames", init_random_frames)
+        check_int("init_random_frames", init_random_frames, minimum=0, hint="Use 0 to learn from the first batch.")
+        check_choice("target_update", target_update, ("soft", "hard"))
+        check_int("target_update_interval", target_update_interval, hint="It is the updates between hard copies.")
+        if target_entropy is not None:
+            check_finite("target_entropy", target_entropy, "Use null for -dim(A).")
         if batch_size > buffer_size:
             raise ValueError(
                 f"buffer_size={buffer_size} is smaller than batch_size={batch_size}: a sample could never be drawn. "
@@ -144,6 +166,7 @@ class SAC(RLModule):
         if max_grad_norm is not None:
             check_positive("max_grad_norm", max_grad_norm, "Use null to disable it.")
         hidden_sizes = hidden_sizes_or(hidden_sizes, [256, 256])
+        check_choice("activation", activation, sorted(ACTIVATIONS))
         check_choice("nonfinite", nonfinite, ("raise", "skip"))
         self.save_rl_hyperparameters()
         self.nonfinite = nonfinite
@@ -159,17 +182,7 @@ class SAC(RLModule):
         self.register_buffer("action_low", torch.as_tensor(space.low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(space.high, dtype=torch.float32))
 
-        # The buffer and target updater are built here, so bad values fail before any training.
-        self.replay_buffer = ReplayBuffer(
-            buffer_size,
-            storage=buffer_storage,
-            scratch_dir=buffer_dir,
-            prioritized=prioritized,
-            alpha=priority_alpha,
-            beta=priority_beta,
-            n_step=n_step,
-            gamma=gamma,
-        )
+        # The target updater and (at the end) the buffer are built here, so bad values fail before any training.
         self.target_updater = TargetNetUpdaterHook(target_update, tau, target_update_interval)
 
         self.encoder = ObservationEncoder(self.observation_space)
@@ -183,6 +196,17 @@ class SAC(RLModule):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha)), requires_grad=auto_alpha)
         if compile:
             compile_networks(self)
+        # Last: a memory-mapped buffer creates its directory, once every other value has been checked.
+        self.replay_buffer = ReplayBuffer(
+            buffer_size,
+            storage=buffer_storage,
+            scratch_dir=buffer_dir,
+            prioritized=prioritized,
+            alpha=priority_alpha,
+            beta=priority_beta,
+            n_step=n_step,
+            gamma=gamma,
+        )
 
     # -- networks ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import torch
 from tensordict import TensorDict
 from typing_extensions import override
 
+from rl_lightning._checks import check_int
 from rl_lightning.callbacks.rl_callback import RLCallback
 
 if TYPE_CHECKING:
@@ -49,13 +50,9 @@ class BatchSubSampler(RLCallback):
     """
 
     def __init__(self, batch_size: int, sub_traj_len: int = 0, min_sub_traj_len: int = 0, flatten: bool = True) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} is invalid: expected an integer >= 1.")
-        if sub_traj_len < 0 or min_sub_traj_len < 0:
-            raise ValueError(
-                f"sub_traj_len={sub_traj_len}, min_sub_traj_len={min_sub_traj_len} are invalid: expected integers "
-                ">= 0 (sub_traj_len=0 takes whole trajectories)."
-            )
+        check_int("batch_size", batch_size, hint="It is the transitions per minibatch.")
+        check_int("sub_traj_len", sub_traj_len, minimum=0, hint="Use sub_traj_len=0 to take whole trajectories.")
+        check_int("min_sub_traj_len", min_sub_traj_len, minimum=0, hint="Use 0 to let the length shrink freely.")
         if sub_traj_len and batch_size % sub_traj_len:
             raise ValueError(
                 f"batch_size={batch_size} is not a multiple of sub_traj_len={sub_traj_len}: a minibatch holds "

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from rl_lightning._checks import check_int
 from rl_lightning.callbacks.rl_callback import RLCallback
 
 if TYPE_CHECKING:
@@ -31,8 +32,7 @@ class ClearCudaCache(RLCallback):
     """
 
     def __init__(self, interval: int) -> None:
-        if interval < 1:
-            raise ValueError(f"interval={interval} is invalid: expected an integer >= 1 (updates between calls).")
+        check_int("interval", interval, hint="It is the number of updates between two calls, e.g. 100.")
         self.interval = interval
         self.updates = 0
 

@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from typing_extensions import override
 
+from rl_lightning import _checks
+
 _NEVER = 2**62
 """The parent's patience in checks: never reached, the frames decide."""
 
@@ -58,11 +60,10 @@ class FrameEarlyStopping(EarlyStopping):
         check_on_train_epoch_end: bool | None = None,
         log_rank_zero_only: bool = False,
     ) -> None:
-        if patience_frames < 0:
-            raise ValueError(
-                f"patience_frames={patience_frames} is invalid: expected the env frames (>= 0) to wait for an "
-                "improvement, e.g. 50000."
-            )
+        hint = "Give the env frames to wait for an improvement, e.g. 50000."
+        _checks.check_int("patience_frames", patience_frames, minimum=0, hint=hint)
+        # (the parameter check_finite hides the function of that name)
+        _checks.check_finite("min_delta", min_delta, "It is the least change that counts as an improvement, e.g. 0.0.")
         super().__init__(
             monitor=monitor,
             min_delta=min_delta,

@@ -7,6 +7,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from rl_lightning._checks import check_int
 from rl_lightning.callbacks.rl_callback import RL_HOOKS, RLCallback
 
 
@@ -40,8 +41,7 @@ class FunctionHook(RLCallback):
         if name not in RL_HOOKS:
             stages = ", ".join(h.removeprefix("on_") for h in RL_HOOKS)
             raise ValueError(f"hook={hook!r} is not a hook point of the RL loop; expected one of: {stages}.")
-        if interval < 1:
-            raise ValueError(f"interval={interval} is invalid: expected an integer >= 1.")
+        check_int("interval", interval, hint="Use interval=1 to call fn at every hook call.")
         if not callable(fn):
             raise ValueError(f"fn={fn!r} is not callable; pass a function (from YAML: its import path).")
         self.hook = name

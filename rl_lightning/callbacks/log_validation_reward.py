@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-from rl_lightning._checks import check_positive
+from rl_lightning._checks import check_int, check_positive
 from rl_lightning.callbacks.rl_callback import RLCallback
 from rl_lightning.collector import evaluate
 from rl_lightning.data import EVAL_SEED_OFFSET, RLDataModule
@@ -78,11 +78,13 @@ class LogValidationReward(RLCallback):
         max_video_frames: int = 1_000,
         seed: int | None = None,
     ) -> None:
-        check_positive("interval_frames", interval_frames, "Give the env frames between two evaluations.")
-        check_positive("num_episodes", num_episodes)
-        check_positive("num_envs", num_envs)
-        check_positive("fps", fps)
-        check_positive("max_video_frames", max_video_frames)
+        check_int("interval_frames", interval_frames, hint="Give the env frames between two evaluations.")
+        check_int("num_episodes", num_episodes, hint="It is the episodes per evaluation, e.g. 10.")
+        check_int("num_envs", num_envs, hint="It is the envs stepped together during an evaluation.")
+        check_positive("fps", fps, "It is the frames per second of the videos, e.g. 30.")
+        check_int("max_video_frames", max_video_frames, hint="It is the most frames a video holds, e.g. 1000.")
+        if seed is not None:
+            check_int("seed", seed, minimum=0, hint="Gymnasium takes non-negative seeds; use null for the data's seed.")
         if not prefix:
             raise ValueError("prefix='' is invalid: give the metrics' namespace, e.g. 'eval'.")
         self.interval_frames = interval_frames

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 from tensordict import TensorDict
 from typing_extensions import override
 
+from rl_lightning._checks import check_int
 from rl_lightning.callbacks.rl_callback import RLCallback
 from rl_lightning.distributed import gather_per_rank, own_state
 
@@ -36,8 +37,7 @@ class ReplayBufferTrainer(RLCallback):
     """
 
     def __init__(self, buffer: ReplayBuffer, batch_size: int) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} is invalid: expected an integer >= 1.")
+        check_int("batch_size", batch_size, hint="It is the transitions per replay sample, e.g. 256.")
         if batch_size > buffer.capacity:
             raise ValueError(
                 f"batch_size={batch_size} is larger than the replay buffer's capacity={buffer.capacity}: a sample "

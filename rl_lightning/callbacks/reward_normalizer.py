@@ -10,6 +10,7 @@ from tensordict import TensorDict
 from typing_extensions import override
 
 from rl_lightning import keys
+from rl_lightning._checks import check_finite, check_positive, check_range
 from rl_lightning.callbacks.batch_sub_sampler import MASK
 from rl_lightning.callbacks.rl_callback import RLCallback
 
@@ -50,12 +51,10 @@ class RewardNormalizer(RLCallback):
     """
 
     def __init__(self, decay: float = 0.999, scale: float = 1.0, eps: float = 1e-4, loc: float = 0.0) -> None:
-        if not 0.0 < decay <= 1.0:
-            raise ValueError(f"decay={decay} is invalid: expected a value in (0, 1], e.g. 0.999.")
-        if scale <= 0.0:
-            raise ValueError(f"scale={scale} is invalid: expected a positive scale of the normalized rewards, e.g. 1.")
-        if eps <= 0.0:
-            raise ValueError(f"eps={eps} is invalid: expected a small positive variance floor, e.g. 1e-4.")
+        check_range("decay", decay, 0.0, 1.0, "Use e.g. decay=0.999 (1: plain averages).", low_inclusive=False)
+        check_positive("scale", scale, "It is the scale of the normalized rewards, e.g. 1.")
+        check_positive("eps", eps, "It is a small variance floor, e.g. 1e-4.")
+        check_finite("loc", loc, "It is the offset of the normalized rewards, e.g. 0.")
         self.decay = decay
         self.scale = scale
         self.eps = eps

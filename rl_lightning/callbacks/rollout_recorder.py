@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from tensordict import TensorDict
 from typing_extensions import override
 
-from rl_lightning._checks import check_positive
+from rl_lightning._checks import check_choice, check_int
 from rl_lightning.callbacks.rl_callback import RLCallback
 
 if TYPE_CHECKING:
@@ -43,9 +43,8 @@ class RolloutRecorder(RLCallback):
     """
 
     def __init__(self, interval: int = 1, dirpath: str | None = None, stage: Stage = "collected") -> None:
-        check_positive("interval", interval, "Give the number of batches between two writes (1: every batch).")
-        if stage not in ("collected", "prepared"):
-            raise ValueError(f"stage={stage!r} is invalid: expected 'collected' or 'prepared'.")
+        check_int("interval", interval, hint="Give the number of batches between two writes (1: every batch).")
+        check_choice("stage", stage, ("collected", "prepared"))
         self.interval = interval
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.stage: Stage = stage

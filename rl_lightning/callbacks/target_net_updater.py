@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from rl_lightning._checks import check_int, check_range
 from rl_lightning.callbacks.rl_callback import RLCallback
 
 if TYPE_CHECKING:
@@ -29,10 +30,8 @@ class TargetNetUpdaterHook(RLCallback):
     def __init__(self, mode: Literal["soft", "hard"] = "soft", tau: float = 0.005, interval: int = 1000) -> None:
         if mode not in ("soft", "hard"):
             raise ValueError(f"mode={mode!r} is invalid: expected 'soft' (Polyak averaging) or 'hard' (copy).")
-        if not 0.0 < tau <= 1.0:
-            raise ValueError(f"tau={tau} is invalid: expected a value in (0, 1], e.g. 0.005.")
-        if interval < 1:
-            raise ValueError(f"interval={interval} is invalid: expected an integer >= 1.")
+        check_range("tau", tau, 0.0, 1.0, "Use e.g. tau=0.005 (1 copies the online networks).", low_inclusive=False)
+        check_int("interval", interval, hint="It is the number of updates between hard copies, e.g. 1000.")
         self.mode = mode
         self.tau = tau
         self.interval = interval
