@@ -53,7 +53,12 @@ def run(setting: str, frames: int, frames_per_batch: int) -> float:
         devices = 2 if setting == "2 DDP processes" else 1
         budget = frames // len(roots)
         procs = [
-            subprocess.Popen(_command(devices, budget, frames_per_batch, root), cwd=ROOT, stderr=subprocess.PIPE)
+            subprocess.Popen(
+                _command(devices, budget, frames_per_batch, root),
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             for root in roots
         ]
         for proc in procs:

@@ -30,6 +30,10 @@ DATA_DIR = "rl_lightning.data_dir"
 """The checkpoint's entry naming the directory beside it (``<name>.data-<token>``), when it has one."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, say); what was on disk before is left as it was."""
+
+
 class RLCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint atomically and loads it with ``weights_only=True``.
 
@@ -73,22 +77,28 @@ class RLCheckpointIO(TorchCheckpointIO):
         data_dir = path.with_name(f"{path.name}.data-{uuid.uuid4().hex[:12]}")
         files: list[tuple[str, torch.Tensor]] = []
         stored = _externalize(checkpoint, self.external_bytes, files)
-        if files:
-            stored = {**stored, DATA_DIR: data_dir.name}
-            data_dir.mkdir()
-            for name, tensor in files:
-                _write_raw(tensor, data_dir / name)
-            _fsync_dir(data_dir)
         temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
         try:
+            if files:
+                stored = {**stored, DATA_DIR: data_dir.name}
+                data_dir.mkdir()
+                for name, tensor in files:
+                    _write_raw(tensor, data_dir / name)
+                _fsync_dir(data_dir)
             with open(temporary, "wb") as f:
                 torch.save(stored, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, path)  # atomic: readers see the old checkpoint or the new one
-        except BaseException:
+        except BaseException as err:
             temporary.unlink(missing_ok=True)
             shutil.rmtree(data_dir, ignore_errors=True)
+            if isinstance(err, OSError | RuntimeError):  # torch.save reports a failed write as a RuntimeError
+                raise CheckpointWriteError(
+                    f"Writing the checkpoint {str(path)!r} failed ({type(err).__name__}: {err}). Nothing half-written "
+                    "is left, and the checkpoint that was there before (if any) is intact. If the disk is full, free "
+                    "space or point ModelCheckpoint's dirpath at another disk, then resume with --ckpt_path last."
+                ) from err
             raise
         _fsync_dir(path.parent)
         for old in _data_dirs(path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rl_lightning.checkpoint import RLCheckpointIO
+from tests.conftest import ROOT
 
 
 def _data_dirs(path: Path) -> list[Path]:
@@ -87,6 +88,7 @@ def test_missing_or_damaged_files_are_named(tmp_path: Path) -> None:
 WRITER = """
 import sys, torch
 from rl_lightning.checkpoint import RLCheckpointIO
+from tests.conftest import ROOT
 io = RLCheckpointIO(external_bytes=1 << 20)
 print("ready", flush=True)
 for i in range(1, 10**6):
@@ -196,3 +198,31 @@ def test_bad_ckpt_paths_and_checkpoints_of_other_envs_are_refused(tmp_path: Path
     with pytest.raises(FileNotFoundError, match="does not exist"):
         trainer.fit(model, datamodule=data, ckpt_path=tmp_path / "missing.ckpt")
     assert model.frames == 0
+
+
+FULL_DISK = """
+import resource, signal, sys, torch
+from rl_lightning.checkpoint import CheckpointWriteError, RLCheckpointIO
+io = RLCheckpointIO(external_bytes=int(sys.argv[2]))
+io.save_checkpoint({"w": torch.zeros(10)}, sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as a full disk fails them
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    io.save_checkpoint({"w": torch.ones(100_000)}, sys.argv[1])  # 400 kB: the write fails part-way
+except CheckpointWriteError as err:
+    print(err)
+"""
+
+
+@pytest.mark.parametrize("external_bytes", [2**30, 1024], ids=["in the file", "beside the file"])
+def test_a_write_that_fails_part_way_leaves_the_previous_checkpoint(tmp_path: Path, external_bytes: int) -> None:
+    path = tmp_path / "last.ckpt"
+    # a real failing write: the kernel's file-size limit (RLIMIT_FSIZE) in a child process
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(path), str(external_bytes)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Writing the checkpoint '{path}' failed" in result.stdout and "is intact" in result.stdout
+    assert "If the disk is full, free space" in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file, no half-written directory
+    assert torch.equal(RLCheckpointIO().load_checkpoint(path)["w"], torch.zeros(10))
