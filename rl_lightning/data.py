@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
@@ -201,6 +202,21 @@ class RLDataModule(pl.LightningDataModule):
     def rank_seed(self) -> int:
         return (self.seed or 0) + self.rank * SEED_OFFSET_PER_RANK
 
+    @property
+    def training_env_seed(self) -> int | None:
+        """The seed this rank's training envs are reset with when a fit starts (env ``i`` gets ``seed + i``).
+
+        A fresh run: ``seed + rank * 1000``. A resumed run (envs cannot be restored: they restart from reset) mixes
+        the seed, the rank and the frames already collected, so it does not replay the episodes the run began with,
+        and every resume of one checkpoint collects the same. ``None`` with ``seed=None``.
+        """
+        if self.seed is None:
+            return None
+        frames = self.module.frames
+        if frames == 0:
+            return self.rank_seed
+        return int(np.random.SeedSequence([self.seed, self.rank, frames]).generate_state(1)[0])
+
     # -- the policy comes from the module the trainer is fitting --------------------------------------
 
     @property
@@ -233,7 +249,7 @@ class RLDataModule(pl.LightningDataModule):
             # and each step's observations (the policy) are then asynchronous copies.
             pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
             self._collector = Collector(envs, self.policy, self.steps_per_batch, self.pixels, self.env_id, pin)
-            self._collector.reset(seed=None if self.seed is None else self.rank_seed)
+            self._collector.reset(seed=self.training_env_seed)
         return self._collector
 
     @property

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from rl_lightning import PPO, build
+from rl_lightning import PPO, FunctionHook, build
 from rl_lightning.cli import cli
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_ppo_run
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -177,3 +178,24 @@ def test_sac_resume_restores_the_replay_buffer(tmp_path: Path) -> None:
     assert resumed.model.frames == 3 * 64
     assert len(resumed.model.replay_buffer) == 3 * 64  # the checkpointed 128 plus one new batch
     assert resumed.model.updates == 3 * 64
+
+
+def test_a_resumed_run_reseeds_its_envs_from_the_frames_done(tmp_path: Path) -> None:
+    """Envs restart from reset on resume; they must not replay the run's first episodes, and every resume of
+    one checkpoint must collect the same."""
+    first_obs: list[torch.Tensor] = []
+    record = FunctionHook("pre_steps_log", lambda batch: first_obs.append(batch["observation"][:, 0].clone()))
+    last = ModelCheckpoint(tmp_path / "ckpt", save_last=True, every_n_train_steps=1, save_top_k=0)
+    trainer, model, data = tiny_ppo_run(
+        tmp_path, data={"total_frames": 128}, callbacks=[record, last], enable_checkpointing=True
+    )
+    trainer.fit(model, datamodule=data)
+    fresh = first_obs[0]
+    resumed: list[torch.Tensor] = []
+    for _ in range(2):
+        first_obs.clear()
+        trainer, model, data = tiny_ppo_run(tmp_path, data={"total_frames": 192}, callbacks=[record])
+        trainer.fit(model, datamodule=data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+        assert len(first_obs) == 1  # one batch collected after the resume
+        resumed.append(first_obs[0])
+    assert torch.equal(resumed[0], resumed[1]) and not torch.equal(resumed[0], fresh)
