@@ -149,6 +149,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("SAC", {"buffer_size": 0}, r"buffer_size=0 is invalid: expected an integer >= 1"),
     ("SAC", {"buffer_storage": "disk"}, r"buffer_storage='disk' is invalid: expected 'memory' or 'memmap'"),
     ("SAC", {"buffer_storage": "memmap"}, r"buffer_storage='memmap' needs buffer_dir.*buffer_storage='memory'"),
+    ("SAC", {"buffer_dir": "buffer"}, r"buffer_dir='buffer' is only used with buffer_storage='memmap'"),
     ("SAC", {"priority_alpha": -0.1}, r"priority_alpha=-0.1 is invalid: expected a value >= 0"),
     ("SAC", {"priority_beta": 1.5}, r"priority_beta=1.5 is invalid: expected a value in \[0.0, 1.0\]"),
     ("SAC", {"init_alpha": INF}, r"init_alpha=inf is invalid: expected a finite value > 0"),

@@ -149,6 +149,11 @@ class SAC(RLModule):
                 "buffer_storage='memmap' needs buffer_dir, the directory of the memory-mapped buffer files: pass "
                 "buffer_dir='path/to/dir', or use buffer_storage='memory'."
             )
+        if buffer_storage == "memory" and buffer_dir is not None:
+            raise ValueError(
+                f"buffer_dir={buffer_dir!r} is only used with buffer_storage='memmap' (the buffer would stay in RAM "
+                "and the directory would never be written). Set buffer_storage='memmap', or drop buffer_dir."
+            )
         check_non_negative("priority_alpha", priority_alpha, "0 samples uniformly, 0.6 is the paper's.")
         check_range("priority_beta", priority_beta, 0.0, 1.0, "It anneals to 1; 0.4 is the paper's.")
         check_positive("init_alpha", init_alpha, "It is the initial temperature, e.g. 1.0.")
