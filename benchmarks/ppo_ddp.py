@@ -4,8 +4,9 @@ Runs ``rl-lightning fit --config configs/ppo.yaml`` with one optimizer step per 
 (``n_epochs=1``, one minibatch of the whole batch), so collecting dominates, evaluation off, for the same
 global frame budget: as a single process, with ``--trainer.strategy ddp --trainer.devices 2``, and, as the
 machine's own ceiling, as two independent single-process fits side by side (half the budget each, no
-communication). Frames/s is the run's own ``time/fps`` (global frames over all ranks / seconds since fit
-start, so process start-up and imports are not counted). The issue's target: two DDP processes collect at
+communication). Frames/s is the steady-state rate from the run's own logged ``time/fps`` (global frames over
+all ranks / seconds since fit start): between the first logged batch and the last, so neither process start-up
+nor the start of the fit is counted. The issue's target: two DDP processes collect at
 least 1.6x the frames/s of one. Each process uses one torch thread; this machine has 2 cores. Settings
 alternate within each round; the median of the rounds counts (the machine is a shared VM: single runs vary
 by 10-20%).
@@ -40,10 +41,17 @@ def _command(devices: int, frames: int, frames_per_batch: int, root: Path) -> li
 
 
 def _fps(root: Path) -> float:
-    """The last logged ``time/fps`` of the fit that logged under ``root``."""
+    """Steady-state frames/s of the fit that logged under ``root``: between its first logged batch and its last.
+
+    Each logged ``time/fps`` is frames / seconds since fit start, so ``frames / fps`` is the time of that point;
+    the rate between the first point (after ``log_every_n_steps`` batches) and the last leaves out the start-up
+    inside the fit (env creation, first calls), which a short run would otherwise weigh more in the faster setting.
+    """
     (metrics,) = root.rglob("metrics.csv")
     with metrics.open() as f:
-        return [float(r["time/fps"]) for r in csv.DictReader(f) if r.get("time/fps")][-1]
+        points = [(float(r["frames"]), float(r["time/fps"])) for r in csv.DictReader(f) if r.get("time/fps")]
+    (first_frames, first_fps), (last_frames, last_fps) = points[0], points[-1]
+    return (last_frames - first_frames) / (last_frames / last_fps - first_frames / first_fps)
 
 
 def run(setting: str, frames: int, frames_per_batch: int) -> float:
