@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,16 @@ class Agent(nn.Module):
         return self.critic(self.encoder(obs))
 
 
-def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool) -> Result:
+def run_plain(
+    hp: dict[str, Any],
+    seed: int,
+    total_frames: int,
+    evaluation: bool,
+    sync_grads: Callable[[nn.Module], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Result:
+    """The plain loop. ``sync_grads(agent)`` runs after every backward (``ppo_ddp.py`` all-reduces there);
+    ``on_batch(frames)`` after every batch's update."""
     seed_all(seed)
     probe = make_env(hp["env_id"])
     agent = Agent(probe.observation_space, probe.action_space, list(hp["hidden_sizes"]), hp["activation"])
@@ -177,9 +187,13 @@ def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool
 
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if sync_grads is not None:
+                    sync_grads(agent)
                 nn.utils.clip_grad_norm_(agent.parameters(), hp["max_grad_norm"])
                 optimizer.step()
         explained_variance(values[0], value_targets)  # a diagnostic PPO computes per batch too
+        if on_batch is not None:
+            on_batch(frames)
 
         # Deterministic evaluation every val_check_interval batches and after the last one (as Lightning).
         if evaluation and (batch % hp["val_check_interval"] == 0 or batch == num_batches):
