@@ -28,6 +28,7 @@ NEXT_DISCOUNT = (keys.NEXT, DISCOUNT)
 INDEX = "index"
 """Storage index of each sampled transition, ``int64 [batch_size]`` (what ``update_priority`` takes)."""
 WEIGHT = "weight"
+PRIORITY_EPS = 1e-6  # ReplayBuffer's default priority_eps
 """Importance-sampling weight of each sampled transition, ``float32 [batch_size, 1]`` (prioritized buffers only)."""
 
 TRANSITION_KEYS: tuple[Key, ...] = (
@@ -60,6 +61,14 @@ except ImportError as _err:  # no compiler at install time: the torch sum tree d
 # TensorDict's constructor without the checks (the entries built here are known to fit); the public one costs
 # about 5 us more per sample, some 10% of a uniform sample.
 _new_tensordict = getattr(TensorDict, "_new_unsafe", TensorDict)
+
+
+def max_priority_alpha(priority_eps: float) -> float:
+    """The largest priority exponent for which the smallest priority, ``priority_eps ** alpha``, is still a
+    positive float32 (a zero leaf could never be sampled); ``inf`` when ``priority_eps >= 1``."""
+    if priority_eps >= 1.0:
+        return math.inf
+    return math.log(torch.finfo(torch.float32).tiny) / math.log(priority_eps)
 
 
 def n_step_returns(
@@ -414,7 +423,7 @@ class ReplayBuffer:
         beta: float = 0.4,
         beta_final: float = 1.0,
         beta_steps: int = 100_000,
-        priority_eps: float = 1e-6,
+        priority_eps: float = PRIORITY_EPS,
         n_step: int = 1,
         gamma: float = 0.99,
         device: str | torch.device = "cpu",
@@ -431,11 +440,11 @@ class ReplayBuffer:
         check_range("beta_final", beta_final, 0.0, 1.0, "beta anneals to beta_final, usually 1.0.")
         check_int("beta_steps", beta_steps, hint="It is the number of sample() calls over which beta anneals.")
         check_positive("priority_eps", priority_eps, "A zero priority would never be sampled again; e.g. 1e-6.")
-        if prioritized and priority_eps**alpha < torch.finfo(torch.float32).tiny:
+        if prioritized and alpha > max_priority_alpha(priority_eps):
             raise ValueError(
                 f"priority_eps={priority_eps!r} with alpha={alpha!r} makes the smallest priority, priority_eps ** "
                 "alpha, underflow float32, so some transitions could never be sampled. Raise priority_eps or lower "
-                "alpha."
+                f"alpha (at most {max_priority_alpha(priority_eps):.2f} with this priority_eps)."
             )
         check_int("n_step", n_step, hint="Use n_step=1 for plain 1-step transitions.")
         check_range("gamma", gamma, 0.0, 1.0, "gamma is the discount factor, e.g. 0.99.")

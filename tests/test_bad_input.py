@@ -151,6 +151,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("SAC", {"buffer_storage": "memmap"}, r"buffer_storage='memmap' needs buffer_dir.*buffer_storage='memory'"),
     ("SAC", {"buffer_dir": "buffer"}, r"buffer_dir='buffer' is only used with buffer_storage='memmap'"),
     ("SAC", {"priority_alpha": -0.1}, r"priority_alpha=-0.1 is invalid: expected a value >= 0"),
+    ("SAC", {"prioritized": True, "priority_alpha": 7.0}, r"priority_alpha=7.0 is invalid: expected a value <= 6.3"),
     ("SAC", {"priority_beta": 1.5}, r"priority_beta=1.5 is invalid: expected a value in \[0.0, 1.0\]"),
     ("SAC", {"init_alpha": INF}, r"init_alpha=inf is invalid: expected a finite value > 0"),
     ("SAC", {"utd_ratio": INF}, r"utd_ratio=inf is invalid: expected a finite value > 0"),

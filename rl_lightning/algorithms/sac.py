@@ -36,7 +36,7 @@ from rl_lightning.networks import (
     forward_detached,
     mlp,
 )
-from rl_lightning.replay import TRANSITION_KEYS, ReplayBuffer
+from rl_lightning.replay import PRIORITY_EPS, TRANSITION_KEYS, ReplayBuffer, max_priority_alpha
 from rl_lightning.spaces import SpaceLike
 
 DISCOUNT = ("next", "discount")
@@ -155,6 +155,12 @@ class SAC(RLModule):
                 "and the directory would never be written). Set buffer_storage='memmap', or drop buffer_dir."
             )
         check_non_negative("priority_alpha", priority_alpha, "0 samples uniformly, 0.6 is the paper's.")
+        if prioritized and priority_alpha > max_priority_alpha(PRIORITY_EPS):
+            raise ValueError(
+                f"priority_alpha={priority_alpha!r} is invalid: expected a value <= "
+                f"{max_priority_alpha(PRIORITY_EPS):.2f} (larger exponents make the smallest priority underflow "
+                "float32, so some transitions could never be sampled). 0.6 is the paper's."
+            )
         check_range("priority_beta", priority_beta, 0.0, 1.0, "It anneals to 1; 0.4 is the paper's.")
         check_positive("init_alpha", init_alpha, "It is the initial temperature, e.g. 1.0.")
         check_positive("utd_ratio", utd_ratio, "It is the number of updates per collected transition, e.g. 1.")
