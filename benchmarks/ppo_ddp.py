@@ -12,8 +12,8 @@ multi-GPU PPO does): the least synchronization data-parallel PPO can have.
 Frames/s is the steady-state rate (global frames over all ranks / seconds) between the end of batch
 ``log_every_n_steps`` (10, the first batch rl_lightning logs ``time/fps`` for) and the last batch, so neither
 process start-up nor the start of the fit is counted. Each process uses one torch thread; this machine has
-2 cores. Settings alternate within each round; the median of the rounds counts (the machine is a shared VM:
-single runs vary by 10-30%, and a synchronous run goes at the pace of the slower core).
+2 cores. Settings alternate within each round, and each round's figures print as it ends; the median of the
+rounds counts (the machine is a shared VM: single runs vary by 10-30%, and DDP runs, of both sides, are bimodal).
 
 The issue's target: two DDP processes collect at least 1.6x the frames/s of one.
 
@@ -154,35 +154,6 @@ def run(setting: str, frames: int, frames_per_batch: int) -> float:
     return _run_rl_lightning(setting, frames, frames_per_batch)
 
 
-_SPIN = """
-import os, sys, time
-os.sched_setaffinity(0, {int(sys.argv[1])})
-start = time.perf_counter()
-n = 0
-for i in range(6_000_000):
-    n += i
-print(time.perf_counter() - start)
-"""
-
-
-def core_speeds() -> list[float] | None:
-    """How fast cores 0 and 1 run a pinned pure-Python loop while both are busy, relative to core 0 busy alone.
-
-    On a VM the two cores may share a physical core or be slowed by other guests, often unevenly; two processes
-    in lockstep (DDP) then go at ``2 * min(speeds)`` of one process, independent ones at ``sum(speeds)``.
-    None where the cores cannot be pinned (not Linux, or fewer than 2 cores)."""
-    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
-        return None
-
-    def spin(cpus: list[int]) -> list[float]:
-        procs = [subprocess.Popen([sys.executable, "-c", _SPIN, str(c)], stdout=subprocess.PIPE) for c in cpus]
-        return [float(proc.communicate()[0]) for proc in procs]
-
-    cpus = sorted(os.sched_getaffinity(0))[:2]
-    alone = min(spin(cpus[:1])[0] for _ in range(2))  # the better of two: the probe is short
-    return [alone / t for t in spin(cpus)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=100_000, help="global frame budget of each run")
@@ -199,20 +170,14 @@ def main() -> None:
     print(f"PPO CartPole-v1, collection-bound (n_epochs=1, one minibatch of {args.frames_per_batch} a rank), ", end="")
     print(f"{args.frames:,} frames a run, {args.rounds} rounds; frames/s:")
     short = ("1 proc", "DDP", "indep.", "plain 1", "plain 2")
-    print("  round " + "".join(f"{name:>9s}" for name in short) + "   DDP/1  plain 2/1  indep./1  lockstep ceiling")
+    print("  round " + "".join(f"{name:>9s}" for name in short) + "   DDP/1  plain 2/1  indep./1")
     fps: dict[str, list[float]] = {s: [] for s in SETTINGS}
-    ceilings: list[float | None] = []
     for r in range(args.rounds):
-        before = core_speeds()
         for setting in SETTINGS:
             fps[setting].append(run(setting, args.frames, args.frames_per_batch))
-        after = core_speeds()
-        ceiling = 2 * min(before + after) if before is not None and after is not None else None
-        ceilings.append(ceiling)
         row = [fps[s][-1] for s in SETTINGS]
         ratios = f"{row[1] / row[0]:6.2f}x {row[4] / row[3]:9.2f}x {row[2] / row[0]:8.2f}x"
-        print(f"  {r + 1:5d} " + "".join(f"{x:9,.0f}" for x in row) + f"  {ratios}", end="")
-        print(f"  {ceiling:8.2f}x" if ceiling is not None else "       n/a")
+        print(f"  {r + 1:5d} " + "".join(f"{x:9,.0f}" for x in row) + f"  {ratios}", flush=True)
     median = {s: statistics.median(v) for s, v in fps.items()}
     print("  median" + "".join(f"{median[s]:9,.0f}" for s in SETTINGS))
     ratio = median["2 DDP processes"] / median["1 process"]
@@ -223,13 +188,6 @@ def main() -> None:
     one = median["1 process"] / median["plain, 1 process"]
     two = median["2 DDP processes"] / median["plain, 2 processes"]
     print(f"ratio rl_lightning / plain        {one:5.2f}x (1 process), {two:.2f}x (2 processes)")
-    fair = [r for r, c in enumerate(ceilings) if c is not None and c >= 1.6]
-    if fair and len(fair) < args.rounds:
-        pick = {s: statistics.median(fps[s][r] for r in fair) for s in ("1 process", "2 DDP processes")}
-        print(
-            f"ratio DDP / 1 in the {len(fair)} rounds whose lockstep ceiling (2x the slower core, probed before "
-            f"and after) was >= 1.6x: {pick['2 DDP processes'] / pick['1 process']:.2f}x"
-        )
 
 
 if __name__ == "__main__":
