@@ -39,8 +39,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rl_lightning.builders import TRAINER_DEFAULTS
+
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_POINT = 10  # TRAINER_DEFAULTS["log_every_n_steps"]: rl_lightning's first logged batch
+FIRST_POINT: int = TRAINER_DEFAULTS["log_every_n_steps"]  # the first batch rl_lightning logs time/fps for
 
 
 def _command(devices: int, frames: int, frames_per_batch: int, root: Path) -> list[str]:

@@ -28,8 +28,9 @@ NEXT_DISCOUNT = (keys.NEXT, DISCOUNT)
 INDEX = "index"
 """Storage index of each sampled transition, ``int64 [batch_size]`` (what ``update_priority`` takes)."""
 WEIGHT = "weight"
-PRIORITY_EPS = 1e-6  # ReplayBuffer's default priority_eps
 """Importance-sampling weight of each sampled transition, ``float32 [batch_size, 1]`` (prioritized buffers only)."""
+PRIORITY_EPS = 1e-6
+"""``ReplayBuffer``'s default ``priority_eps``, added to ``|priority|`` so that no transition has a zero chance."""
 
 TRANSITION_KEYS: tuple[Key, ...] = (
     keys.OBSERVATION,
