@@ -232,7 +232,10 @@ class Collector:
                 # at t = 0 the frames rendered above to size the tensor are the current ones
                 for env, frame in enumerate(_rendered(self.envs) if t else frames):
                     pixels_np[env, t] = frame
-            out = self.policy(obs[:, t])
+            step_obs = obs[:, t]
+            if self.pin_memory:  # a slice across [n, T] is strided; its copy to the GPU is async only if contiguous
+                step_obs = empty(step_obs.shape, step_obs.dtype).copy_(step_obs)
+            out = self.policy(step_obs)
             if not outputs:
                 outputs = {k: empty((n, steps, *v.shape[1:]), v.dtype) for k, v in out.items()}
             for key, value in out.items():
@@ -258,7 +261,7 @@ class Collector:
         self._obs = current
         self.frames += n * steps
 
-        done_flags = terminated | truncated
+        done_flags = torch.logical_or(terminated, truncated, out=empty(terminated.shape, torch.bool))  # pinned too
         not_done = zeros(done_flags.shape, torch.bool)
         if pixels is not None:
             outputs[keys.PIXELS] = pixels

@@ -144,8 +144,7 @@ class RLModule(pl.LightningModule, ABC):
     def step_optimizers(self, losses: TensorDict) -> None:
         """One backward pass on the sum of the ``loss_*`` entries, then a step of the optimizer(s).
 
-        Gradient clipping happens in :meth:`on_before_optimizer_step`, which Lightning calls after
-        unscaling mixed-precision gradients.
+        Gradient clipping happens in :meth:`on_before_optimizer_step`, on unscaled gradients under ``16-mixed``.
         """
         optimizers = self.optimizers()
         if not isinstance(optimizers, list):
@@ -181,10 +180,17 @@ class RLModule(pl.LightningModule, ABC):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Clips the gradient norm of each parameter group to ``max_grad_norm`` (SAC: actor, critics and
         temperature separately), and stops on (or skips, see :attr:`nonfinite`) gradients with NaN or inf, where
-        the norm is computed anyway (clipping) or needed (DDP, see :meth:`step_optimizers`). Lightning calls this
-        after unscaling mixed-precision gradients; float16's gradient scaler skips steps with inf gradients itself."""
+        the norm is computed anyway (clipping) or needed (DDP, see :meth:`step_optimizers`). Under ``16-mixed`` the
+        gradients are unscaled first (Lightning does it for unfused optimizers, this hook for fused ones); float16's
+        gradient scaler skips steps with inf gradients itself."""
         norm: torch.Tensor | None = None
         if self.max_grad_norm is not None:
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+                # Lightning leaves the unscaling of a fused optimizer (PPO's and SAC's Adam) to its step, so the
+                # gradients are still scaled here. Unscale them before clipping; the scaler's step then sees
+                # them unscaled and passes no scale to the optimizer, so nothing is unscaled twice.
+                scaler.unscale_(optimizer)
             norms = [
                 torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm) for group in optimizer.param_groups
             ]
@@ -288,12 +294,13 @@ class RLModule(pl.LightningModule, ABC):
     def _log_rollout(self, batch: TensorDict) -> None:
         """Logs counters, fps and the returns and lengths of episodes completed in this batch (all ranks)."""
         done = batch[keys.NEXT_DONE]
+        # Where the batch lives (a GPU): masked sums by multiplication, as boolean indexing would sync the device.
         stats = torch.stack(
             [
-                batch[keys.NEXT_EPISODE_RETURN][done].sum(),
-                batch[keys.NEXT_EPISODE_LENGTH][done].sum().to(torch.float32),
+                (batch[keys.NEXT_EPISODE_RETURN] * done).sum(),
+                (batch[keys.NEXT_EPISODE_LENGTH] * done).sum().to(torch.float32),
                 done.sum().to(torch.float32),
-                torch.tensor(float(self.stop_requested)),
+                torch.tensor(float(self.stop_requested), device=done.device),
             ]
         ).to(torch.float64)
         # One all-reduce a batch: the episode statistics, and whether any rank was asked to stop (Ctrl-C).

@@ -180,7 +180,10 @@ class CategoricalHead(nn.Module):
 
     def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs = F.log_softmax(self.logits(features), dim=-1)
-        action = torch.multinomial(log_probs.exp(), 1)
+        # torch.multinomial(probs, 1)'s own algorithm (argmax of probs / Exp(1) noise): the same draws from the
+        # same generator state, without the validity checks that make it wait for a GPU twice per call.
+        probs = log_probs.exp()
+        action = probs.div_(torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
         return action.squeeze(-1), log_probs.gather(-1, action).squeeze(-1)
 
     def mode(self, features: torch.Tensor) -> torch.Tensor:

@@ -519,7 +519,7 @@ class ReplayBuffer:
                 f"A flat batch (batch_size={list(batch.batch_size)}) has no trajectories to sum n_step={self.n_step} "
                 "rewards along: pass the collector batch with batch dims [num_envs, T], or use n_step=1."
             )
-        raw = {key: batch.get(key).detach().cpu() for key in TRANSITION_KEYS}
+        raw = _on_cpu({key: batch.get(key).detach() for key in TRANSITION_KEYS})
         if self._data:
             self._check_shapes({key: value.shape[batch.batch_dims :] for key, value in raw.items()})
         if batch.batch_dims == 1 or self.n_step == 1:
@@ -826,3 +826,12 @@ def _name(key: Key) -> str:
 def _key(name: str) -> Key:
     parts = name.split(".")
     return tuple(parts) if len(parts) > 1 else name
+
+
+def _on_cpu(tensors: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
+    """The tensors on the CPU. From a GPU: all copies queued, then one wait for them, instead of one per tensor."""
+    on_gpu = [value.device for value in tensors.values() if value.is_cuda]
+    moved = {key: value.to("cpu", non_blocking=True) for key, value in tensors.items()}
+    for device in set(on_gpu):
+        torch.cuda.current_stream(device).synchronize()
+    return moved

@@ -84,6 +84,21 @@ def test_hard_target_updates_copy_every_interval() -> None:
     assert same()
 
 
+def test_target_updates_follow_the_online_networks_after_a_device_move() -> None:
+    """Lightning moves a module at the end of every fit (``.cpu()``) and to the device at the start of the next:
+    the hook must update from the parameters' new data, not from the data they had when it first ran."""
+    model = SAC(BOX, ACTIONS, hidden_sizes=[8])
+    hook = TargetNetUpdaterHook("hard", interval=1)
+    hook.on_post_optim(None, model)  # type: ignore[arg-type]  # lists the parameters
+    model.double().float()  # a device or dtype move: new data in the same parameter objects
+    with torch.no_grad():
+        for p in model.critics.parameters():
+            p.add_(1.0)
+    hook.on_post_optim(None, model)  # type: ignore[arg-type]
+    for online, target in zip(model.critics.parameters(), model.target_critics.parameters(), strict=True):
+        assert torch.equal(online, target)
+
+
 def test_soft_target_update_is_polyak_averaging() -> None:
     model = SAC(BOX, ACTIONS, hidden_sizes=[8])
     before = [p.clone() for p in model.target_critics.parameters()]

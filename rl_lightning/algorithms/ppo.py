@@ -181,7 +181,9 @@ class PPO(RLModule):
         if deterministic:
             return {keys.ACTION: self.head.mode(features).cpu()}
         action, log_prob = self.head.sample(features)
-        return {keys.ACTION: action.cpu(), keys.ACTION_LOG_PROB: log_prob.cpu()}
+        # From a GPU: the log-prob's copy is queued, and the action's (blocking: the envs need it) waits for both.
+        log_prob = log_prob.to("cpu", non_blocking=True)
+        return {keys.ACTION: action.cpu(), keys.ACTION_LOG_PROB: log_prob}
 
     # -- the RL loop -------------------------------------------------------------------------------
 

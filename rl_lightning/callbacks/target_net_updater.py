@@ -40,12 +40,14 @@ class TargetNetUpdaterHook(RLCallback):
         self._lists_of: RLModule | None = None
 
     def _parameter_lists(self, module: RLModule) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The online and target parameters, listed once per module (``.to()`` keeps the parameter objects)."""
+        """The online and target parameters, listed once per module. The lists hold the parameter objects
+        themselves, which a device move (``.to()``, Lightning's ``.cpu()`` at the end of a fit) keeps while
+        replacing their data; a detached view would go on pointing at the old data."""
         if self._lists is None or self._lists_of is not module:
             online: list[torch.Tensor] = []
             target: list[torch.Tensor] = []
             for source, copy in module.target_networks():
-                online += [p.detach() for p in source.parameters()]
+                online += list(source.parameters())
                 target += list(copy.parameters())
             self._lists, self._lists_of = (online, target), module
         return self._lists
