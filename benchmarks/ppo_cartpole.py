@@ -47,7 +47,7 @@ from torch import nn
 
 from rl_lightning import PPO
 from rl_lightning.collector import evaluate
-from rl_lightning.data import EVAL_SEED_OFFSET
+from rl_lightning.data import evaluation_seed
 from rl_lightning.envs import make_env, make_vec_env
 from rl_lightning.functional import explained_variance, generalized_advantage_estimate
 from rl_lightning.networks import ObservationEncoder, make_action_head, mlp
@@ -199,7 +199,7 @@ def run_plain(
         if evaluation and (batch % hp["val_check_interval"] == 0 or batch == num_batches):
             eval_round += 1
             dataloader_draw()
-            episodes = evaluate(eval_envs, greedy, hp["eval_episodes"], seed=seed + EVAL_SEED_OFFSET + eval_round)
+            episodes = evaluate(eval_envs, greedy, hp["eval_episodes"], seed=evaluation_seed(seed, 0, eval_round))
             eval_return = episodes["episode_return"].mean().item()
             if eval_return > hp["threshold"]:  # EarlyStopping(mode="max") compares with torch.gt
                 break

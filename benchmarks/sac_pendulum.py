@@ -52,7 +52,7 @@ from torch import nn
 
 from rl_lightning import SAC
 from rl_lightning.collector import evaluate
-from rl_lightning.data import EVAL_SEED_OFFSET
+from rl_lightning.data import evaluation_seed
 from rl_lightning.envs import make_env, make_vec_env
 from rl_lightning.networks import forward_detached
 
@@ -220,7 +220,7 @@ def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool
         if evaluation and ((batch + 1) % hp["val_check_interval"] == 0 or batch + 1 == num_batches):
             eval_round += 1
             dataloader_draw()
-            episodes = evaluate(eval_envs, greedy, hp["eval_episodes"], seed=seed + EVAL_SEED_OFFSET + eval_round)
+            episodes = evaluate(eval_envs, greedy, hp["eval_episodes"], seed=evaluation_seed(seed, 0, eval_round))
             eval_return = episodes["episode_return"].mean().item()
             if eval_return > threshold:  # EarlyStopping(mode="max") compares with torch.gt
                 break

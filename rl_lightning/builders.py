@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger
 
-from rl_lightning.compat import check_callbacks, check_logger_packages
+from rl_lightning.compat import check_callbacks, check_logger_packages, check_trainer
 
 if TYPE_CHECKING:
     from rl_lightning.data import RLDataModule
@@ -28,7 +28,8 @@ def make_trainer(**kwargs: Any) -> pl.Trainer:
     """A ``lightning.Trainer`` with :data:`TRAINER_DEFAULTS`, overridden by ``kwargs``.
 
     Stops before building it on a logger whose package is missing (the message names the extra to install) and on
-    a Lightning callback that cannot work in an RL fit (see :mod:`rl_lightning.compat`).
+    a Lightning callback that cannot work in an RL fit, and once built on a strategy, precision or device count an
+    RL fit cannot use, before a fit's launcher starts any DDP process (see :mod:`rl_lightning.compat`).
 
     Example:
         >>> trainer = make_trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
@@ -40,7 +41,9 @@ def make_trainer(**kwargs: Any) -> pl.Trainer:
     check_logger_packages((type(one) for one in loggers if isinstance(one, Logger)), where="logger")
     callbacks = kwargs.get("callbacks")
     check_callbacks(callbacks if isinstance(callbacks, list | tuple) else [callbacks] if callbacks else [])
-    return pl.Trainer(**{**TRAINER_DEFAULTS, **kwargs})
+    trainer = pl.Trainer(**{**TRAINER_DEFAULTS, **kwargs})
+    check_trainer(trainer)
+    return trainer
 
 
 def build(

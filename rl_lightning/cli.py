@@ -17,10 +17,11 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 from rl_lightning.builders import TRAINER_DEFAULTS
 from rl_lightning.checkpoint import find_last_checkpoint
-from rl_lightning.compat import check_callback_classes, check_logger_packages, classes_in_config
+from rl_lightning.compat import check_callback_classes, check_logger_packages, check_trainer, classes_in_config
 from rl_lightning.data import RLDataModule
 from rl_lightning.module import RLModule
 
@@ -46,7 +47,9 @@ class RLLightningCLI(LightningCLI):
     :class:`~rl_lightning.RLDataModule` (``data.*``).
 
     Before anything is built it stops on a logger whose package is missing (naming the extra to install) and on
-    a Lightning callback that cannot work in an RL fit (:mod:`rl_lightning.compat`)."""
+    a Lightning callback that cannot work in an RL fit, and once the trainer is built on a strategy, precision or
+    device count an RL fit cannot use (:mod:`rl_lightning.compat`): before a fit's launcher starts any DDP process
+    and before anything is written."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if len(args) < 3:  # LightningCLI's third argument is save_config_callback
@@ -78,6 +81,12 @@ class RLLightningCLI(LightningCLI):
             check_logger_packages(classes_in_config(trainer.get("logger")))
             if self.subcommand in ("fit", None):  # None: built to be fitted from Python
                 check_callback_classes(classes_in_config(trainer.get("callbacks")))
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        check_trainer(trainer)  # the fit checks it too, but under DDP only in every worker process it started
+        return trainer
 
     def before_fit(self) -> None:
         _resume_from_last(self)

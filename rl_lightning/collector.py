@@ -6,6 +6,7 @@ copy env output) and calls the policy once per step for all envs. No TensorDict 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import cast
 
@@ -37,15 +38,19 @@ class _ActionAdapter:
 
 
 class EnvError(RuntimeError):
-    """An environment raised, or the subprocess of an async env died, while the collector stepped it.
+    """An environment raised, or the subprocess of an async env died, while the collector or :func:`evaluate`
+    stepped it.
 
-    The message names the env id, the env's index in the vector env and how many frames this process had
-    collected; the original exception is the ``__cause__``. Attributes: ``env_id``, ``index`` (``None`` when it
-    cannot be told), ``frames``.
+    The message names the env id, the env's index in the vector env, whether it happened in evaluation, the rank
+    (under DDP) and how many frames had been stepped; the original exception is the ``__cause__``. Attributes:
+    ``env_id``, ``index`` (``None`` when it cannot be told), ``frames``, ``evaluation``, ``rank`` (``None`` in a
+    single-process run).
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, env_id: str, err: BaseException, frames: int) -> None:
-        self.env_id, self.frames = env_id, frames
+    def __init__(
+        self, envs: gym.vector.VectorEnv, env_id: str, err: BaseException, frames: int, evaluation: bool = False
+    ) -> None:
+        self.env_id, self.frames, self.evaluation = env_id, frames, evaluation
         self.index: int | None
         dead = _dead_worker(envs, err)
         if dead is not None:
@@ -55,11 +60,44 @@ class EnvError(RuntimeError):
             self.index = _failing_index(err)
             which = f"env {self.index}" if self.index is not None else "one of the envs"
             what = f"{which} raised {type(err).__name__}: {err}"
-        super().__init__(
-            f"Environment {env_id!r}: {what}, after {frames} frames collected by this process "
-            f"({envs.num_envs} envs, {type(envs).__name__}). The run stopped before training on it; checkpoints "
-            "already written are untouched. Fix the environment or its wrappers, then resume with --ckpt_path last."
-        )
+        rank, world_size = _rank_and_world_size()
+        self.rank = rank if world_size > 1 else None
+        where = f" on rank {rank} of {world_size}" if self.rank is not None else ""
+        envs_text = f"{envs.num_envs} envs, {type(envs).__name__}"
+        if evaluation:
+            when = f"during evaluation, after {frames} frames of this evaluation ({envs_text})"
+            then = (
+                "The evaluation stopped, and the run with it; checkpoints already written are untouched. Fix the "
+                "environment or its wrappers, then run again (a fit resumes with --ckpt_path last)."
+            )
+        else:
+            when = f"after {frames} frames collected by this process ({envs_text})"
+            then = (
+                "The run stopped before training on it; checkpoints already written are untouched. Fix the "
+                "environment or its wrappers, then resume with --ckpt_path last."
+            )
+        super().__init__(f"Environment {env_id!r}{where}: {what}, {when}. {then}")
+
+
+def _rank_and_world_size() -> tuple[int, int]:
+    """This process's global rank and the world size: torch.distributed's once it is initialized, else the
+    ``RANK``/``WORLD_SIZE`` variables launchers (and Lightning) set, else ``(0, 1)``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world_size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if rank.isdigit() and world_size.isdigit():
+        return int(rank), int(world_size)
+    return 0, 1
+
+
+def _env_failure(
+    envs: gym.vector.VectorEnv, env_id: str, err: Exception, frames: int, evaluation: bool = False
+) -> EnvError:
+    """The :class:`EnvError` for ``err``, after closing ``envs`` by force: a failed vector env cannot go on, and an
+    async one would otherwise keep its other subprocesses (and its half-done step) until interpreter exit."""
+    error = EnvError(envs, env_id, err, frames, evaluation)
+    close_envs(envs, force=True)
+    return error
 
 
 def close_envs(envs: gym.vector.VectorEnv, force: bool = False) -> None:
@@ -190,11 +228,8 @@ class Collector:
         self._episode_length[:] = 0
 
     def _fail(self, err: Exception, frames: int) -> EnvError:
-        """The :class:`EnvError` for ``err``, after closing the envs: a failed vector env cannot go on, and an
-        async one would otherwise keep its other subprocesses (and its half-done step) until interpreter exit."""
-        error = EnvError(self.envs, self.env_id, err, frames)
-        close_envs(self.envs, force=True)
-        return error
+        """The :class:`EnvError` for ``err``, after closing the envs (see :func:`_env_failure`)."""
+        return _env_failure(self.envs, self.env_id, err, frames)
 
     def _empty(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, pin_memory=self.pin_memory)
@@ -294,6 +329,7 @@ def evaluate(
     seed: int | None = None,
     frames: list[np.ndarray] | None = None,
     max_frames: int | None = None,
+    env_id: str = "the environment",
 ) -> TensorDict:
     """Runs ``num_episodes`` whole episodes spread over the envs and returns their returns and lengths.
 
@@ -310,11 +346,19 @@ def evaluate(
             action was chosen in (same-step autoreset shows the next episode's first state, never the terminal
             one), so an episode of length L adds L frames.
         max_frames: stop appending to ``frames`` at this many frames (``None``: no limit).
+        env_id: the envs' id, for error messages.
+
+    Raises:
+        EnvError: when an env raises or an async env's subprocess dies (the envs are then closed, see
+            :func:`close_envs`).
     """
     n = envs.num_envs
     quota = np.array([(num_episodes + n - 1 - i) // n for i in range(n)])
     to_env = _ActionAdapter(envs.single_action_space)
-    current, _ = envs.reset(seed=seed)
+    try:
+        current, _ = envs.reset(seed=seed)
+    except Exception as err:
+        raise _env_failure(envs, env_id, err, 0, evaluation=True) from err
     running_return = np.zeros(n)
     running_length = np.zeros(n, dtype=np.int64)
     finished = np.zeros(n, dtype=np.int64)
@@ -322,12 +366,17 @@ def evaluate(
     lengths: list[int] = []
     limit = np.inf if max_frames is None else max_frames
     render = frames is not None and quota[0] > 0 and limit > 0
+    steps = 0
     while (finished < quota).any():
         if render and frames is not None:
             frames.append(_render_first(envs))
             render = len(frames) < limit
         action = policy(torch.from_numpy(np.asarray(current)))[keys.ACTION]
-        current, rew, term, trunc, _ = envs.step(to_env(action))
+        try:
+            current, rew, term, trunc, _ = envs.step(to_env(action))
+        except Exception as err:
+            raise _env_failure(envs, env_id, err, steps * n, evaluation=True) from err
+        steps += 1
         running_return += rew
         running_length += 1
         for i in np.flatnonzero(term | trunc):

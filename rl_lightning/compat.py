@@ -4,7 +4,10 @@ the trainer's strategy, precision and devices.
 Most of Lightning's callbacks work unchanged (``ModelCheckpoint``, ``EarlyStopping``, ``Timer``, progress bars,
 ``LearningRateMonitor``, ``EMAWeightAveraging``...). The few that cannot are listed in :data:`UNSUPPORTED_CALLBACKS`
 with the reason, and :func:`check_callbacks` stops a fit that uses one. Loggers whose package is missing are
-caught by :func:`check_logger_packages` with the extra to install.
+caught by :func:`check_logger_packages` with the extra to install. :func:`check_trainer` stops a strategy,
+precision or device count an RL fit cannot use; :func:`~rl_lightning.make_trainer` and the CLI call it on the
+trainer they build, before a fit's launcher starts any DDP process, and the fit calls it again for a trainer built
+by hand.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BatchSizeFinder, LearningRateFinder, StochasticWeightAveraging
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy, Strategy, XLAStrategy
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
 UNSUPPORTED_CALLBACKS: dict[type[pl.Callback], str] = {
     LearningRateFinder: (
@@ -133,23 +137,74 @@ SUPPORTED_PRECISION = ("32-true", "32", "bf16-mixed", "16-mixed")
 """Precisions an RL fit trains with: full precision, or mixed precision with float32 weights."""
 
 
+_SHARDING = (
+    "it shards parameters and optimizer state across devices, while the RL algorithms read and copy whole "
+    "parameters under manual optimization (target networks, SAC's critics in the actor loss)"
+)
+UNSUPPORTED_STRATEGIES: dict[type[Strategy], str] = {
+    # Both subclass DDPStrategy, so they are named before it is allowed.
+    DeepSpeedStrategy: f"{_SHARDING} (ZeRO), and its engine takes over backward and the optimizer steps",
+    XLAStrategy: (
+        "it trains on XLA devices (TPUs) in processes started by torch_xla's multiprocessing, from which the RL "
+        "counters and replay buffers do not come back, and rl_lightning is not built for XLA devices"
+    ),
+}
+"""DDP-derived strategies an RL fit cannot use (and their subclasses), with the reason."""
+
+_START_METHOD_ALIASES = {"spawn": "ddp_spawn", "fork": "ddp_fork or ddp_notebook"}
+
+
+def unsupported_strategy_reason(strategy_class: type) -> str | None:
+    """Why an RL fit cannot train under ``strategy_class``, or ``None`` if it can (one device or DDP).
+
+    Example:
+        >>> from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+        >>> unsupported_strategy_reason(DDPStrategy) is None
+        True
+        >>> unsupported_strategy_reason(DeepSpeedStrategy)[:50]
+        'it shards parameters and optimizer state across de'
+    """
+    for cls, reason in UNSUPPORTED_STRATEGIES.items():
+        if issubclass(strategy_class, cls):
+            return reason
+    if not issubclass(strategy_class, SingleDeviceStrategy | DDPStrategy):
+        return _SHARDING
+    return None
+
+
 def check_trainer(trainer: pl.Trainer) -> None:
     """Raises ``ValueError`` for a strategy, precision or device count an RL fit cannot use, naming what to use.
 
-    - Strategies: one device or DDP (``ddp``, ``ddp_spawn``, ``ddp_find_unused_parameters_true``, ...). Sharded
-      strategies (FSDP, DeepSpeed, model parallel) split parameters across devices, while the algorithms read and
-      copy whole parameters under manual optimization (target networks, SAC's detached critics).
+    Call it on a built trainer before its fit: under DDP the fit's own check runs only after Lightning's launcher
+    has started the worker processes, and each of them then fails on its own.
+
+    - Strategies: one device or DDP launched as subprocesses of the script, or under torchrun or SLURM (``ddp``,
+      ``ddp_find_unused_parameters_true``, ...). Sharded strategies (FSDP, DeepSpeed, model parallel) split
+      parameters across devices, while the algorithms read and copy whole parameters under manual optimization
+      (target networks, SAC's detached critics). Strategies started with ``torch.multiprocessing`` (``ddp_spawn``,
+      ``ddp_fork``, ``ddp_notebook``, XLA) send only the weights and ``callback_metrics`` back to the main
+      process, so its model would keep counters of zero (frames, updates, batches) and an empty replay buffer.
     - Precision: ``32-true``, ``bf16-mixed`` or ``16-mixed``. With ``*-true`` half (or double) precision the
       weights change dtype but the collector's float32 observations do not.
     - Devices: on CPU each device is a process collecting its own envs; more processes than cores only contend.
     """
     strategy = trainer.strategy
-    if not isinstance(strategy, SingleDeviceStrategy | DDPStrategy):
+    reason = unsupported_strategy_reason(type(strategy))
+    if reason is not None:
         raise ValueError(
-            f"strategy={type(strategy).__name__} cannot train an RLModule: it shards parameters and optimizer "
-            "state across devices, while the RL algorithms read and copy whole parameters under manual "
-            "optimization (target networks, SAC's critics in the actor loss). Use trainer.strategy: ddp (one "
+            f"strategy={type(strategy).__name__} cannot train an RLModule: {reason}. Use trainer.strategy: ddp (one "
             "process per device, gradients all-reduced), or a single device."
+        )
+    if isinstance(strategy.launcher, _MultiProcessingLauncher):
+        start_method = getattr(strategy, "_start_method", "spawn")  # DDPStrategy's; Lightning has no public one
+        alias = f" ({_START_METHOD_ALIASES[start_method]})" if start_method in _START_METHOD_ALIASES else ""
+        raise ValueError(
+            f"strategy={type(strategy).__name__}(start_method={start_method!r}){alias} cannot train an "
+            "RLModule: it starts its processes with torch.multiprocessing, and Lightning sends only the weights "
+            "and callback_metrics back to this process, while the RL counters (frames, updates, batches) and "
+            "replay buffers live in the worker processes and do not come back, so a later save_checkpoint or fit "
+            "here would start the frame budget over. Use trainer.strategy: ddp, which Lightning launches as "
+            "subprocesses of the script (or under torchrun or SLURM)."
         )
     precision = str(trainer.precision)
     if precision not in SUPPORTED_PRECISION:

@@ -32,9 +32,30 @@ warnings.filterwarnings("ignore", message=r".*You are using the `dataloader_iter
 warnings.filterwarnings("ignore", message=r".*Found `dataloader_iter` argument in the `training_step`.*")
 
 SEED_OFFSET_PER_RANK = 1_000
-"""Rank ``r`` seeds its envs from ``seed + r * SEED_OFFSET_PER_RANK``, so ranks never share a seed."""
-EVAL_SEED_OFFSET = 1_000_000
-"""Evaluation envs are seeded apart from the training envs."""
+"""Rank ``r`` seeds its training envs from ``seed + r * SEED_OFFSET_PER_RANK`` (env ``i``: ``+ i``), so ranks do
+not share a seed while they have fewer than 1000 envs each."""
+VALIDATION_SEEDS = 1
+"""The stream of :func:`evaluation_seed` that the validation and test loops draw from."""
+CALLBACK_SEEDS = 2
+"""The stream of :func:`evaluation_seed` that ``LogValidationReward`` draws from."""
+
+
+def evaluation_seed(seed: int, rank: int, evaluation: int, stream: int = VALIDATION_SEEDS) -> int:
+    """The seed evaluation number ``evaluation`` on rank ``rank`` resets its envs with (env ``i`` gets it ``+ i``).
+
+    A hash of ``(seed, stream, rank, evaluation)`` (numpy's ``SeedSequence``) below ``2**31``: every evaluation,
+    rank and stream (validation loop, ``LogValidationReward``) starts from an unrelated seed, so their envs' seeds
+    do not overlap in practice (two ranges of ``n`` seeds meet with probability about ``2n / 2**31``), nor meet the
+    training envs' ``seed + 1000 * rank + i``. The same arguments always give the same seed.
+
+    Example:
+        >>> evaluation_seed(0, rank=0, evaluation=1) == evaluation_seed(0, rank=0, evaluation=1)
+        True
+        >>> evaluation_seed(0, rank=0, evaluation=1) != evaluation_seed(0, rank=0, evaluation=2)
+        True
+    """
+    state = np.random.SeedSequence([seed, stream, rank, evaluation]).generate_state(1, dtype=np.uint32)
+    return int(state[0] >> 1)  # below 2**31: ``+ i`` stays a valid uint32 seed for envs that need one
 
 
 def _as_is(item: Any) -> Any:
@@ -72,8 +93,8 @@ class _Evaluation(IterableDataset):
     def __iter__(self) -> Iterator[TensorDict]:
         data = self.data
         data.eval_rounds += 1
-        seed = None if data.seed is None else data.rank_seed + EVAL_SEED_OFFSET + data.eval_rounds
-        yield evaluate(data.eval_envs, data.deterministic_policy, data.eval_episodes, seed=seed)
+        seed = None if data.seed is None else evaluation_seed(data.seed, data.rank, data.eval_rounds)
+        yield evaluate(data.eval_envs, data.deterministic_policy, data.eval_episodes, seed=seed, env_id=data.env_id)
 
 
 class RLDataModule(pl.LightningDataModule):
@@ -92,7 +113,9 @@ class RLDataModule(pl.LightningDataModule):
         vectorization: ``"sync"`` steps the envs in this process, ``"async"`` in one subprocess per env.
         wrappers: gymnasium wrappers applied to each env, innermost first: import paths or
             ``{"class_path": ..., "init_args": {...}}``.
-        seed: seeds the envs (``seed + rank * 1000 + env index``); ``None`` leaves them unseeded.
+        seed: seeds the training envs (``seed + rank * 1000 + env index``) and each validation/test round's envs
+            (:func:`evaluation_seed` of the seed, the rank and the round, ``+ env index``); ``None`` leaves them
+            unseeded.
         eval_episodes: episodes per validation/test round.
         eval_envs: envs stepped together during evaluation (at most ``eval_episodes``).
         pixels: make the training envs with ``render_mode="rgb_array"`` and put each step's rendered frames in

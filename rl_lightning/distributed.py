@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_warn
 
 PER_RANK = "per_rank"
@@ -24,6 +25,10 @@ def gather_per_rank(trainer: pl.Trainer | None, state: Any) -> dict[str, list[An
     if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return {PER_RANK: [state]}
     assert trainer is not None
+    if trainer.state.status == TrainerStatus.INTERRUPTED:
+        # A checkpoint saved while this rank handles an exception (Lightning's OnExceptionCheckpoint): the other
+        # ranks are not saving with it, and gathering would wait for them forever. This rank's state only.
+        return {PER_RANK: [state]}
     gathered: list[Any] | None = [None] * world_size if trainer.global_rank == 0 else None
     torch.distributed.gather_object(state, gathered, dst=0)
     return {PER_RANK: gathered or []}
@@ -44,6 +49,20 @@ def own_state(trainer: pl.Trainer | None, saved: dict[str, list[Any]], what: str
             f"resumes with the {what} of saved rank r mod {len(states)}."
         )
     return states[rank % len(states)]
+
+
+def seed_rank(rank: int) -> None:
+    """Gives this rank random streams of its own: torch (CPU and CUDA), numpy and python are reseeded from a
+    number drawn from torch's generator (the same on every rank after ``seed_everything``) and ``rank``.
+
+    Lightning seeds every rank alike, which DDP needs for identical initial weights; after that, ranks that
+    drew the same numbers would explore with the same noise, sample the same replay indices and shuffle alike.
+    """
+    base = int(torch.randint(0, 2**62, ()))
+    seed = int(np.random.SeedSequence([base, rank]).generate_state(1)[0])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def rng_state() -> dict[str, Any]:

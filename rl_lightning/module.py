@@ -22,7 +22,7 @@ from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
 from rl_lightning.checkpoint import use_rl_checkpoint_io
 from rl_lightning.compat import check_callbacks, check_trainer
 from rl_lightning.data import RLDataModule
-from rl_lightning.distributed import gather_per_rank, own_state, rng_state, set_rng_state
+from rl_lightning.distributed import PER_RANK, gather_per_rank, own_state, rng_state, seed_rank, set_rng_state
 from rl_lightning.functional import total_loss
 from rl_lightning.loop import RLLoop
 from rl_lightning.spaces import SpaceLike, space_from_dict, space_to_dict
@@ -83,6 +83,7 @@ class RLModule(pl.LightningModule, ABC):
         self._last_losses: TensorDict | None = None
         self._grad_scaler = False
         self._check_loss = True
+        self._rng_restored = False
 
     def save_rl_hyperparameters(self) -> None:
         """``save_hyperparameters`` of the caller's arguments, with the spaces stored as plain data."""
@@ -252,6 +253,13 @@ class RLModule(pl.LightningModule, ABC):
                 f"{data.action_space}, but the model was built for {self.observation_space} and "
                 f"{self.action_space}. Build the model from this data's spaces."
             )
+        if data.world_size > 1 and data.total_frames < data.global_frames_per_batch:
+            raise ValueError(
+                f"total_frames={data.total_frames} is below one batch of all {data.world_size} ranks "
+                f"(frames_per_batch={data.frames_per_batch} each, {data.global_frames_per_batch} together): the run "
+                f"would collect {data.global_frames_per_batch} frames. total_frames is the budget of all ranks; raise "
+                f"it to {data.global_frames_per_batch} or more, or lower data.frames_per_batch (it is per rank)."
+            )
 
     # -- Lightning hooks -----------------------------------------------------------------------------
 
@@ -263,6 +271,9 @@ class RLModule(pl.LightningModule, ABC):
         use_rl_checkpoint_io(self.trainer)
 
     def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1 and not self._rng_restored:
+            seed_rank(self.trainer.global_rank)
+        self._rng_restored = False
         self.loop.setup(self.trainer)
         self._direct_torch = _can_call_torch_directly(self)
         self._grad_scaler = getattr(self.trainer.precision_plugin, "scaler", None) is not None
@@ -378,6 +389,9 @@ class RLModule(pl.LightningModule, ABC):
         self.loop.load_state_dict(state["loop"])
         if "rng" in state:
             set_rng_state(own_state(self._trainer, state["rng"], "random number generator states"))
+            # One saved state per rank: each rank goes on with its own (else on_fit_start sets the ranks apart).
+            world_size = 1 if self._trainer is None else self._trainer.world_size
+            self._rng_restored = len(state["rng"][PER_RANK]) == world_size
 
 
 def _can_call_torch_directly(module: RLModule) -> bool:

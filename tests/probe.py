@@ -38,6 +38,7 @@ class SaveRankState(pl.Callback):
             "batches": pl_module.loop.batches,
             "global_step": trainer.global_step,
             "broadcast_buffers": getattr(trainer.strategy.model, "broadcast_buffers", None),
+            "torch_rng": torch.get_rng_state(),
         }
         buffer = getattr(pl_module, "replay_buffer", None)
         if buffer is not None:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import lightning.pytorch as pl
 import pytest
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+    XLAStrategy,
+)
 
-from rl_lightning import PPO, SAC, RLDataModule
+from rl_lightning import PPO, SAC, TRAINER_DEFAULTS, RLDataModule
 from rl_lightning.callbacks import (
     BatchSubSampler,
     ClearCudaCache,
@@ -23,6 +33,7 @@ from rl_lightning.callbacks import (
     TargetNetUpdaterHook,
 )
 from rl_lightning.cli import cli
+from rl_lightning.compat import check_trainer, unsupported_strategy_reason
 from rl_lightning.replay import ReplayBuffer
 from tests.conftest import ROOT, tiny_ppo_run
 
@@ -90,32 +101,66 @@ def test_checkpoint_of_another_algorithm(tmp_path: Path) -> None:
     assert PPO.load_from_checkpoint(tmp_path / "ppo.ckpt").frames == model.frames
 
 
+def _hand_built_trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:
+    """A ``pl.Trainer`` built without :func:`make_trainer`, which checks only when the fit starts."""
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "accelerator": "cpu"}
+    return pl.Trainer(**{**TRAINER_DEFAULTS, **quiet, "default_root_dir": tmp_path, **kwargs})
+
+
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true"])
 def test_precisions_that_change_the_weights_dtype_are_refused(precision: str, tmp_path: Path) -> None:
-    trainer, model, data = tiny_ppo_run(tmp_path, precision=precision)
-    with pytest.raises(ValueError, match=rf"precision='{precision}' is not supported.*bf16-mixed"):
-        trainer.fit(model, datamodule=data)
+    message = rf"precision='{precision}' is not supported.*bf16-mixed"
+    with pytest.raises(ValueError, match=message):
+        tiny_ppo_run(tmp_path, precision=precision)  # make_trainer checks the trainer it builds
+    _, model, data = tiny_ppo_run(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        _hand_built_trainer(tmp_path, precision=precision).fit(model, datamodule=data)
     assert model.frames == 0
 
 
 def test_more_cpu_processes_than_cores_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 1)  # this machine's core count, seen as 1: two devices are too many
-    trainer, _, _ = tiny_ppo_run(tmp_path, devices=2, strategy="ddp_spawn")
-    from rl_lightning.compat import check_trainer
+    message = r"devices=2 on the CPU starts 2 processes, but this machine has 1 CPU cores.*trainer.devices: 1"
+    with pytest.raises(ValueError, match=message):
+        tiny_ppo_run(tmp_path, devices=2, strategy="ddp")  # before a fit would start the DDP processes
+    with pytest.raises(ValueError, match=message):
+        check_trainer(_hand_built_trainer(tmp_path, devices=2, strategy="ddp"))
+    assert not multiprocessing.active_children()
 
-    with pytest.raises(ValueError, match=r"devices=2 on the CPU starts 2 processes, but this machine has 1 CPU cores"):
-        check_trainer(trainer)
 
-
-def test_sharding_strategies_are_refused(tmp_path: Path) -> None:
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from rl_lightning.compat import check_trainer
-
+@pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy, XLAStrategy], ids=lambda s: s.__name__)
+def test_sharding_and_xla_strategies_are_refused(strategy: type[Strategy], tmp_path: Path) -> None:
+    assert unsupported_strategy_reason(strategy) is not None  # DeepSpeed and XLA subclass DDPStrategy
     trainer, _, _ = tiny_ppo_run(tmp_path)
-    trainer.strategy.__class__ = FSDPStrategy  # FSDP itself needs a GPU to be built; the check reads the type
-    with pytest.raises(ValueError, match=r"strategy=FSDPStrategy cannot train an RLModule.*strategy: ddp"):
+    # Each needs a GPU, deepspeed or torch_xla to be built; the check reads the type.
+    trainer.strategy.__class__ = strategy
+    with pytest.raises(ValueError, match=rf"strategy={strategy.__name__} cannot train an RLModule.*strategy: ddp"):
         check_trainer(trainer)
+
+
+def test_single_device_and_ddp_strategies_are_allowed() -> None:
+    assert unsupported_strategy_reason(SingleDeviceStrategy) is None
+    assert unsupported_strategy_reason(DDPStrategy) is None
+
+
+@pytest.mark.parametrize(
+    ("strategy", "start_method"), [("ddp_spawn", "spawn"), ("ddp_fork", "fork"), ("ddp_notebook", "fork")]
+)
+def test_strategies_started_by_multiprocessing_are_refused_before_any_process_starts(
+    strategy: str, start_method: str, tmp_path: Path
+) -> None:
+    """Lightning's multiprocessing launcher sends only the weights and callback_metrics back: the counters and
+    replay buffers would stay in the workers."""
+    message = (
+        rf"strategy=DDPStrategy\(start_method='{start_method}'\).*cannot train an RLModule.*counters.*do not come "
+        r"back.*Use trainer.strategy: ddp"
+    )
+    with pytest.raises(ValueError, match=message):
+        tiny_ppo_run(tmp_path, devices=2, strategy=strategy)
+    assert not multiprocessing.active_children()
+    with pytest.raises(ValueError, match=message):
+        check_trainer(_hand_built_trainer(tmp_path, devices=2, strategy=strategy))
+    assert not list(tmp_path.iterdir())
 
 
 NAN, INF = math.nan, math.inf

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,26 @@ def test_bad_values_stop_the_cli_before_training(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "NoSuchEnv-v9" in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_bad_trainer_stops_the_cli_before_ddp_starts_its_processes(tmp_path: Path) -> None:
+    """The trainer's flags are checked when the CLI builds the trainer: under DDP, a check in the fit would only
+    run after Lightning's launcher has started the worker processes, each of which would fail on its own."""
+    devices = (os.cpu_count() or 1) + 1
+    result = _run(
+        "fit",
+        "--config=configs/ppo.yaml",
+        "--trainer.strategy=ddp",
+        f"--trainer.devices={devices}",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    )
+    assert result.returncode != 0
+    assert result.stderr.count(f"ValueError: devices={devices} on the CPU starts {devices} processes") == 1
+    assert result.stderr.count("Traceback") == 1, result.stderr  # one process failed: no worker was started
+    assert "Initializing distributed" not in result.stdout + result.stderr
+    assert not list(tmp_path.iterdir()), "a run refused at start wrote files"
 
 
 def test_torch_threads_is_applied_and_checked(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -12,8 +14,11 @@ import torch
 from tensordict import TensorDict
 
 from rl_lightning import keys
+from rl_lightning.callbacks import LogValidationReward
 from rl_lightning.collector import Collector, evaluate
+from rl_lightning.data import CALLBACK_SEEDS, VALIDATION_SEEDS, evaluation_seed
 from rl_lightning.envs import make_vec_env
+from tests.conftest import tiny_ppo_run
 
 # CartPole-v1 terminates when |x| > 2.4 or |theta| > 12 degrees; it resets every state variable in ±0.05.
 X_THRESHOLD = 2.4
@@ -241,3 +246,57 @@ def test_pin_memory_without_cuda_is_refused_with_the_fix() -> None:
     with pytest.raises(ValueError, match=r"pin_memory=True.*CUDA is not available.*Use pin_memory=False"):
         Collector(envs, lambda obs: {"action": torch.zeros(len(obs), dtype=torch.int64)}, 4, pin_memory=True)
     envs.close()
+
+
+def _seeds(base: int, num_envs: int) -> set[int]:
+    return set(range(base, base + num_envs))
+
+
+def test_evaluation_seeds_do_not_overlap_between_rounds_ranks_and_streams() -> None:
+    n = 10  # envs per evaluation
+    first, second = evaluation_seed(0, rank=0, evaluation=1), evaluation_seed(0, rank=0, evaluation=2)
+    assert not _seeds(first, n) & _seeds(second, n)  # consecutive rounds (they used to share n - 1 seeds)
+    assert not _seeds(first, n) & _seeds(evaluation_seed(0, rank=1, evaluation=1), n)  # two ranks, same round
+    # past 1000 rounds too (the old per-rank offset of 1000 made rank 1's round k rank 0's round k + 1000), and
+    # apart from the training envs' seeds (seed + 1000 * rank + i)
+    bases = sorted(
+        evaluation_seed(0, rank, evaluation, stream)
+        for rank in range(2)
+        for evaluation in range(1, 1500)
+        for stream in (VALIDATION_SEEDS, CALLBACK_SEEDS)
+    )
+    assert all(b - a >= n for a, b in itertools.pairwise(bases)) and bases[0] >= 2 * 1000
+    assert all(0 <= base < 2**31 for base in bases)
+
+
+def test_evaluation_seeds_are_deterministic() -> None:
+    assert evaluation_seed(7, rank=1, evaluation=3) == evaluation_seed(7, rank=1, evaluation=3)
+    assert evaluation_seed(7, rank=1, evaluation=3) != evaluation_seed(8, rank=1, evaluation=3)
+
+
+class RecordResetSeeds(gym.Wrapper):
+    """Records every seed an env is reset with, in this process (imported through a wrapper spec; sync envs)."""
+
+    seeds: list[int] = []
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        if seed is not None:
+            RecordResetSeeds.seeds.append(seed)
+        return self.env.reset(seed=seed, options=options)
+
+
+def test_a_fit_never_resets_two_envs_with_one_seed_and_the_same_seed_repeats_them(tmp_path: Path) -> None:
+    def reset_seeds(run: str) -> list[int]:
+        RecordResetSeeds.seeds = []
+        evaluations = LogValidationReward(interval_frames=64, num_episodes=2, num_envs=2)
+        data = {"wrappers": ["tests.test_collector.RecordResetSeeds"]}
+        trainer, model, datamodule = tiny_ppo_run(tmp_path / run, data=data, callbacks=[evaluations])
+        trainer.fit(model, datamodule=datamodule)
+        return RecordResetSeeds.seeds
+
+    seeds = reset_seeds("first")
+    # 4 training envs, 2 validation rounds (every 2 of the 4 batches) and 4 LogValidationReward evaluations (every
+    # batch), 2 envs each
+    assert len(seeds) == 4 + 2 * 2 + 4 * 2
+    assert len(set(seeds)) == len(seeds), sorted(seeds)
+    assert reset_seeds("second") == seeds

@@ -18,8 +18,11 @@ from tests.test_cli import _quick, _run
 pytestmark = pytest.mark.slow
 
 
-def _fit_ddp(config: str, tmp_path: Path, batches_per_rank: int, *extra: str) -> dict[int, dict[str, Any]]:
-    """Runs ``config`` with 2 DDP processes for ``batches_per_rank`` batches each; returns each rank's end state."""
+def _fit_ddp(
+    config: str, tmp_path: Path, batches_per_rank: int, *extra: str, devices: int = 2
+) -> dict[int, dict[str, Any]]:
+    """Runs ``config`` with ``devices`` DDP processes (one: no DDP) until ``batches_per_rank`` batches each;
+    returns each rank's end state."""
     path = ROOT / "configs" / config
     fpb = yaml.safe_load(path.read_text())["data"]["frames_per_batch"]
     probe = tmp_path / "ranks"
@@ -28,14 +31,13 @@ def _fit_ddp(config: str, tmp_path: Path, batches_per_rank: int, *extra: str) ->
     result = _run(
         "fit",
         *args,
-        f"--data.total_frames={2 * batches_per_rank * fpb}",
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
+        f"--data.total_frames={devices * batches_per_rank * fpb}",
+        *(["--trainer.strategy=ddp", f"--trainer.devices={devices}"] if devices > 1 else []),
         f"--trainer.callbacks+={json.dumps(callback)}",
         *extra,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return {rank: torch.load(probe / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)}
+    return {rank: torch.load(probe / f"rank{rank}.pt", weights_only=True) for rank in range(devices)}
 
 
 def _assert_same_networks(ranks: dict[int, dict[str, Any]]) -> None:
@@ -60,6 +62,8 @@ def test_ppo_ranks_stay_identical_count_frames_over_both_and_resume(tmp_path: Pa
     assert first[0]["params"]["encoder.count"] == 2 * 2 * fpb  # statistics of both ranks' observations
     assert first[0]["frames"] == 2 * 2 * fpb  # 2 batches on each of 2 ranks
     assert first[0]["updates"] > 0
+    # each rank draws its own random numbers (exploration, minibatch order), though Lightning seeds them alike
+    assert not torch.equal(first[0]["torch_rng"], first[1]["torch_rng"])
 
     ckpt = next(tmp_path.rglob("last.ckpt"))
     resumed = _fit_ddp("ppo.yaml", tmp_path, 4, normalize, f"--ckpt_path={ckpt}")
@@ -97,3 +101,30 @@ def test_sac_ranks_stay_identical_and_resume_with_their_own_replay_buffers(tmp_p
     for rank in (0, 1):  # each rank resumed with its own transitions and added one batch
         data = resumed[rank]["buffer"]["data"]["observation"]
         assert len(data) == 3 * fpb and torch.equal(data[: 2 * fpb], observations[rank])
+
+
+def test_sac_resumed_on_more_ranks_keeps_its_update_schedule(tmp_path: Path) -> None:
+    """A one-process checkpoint resumed on 2 ranks: the warm-up (counted in global frames) takes fewer batches
+    there, yet each batch after it still gets utd_ratio x its transitions of updates, and the ranks, which start
+    from the same saved buffer and random state, draw their own random numbers."""
+    fpb = yaml.safe_load((ROOT / "configs/sac.yaml").read_text())["data"]["frames_per_batch"]
+    warm_up = f"--model.init_args.init_random_frames={2 * fpb}"  # 2 batches on 1 rank, 1 batch on 2 ranks
+    first = _fit_ddp("sac.yaml", tmp_path, 4, warm_up, devices=1)
+    assert first[0]["updates"] == 2 * fpb  # utd_ratio 1: the 2 batches after the warm-up
+
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    resumed = _fit_ddp("sac.yaml", tmp_path, 4, warm_up, f"--ckpt_path={ckpt}", devices=2)  # 2 batches each
+    _assert_same_networks(resumed)
+    assert resumed[0]["batches"] == 6 and resumed[0]["updates"] == first[0]["updates"] + 2 * fpb
+    assert not torch.equal(resumed[0]["torch_rng"], resumed[1]["torch_rng"])
+
+
+def test_a_budget_below_one_batch_of_all_ranks_is_refused_before_any_step(tmp_path: Path) -> None:
+    config = ROOT / "configs/ppo.yaml"
+    fpb = yaml.safe_load(config.read_text())["data"]["frames_per_batch"]
+    args = [a for a in _quick(config, tmp_path) if not a.startswith("--data.total_frames")]
+    result = _run("fit", *args, f"--data.total_frames={fpb}", "--trainer.strategy=ddp", "--trainer.devices=2")
+    assert result.returncode != 0
+    assert f"total_frames={fpb} is below one batch of all 2 ranks" in result.stderr
+    assert f"raise it to {2 * fpb} or more" in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.csv"))

@@ -15,7 +15,8 @@ from tensordict import TensorDict
 
 from rl_lightning import PPO, RLCallback
 from rl_lightning.checkpoint import RLCheckpointIO
-from rl_lightning.collector import EnvError
+from rl_lightning.collector import EnvError, evaluate
+from rl_lightning.envs import Vectorization, make_vec_env
 from tests.conftest import tiny_ppo_run
 
 # gymnasium reports a failed async worker through warnings (its logger.error) before re-raising: expected here.
@@ -111,3 +112,46 @@ def test_an_async_env_worker_that_dies_is_named(tmp_path: Path, env_index: int) 
     error, last = _fit_with_faulty_env(tmp_path, "async", steps=40, env_index=env_index, exit_process=True)
     assert f"the subprocess of env {env_index} died (exit code 3" in str(error) and error.index == env_index
     assert RLCheckpointIO().load_checkpoint(last)["rl_lightning"]["frames"] == 128
+
+
+def _balance(obs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Keeps CartPole up for well over 60 steps: no episode ends before the faulty env's step."""
+    return {"action": (obs[:, 2] + 0.5 * obs[:, 3] > 0).long()}
+
+
+def _faulty_spec(**init_args: Any) -> dict[str, Any]:
+    return {"class_path": "tests.faulty_env.RaiseAfter", "init_args": init_args}
+
+
+@pytest.mark.parametrize(("vectorization", "exit_process"), [("sync", False), ("async", False), ("async", True)])
+def test_an_env_that_fails_in_evaluation_is_named_and_the_envs_are_closed(
+    vectorization: Vectorization, exit_process: bool
+) -> None:
+    spec = _faulty_spec(steps=5, env_index=1, exit_process=exit_process)
+    envs = make_vec_env("CartPole-v1", 2, [spec], vectorization=vectorization)
+    with pytest.raises(EnvError) as error:
+        evaluate(envs, _balance, num_episodes=4, seed=0, env_id="CartPole-v1")
+    message = str(error.value)
+    what = "the subprocess of env 1 died (exit code 3" if exit_process else "env 1 raised ValueError: the simulator"
+    assert f"Environment 'CartPole-v1': {what}" in message and "during evaluation, after 8 frames" in message
+    assert error.value.index == 1 and error.value.evaluation and error.value.rank is None
+    assert envs.closed and multiprocessing.active_children() == []  # closed by force: no worker outlives the error
+
+
+def test_an_env_error_names_the_rank_under_ddp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")  # what Lightning's launchers set in each DDP process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    envs = make_vec_env("CartPole-v1", 2, [_faulty_spec(steps=5, env_index=1)])
+    with pytest.raises(EnvError, match=r"^Environment 'CartPole-v1' on rank 1 of 2: env 1 raised") as error:
+        evaluate(envs, _balance, num_episodes=4, seed=0, env_id="CartPole-v1")
+    assert error.value.rank == 1
+
+
+def test_an_async_eval_worker_that_dies_in_validation_is_named(tmp_path: Path) -> None:
+    # every eval env's worker exits at its 5th step; the validation loop's envs are the data module's own
+    spec = _faulty_spec(steps=5, env_index=None, exit_process=True)
+    trainer, model, data = tiny_ppo_run(tmp_path, data={"wrappers": [spec], "vectorization": "async"})
+    with pytest.raises(EnvError, match=r"^Environment 'CartPole-v1': the subprocess of env \d died") as error:
+        trainer.validate(model, datamodule=data)
+    assert error.value.evaluation and "during evaluation, after 8 frames" in str(error.value)
+    assert multiprocessing.active_children() == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import gymnasium as gym
 import lightning.pytorch as pl
@@ -186,6 +186,9 @@ class SAC(RLModule):
         self.batch_size = batch_size
         self.init_random_frames = init_random_frames
         self.utd_ratio = utd_ratio
+        self.learning_transitions: int | None = 0
+        """Transitions this rank collected with the policy (after ``init_random_frames``): ``utd_ratio`` times
+        it is the updates due. ``None`` until a checkpoint written before this counter is first used."""
         self.auto_alpha = auto_alpha
         self.max_grad_norm = max_grad_norm
         action_dim = space.shape[0]
@@ -283,14 +286,27 @@ class SAC(RLModule):
         """``utd_ratio`` steps per collected transition once learning started; each step's minibatch is the
         replay sample that ``ReplayBufferTrainer`` puts in place of the batch.
 
-        Batch ``b`` is collected at random while ``b * global_frames_per_batch < init_random_frames``; the
-        steps due are derived from counters alone, so they match on every rank and after a resume.
+        A batch collected after the first ``init_random_frames`` frames (by the policy, not at random) counts its
+        transitions into :attr:`learning_transitions`; the steps due are derived from that counter and
+        ``updates``, both checkpointed and the same on every rank, so they match on every rank and after a
+        resume, with the same number of ranks or another.
         """
-        random_batches = math.ceil(self.init_random_frames / self.data.global_frames_per_batch)
-        learning_batches = self.loop.batches + 1 - random_batches
-        steps = math.floor(self.utd_ratio * learning_batches * batch.numel()) - self.updates
+        if self.learning_transitions is None:  # a checkpoint from before the counter: what it had counted
+            random_batches = math.ceil(self.init_random_frames / self.data.global_frames_per_batch)
+            self.learning_transitions = max(self.loop.batches - random_batches, 0) * batch.numel()
+        if self.frames - self.data.global_frames_per_batch >= self.init_random_frames:
+            self.learning_transitions += batch.numel()
+        steps = math.floor(self.utd_ratio * self.learning_transitions) - self.updates
         for _ in range(max(steps, 0)):
             yield batch
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["rl_lightning"]["learning_transitions"] = self.learning_transitions
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.learning_transitions = checkpoint["rl_lightning"].get("learning_transitions")
 
     def loss(self, batch: TensorDict) -> TensorDict:
         features = self.encoder(batch[keys.OBSERVATION])

@@ -13,7 +13,7 @@ from typing_extensions import override
 from rl_lightning._checks import check_int, check_positive
 from rl_lightning.callbacks.rl_callback import RLCallback
 from rl_lightning.collector import evaluate
-from rl_lightning.data import EVAL_SEED_OFFSET, RLDataModule
+from rl_lightning.data import CALLBACK_SEEDS, RLDataModule, evaluation_seed
 from rl_lightning.envs import make_vec_env
 from rl_lightning.recording import check_rgb_array, log_video, require_video_extra, write_video
 
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
     import gymnasium as gym
 
     from rl_lightning.module import RLModule
-
-SEED_OFFSET = 2 * EVAL_SEED_OFFSET
-"""This callback seeds its envs from ``data.seed + SEED_OFFSET + evaluation index`` (apart from the training envs
-and the validation loop's envs)."""
 
 
 class LogValidationReward(RLCallback):
@@ -58,8 +54,9 @@ class LogValidationReward(RLCallback):
         record_video: render the episodes and write them as videos.
         fps: frames per second of the videos.
         max_video_frames: the most frames a video holds.
-        seed: seeds the envs with ``seed + evaluation index``; ``None`` derives it from the data's seed (and leaves
-            the envs unseeded when that is ``None`` too).
+        seed: evaluation ``k`` seeds its envs with :func:`~rl_lightning.data.evaluation_seed` of ``seed`` and ``k``
+            (a stream of its own, apart from the training envs and the validation loop's); ``None`` uses the data's
+            seed (and leaves the envs unseeded when that is ``None`` too).
 
     Example::
 
@@ -146,7 +143,7 @@ class LogValidationReward(RLCallback):
             self._envs = make_vec_env(
                 data.env_id, self.num_envs, data.wrappers, data.frame_skip, render_mode=render_mode
             )
-        base = self.seed if self.seed is not None else None if data.seed is None else data.seed + SEED_OFFSET
+        base = self.seed if self.seed is not None else data.seed
         frames: list[np.ndarray] | None = [] if self.record_video else None
 
         def policy(obs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -159,9 +156,11 @@ class LogValidationReward(RLCallback):
                 self._envs,
                 policy,
                 self.num_episodes,
-                seed=None if base is None else base + self.evaluations,
+                # rank zero only (see the class docstring)
+                seed=None if base is None else evaluation_seed(base, 0, self.evaluations, CALLBACK_SEEDS),
                 frames=frames,
                 max_frames=self.max_video_frames,
+                env_id=data.env_id,
             )
         finally:
             module.train(training)
