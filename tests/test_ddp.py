@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +132,25 @@ def test_a_budget_below_one_batch_of_all_ranks_is_refused_before_any_step(tmp_pa
     assert f"total_frames={fpb} is below one batch of all 2 ranks" in result.stderr
     assert f"raise it to {2 * fpb} or more" in result.stderr
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.csv"))
+
+
+def test_a_rank_whose_env_fails_ends_the_run_with_on_exception_checkpoint(tmp_path: Path) -> None:
+    """Lightning's OnExceptionCheckpoint saves on the failing rank alone: the checkpoint's gathering of every
+    rank's state must not wait for ranks that are not saving (it used to hang both processes for good)."""
+    config = ROOT / "configs/ppo.yaml"
+    wrapper = {"class_path": "tests.faulty_env.RaiseAfter", "init_args": {"steps": 40, "env_index": 1000}}
+    saver = {"class_path": "lightning.pytorch.callbacks.OnExceptionCheckpoint", "init_args": {"dirpath": str(tmp_path)}}
+    command = [sys.executable, "-m", "rl_lightning", "fit", *_quick(config, tmp_path, batches=8)]
+    command += ["--trainer.strategy=ddp", "--trainer.devices=2", f"--data.wrappers=[{json.dumps(wrapper)}]"]
+    command.append(f"--trainer.callbacks+={json.dumps(saver)}")  # env 0 of rank 1 (seed 1000) raises
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # both ranks: Lightning starts rank 1 in the same session
+        process.communicate()
+        pytest.fail("the DDP run did not end after a rank's env failed")
+    assert process.returncode != 0
+    assert "EnvError" in stderr and "the simulator exploded" in stderr
