@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,8 +107,20 @@ def test_resume_continues_the_counters(tmp_path: Path) -> None:
     assert resumed.model.updates == 2 * first.model.updates
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rl_lightning", *args], capture_output=True, text=True, cwd=ROOT)
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``rl-lightning *args`` in a session of its own: on a hang (e.g. DDP ranks that disagree) every process
+    it started (DDP ranks, async env workers) is killed after ``timeout`` seconds and the test fails."""
+    command = [sys.executable, "-m", "rl_lightning", *args]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"rl-lightning {' '.join(args[:1])} did not end within {timeout} s; its stderr:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def test_help_and_print_config() -> None:
