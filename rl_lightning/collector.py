@@ -295,6 +295,13 @@ class Collector:
                 self._episode_length[done] = 0
         self._obs = current
         self.frames += n * steps
+        for key, value in outputs.items():  # one check a batch (e.g. sampling from NaN logits picks an action)
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise FloatingPointError(
+                    f"The policy returned NaN or inf {key!r} values in the batch of frames {self.frames - n * steps}"
+                    f" to {self.frames} of {self.env_id}. Check the env's observations for NaN or inf; if they are "
+                    "finite, the policy's weights are not (see the model's nonfinite and max_grad_norm)."
+                )
 
         done_flags = torch.logical_or(terminated, truncated, out=empty(terminated.shape, torch.bool))  # pinned too
         not_done = zeros(done_flags.shape, torch.bool)

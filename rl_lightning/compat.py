@@ -21,7 +21,14 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BatchSizeFinder, LearningRateFinder, StochasticWeightAveraging
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy, Strategy, XLAStrategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    SingleDeviceStrategy,
+    SingleDeviceXLAStrategy,
+    Strategy,
+    XLAStrategy,
+)
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
 UNSUPPORTED_CALLBACKS: dict[type[pl.Callback], str] = {
@@ -142,14 +149,15 @@ _SHARDING = (
     "parameters under manual optimization (target networks, SAC's critics in the actor loss)"
 )
 UNSUPPORTED_STRATEGIES: dict[type[Strategy], str] = {
-    # Both subclass DDPStrategy, so they are named before it is allowed.
+    # They subclass DDPStrategy or SingleDeviceStrategy, so they are named before those are allowed.
     DeepSpeedStrategy: f"{_SHARDING} (ZeRO), and its engine takes over backward and the optimizer steps",
     XLAStrategy: (
         "it trains on XLA devices (TPUs) in processes started by torch_xla's multiprocessing, from which the RL "
         "counters and replay buffers do not come back, and rl_lightning is not built for XLA devices"
     ),
+    SingleDeviceXLAStrategy: "it trains on an XLA device (a TPU), and rl_lightning is not built for XLA devices",
 }
-"""DDP-derived strategies an RL fit cannot use (and their subclasses), with the reason."""
+"""Strategies derived from the allowed ones that an RL fit cannot use (and their subclasses), with the reason."""
 
 _START_METHOD_ALIASES = {"spawn": "ddp_spawn", "fork": "ddp_fork or ddp_notebook"}
 

@@ -253,7 +253,8 @@ class RLModule(pl.LightningModule, ABC):
                 f"{data.action_space}, but the model was built for {self.observation_space} and "
                 f"{self.action_space}. Build the model from this data's spaces."
             )
-        if data.world_size > 1 and data.total_frames < data.global_frames_per_batch:
+        fitting = self._trainer is None or self.trainer.state.fn == "fit"
+        if fitting and data.world_size > 1 and data.total_frames < data.global_frames_per_batch:
             raise ValueError(
                 f"total_frames={data.total_frames} is below one batch of all {data.world_size} ranks "
                 f"(frames_per_batch={data.frames_per_batch} each, {data.global_frames_per_batch} together): the run "
@@ -363,6 +364,7 @@ class RLModule(pl.LightningModule, ABC):
             "episodes": self.episodes,
             "loop": self.loop.state_dict(),
             "rng": gather_per_rank(self._trainer, rng_state()),
+            "rng_ranks_seeded": True,  # the ranks' generators were set apart (seed_rank): restore them as they are
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -389,9 +391,11 @@ class RLModule(pl.LightningModule, ABC):
         self.loop.load_state_dict(state["loop"])
         if "rng" in state:
             set_rng_state(own_state(self._trainer, state["rng"], "random number generator states"))
-            # One saved state per rank: each rank goes on with its own (else on_fit_start sets the ranks apart).
+            # One saved state per rank, set apart when saved: each rank goes on with its own. Otherwise (another
+            # number of ranks, or a checkpoint from before ranks were set apart) on_fit_start sets them apart.
             world_size = 1 if self._trainer is None else self._trainer.world_size
-            self._rng_restored = len(state["rng"][PER_RANK]) == world_size
+            same_ranks = len(state["rng"][PER_RANK]) == world_size
+            self._rng_restored = same_ranks and bool(state.get("rng_ranks_seeded", world_size == 1))
 
 
 def _can_call_torch_directly(module: RLModule) -> bool:

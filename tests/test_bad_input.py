@@ -16,6 +16,7 @@ from lightning.pytorch.strategies import (
     DeepSpeedStrategy,
     FSDPStrategy,
     SingleDeviceStrategy,
+    SingleDeviceXLAStrategy,
     Strategy,
     XLAStrategy,
 )
@@ -128,9 +129,11 @@ def test_more_cpu_processes_than_cores_are_refused(tmp_path: Path, monkeypatch: 
     assert not multiprocessing.active_children()
 
 
-@pytest.mark.parametrize("strategy", [FSDPStrategy, DeepSpeedStrategy, XLAStrategy], ids=lambda s: s.__name__)
+@pytest.mark.parametrize(
+    "strategy", [FSDPStrategy, DeepSpeedStrategy, XLAStrategy, SingleDeviceXLAStrategy], ids=lambda s: s.__name__
+)
 def test_sharding_and_xla_strategies_are_refused(strategy: type[Strategy], tmp_path: Path) -> None:
-    assert unsupported_strategy_reason(strategy) is not None  # DeepSpeed and XLA subclass DDPStrategy
+    assert unsupported_strategy_reason(strategy) is not None  # subclasses of DDPStrategy or SingleDeviceStrategy
     trainer, _, _ = tiny_ppo_run(tmp_path)
     # Each needs a GPU, deepspeed or torch_xla to be built; the check reads the type.
     trainer.strategy.__class__ = strategy

@@ -300,3 +300,16 @@ def test_a_fit_never_resets_two_envs_with_one_seed_and_the_same_seed_repeats_the
     assert len(seeds) == 4 + 2 * 2 + 4 * 2
     assert len(set(seeds)) == len(seeds), sorted(seeds)
     assert reset_seeds("second") == seeds
+
+
+def test_a_policy_returning_nan_stops_the_batch_with_a_message(cartpole: gym.vector.VectorEnv) -> None:
+    """A categorical draw from NaN logits still picks an action (argmax treats NaN as largest): the collector
+    checks the policy's outputs once a batch instead."""
+
+    def nan_policy(obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(obs)
+        return {keys.ACTION: torch.zeros(n, dtype=torch.int64), keys.ACTION_LOG_PROB: torch.full((n,), torch.nan)}
+
+    collector = Collector(cartpole, nan_policy, steps_per_batch=4, env_id="CartPole-v1")
+    with pytest.raises(FloatingPointError, match=r"NaN or inf 'action_log_prob'.*frames 0 to .* of CartPole-v1"):
+        collector.collect()

@@ -134,15 +134,18 @@ def test_a_budget_below_one_batch_of_all_ranks_is_refused_before_any_step(tmp_pa
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.csv"))
 
 
-def test_a_rank_whose_env_fails_ends_the_run_with_on_exception_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_rank_whose_env_fails_ends_the_run_with_on_exception_checkpoint(tmp_path: Path, rank: int) -> None:
     """Lightning's OnExceptionCheckpoint saves on the failing rank alone: the checkpoint's gathering of every
-    rank's state must not wait for ranks that are not saving (it used to hang both processes for good)."""
+    rank's state must not wait for ranks that are not saving (it used to hang both processes for good). Rank 0
+    writes the checkpoint, with its own state only."""
     config = ROOT / "configs/ppo.yaml"
-    wrapper = {"class_path": "tests.faulty_env.RaiseAfter", "init_args": {"steps": 40, "env_index": 1000}}
+    env_index = 1000 * rank  # env 0 of that rank (training envs are seeded seed + 1000 x rank + index)
+    wrapper = {"class_path": "tests.faulty_env.RaiseAfter", "init_args": {"steps": 40, "env_index": env_index}}
     saver = {"class_path": "lightning.pytorch.callbacks.OnExceptionCheckpoint", "init_args": {"dirpath": str(tmp_path)}}
     command = [sys.executable, "-m", "rl_lightning", "fit", *_quick(config, tmp_path, batches=8)]
     command += ["--trainer.strategy=ddp", "--trainer.devices=2", f"--data.wrappers=[{json.dumps(wrapper)}]"]
-    command.append(f"--trainer.callbacks+={json.dumps(saver)}")  # env 0 of rank 1 (seed 1000) raises
+    command.append(f"--trainer.callbacks+={json.dumps(saver)}")
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -154,6 +157,8 @@ def test_a_rank_whose_env_fails_ends_the_run_with_on_exception_checkpoint(tmp_pa
         pytest.fail("the DDP run did not end after a rank's env failed")
     assert process.returncode != 0
     assert "EnvError" in stderr and "the simulator exploded" in stderr
+    saved = RLCheckpointIO().load_checkpoint(tmp_path / "on_exception.ckpt")
+    assert len(saved["rl_lightning"]["rng"]["per_rank"]) == 1 and saved["rl_lightning"]["frames"] > 0
 
 
 def test_ppo_ranks_agree_on_target_kl_early_stops_with_async_envs(tmp_path: Path) -> None:

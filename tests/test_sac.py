@@ -12,6 +12,7 @@ import torch
 
 from rl_lightning import SAC, RLDataModule
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UTDRHook
+from rl_lightning.checkpoint import RLCheckpointIO
 from tests.conftest import quiet_trainer
 
 BOX = gym.spaces.Box(-1.0, 1.0, (3,))
@@ -176,3 +177,22 @@ def test_importance_weights_scale_each_sample_of_the_critic_loss() -> None:
     torch.manual_seed(0)
     first = model.loss(batch[:1].clone())["loss_qvalue"]
     torch.testing.assert_close(both, 0.5 * first)  # the zero-weight sample contributes nothing
+
+
+def test_a_checkpoint_from_before_the_learning_counter_resumes_on_schedule(tmp_path: Path) -> None:
+    trainer, model = tiny_sac_run(tmp_path / "first", model={"utd_ratio": 0.5})
+    io = RLCheckpointIO()
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    saved = io.load_checkpoint(tmp_path / "new.ckpt")
+    del saved["rl_lightning"]["learning_transitions"]  # as written by rl_lightning before the counter
+    io.save_checkpoint(saved, tmp_path / "old.ckpt")
+    updates = []
+    for name in ("new", "old"):
+        data = RLDataModule("Pendulum-v1", num_envs=2, frames_per_batch=32, total_frames=384, eval_episodes=2)
+        resumed = SAC(
+            data.observation_space, data.action_space, hidden_sizes=[16], batch_size=32, buffer_size=1000,
+            init_random_frames=64, utd_ratio=0.5,
+        )  # fmt: skip
+        quiet_trainer(tmp_path / name).fit(resumed, datamodule=data, ckpt_path=tmp_path / f"{name}.ckpt")
+        updates.append(resumed.updates)
+    assert updates[0] == updates[1] == model.updates + 4 * 16  # 4 more batches of 32 transitions, utd 0.5

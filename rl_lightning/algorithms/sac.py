@@ -291,10 +291,9 @@ class SAC(RLModule):
         ``updates``, both checkpointed and the same on every rank, so they match on every rank and after a
         resume, with the same number of ranks or another.
         """
-        if self.learning_transitions is None:  # a checkpoint from before the counter: what it had counted
-            random_batches = math.ceil(self.init_random_frames / self.data.global_frames_per_batch)
-            self.learning_transitions = max(self.loop.batches - random_batches, 0) * batch.numel()
-        if self.frames - self.data.global_frames_per_batch >= self.init_random_frames:
+        if self.learning_transitions is None:  # a checkpoint from before the counter: it took every update due
+            self.learning_transitions = math.ceil(self.updates / self.utd_ratio)
+        if epoch == 0 and self.frames - self.data.global_frames_per_batch >= self.init_random_frames:
             self.learning_transitions += batch.numel()
         steps = math.floor(self.utd_ratio * self.learning_transitions) - self.updates
         for _ in range(max(steps, 0)):
