@@ -217,15 +217,18 @@ class Collector:
         self._obs: np.ndarray | None = None
         self._episode_return = np.zeros(self.num_envs, dtype=np.float64)
         self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
+        self._is_init = np.ones(self.num_envs, dtype=bool)  # whether each env's current observation starts an episode
 
     def reset(self, seed: int | None = None) -> None:
-        """Resets every env (seeding them ``seed, seed + 1, ...``) and the running episode statistics."""
+        """Resets every env (seeding them ``seed, seed + 1, ...``) and the running episode statistics; the next
+        batch marks its first step ``is_init``."""
         try:
             self._obs, _ = self.envs.reset(seed=seed)
         except Exception as err:
             raise self._fail(err, self.frames) from err
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
+        self._is_init[:] = True
 
     def _fail(self, err: Exception, frames: int) -> EnvError:
         """The :class:`EnvError` for ``err``, after closing the envs (see :func:`_env_failure`)."""
@@ -249,10 +252,11 @@ class Collector:
         reward = empty((n, steps, 1), torch.float32)
         terminated = empty((n, steps, 1), torch.bool)
         truncated = empty((n, steps, 1), torch.bool)
+        is_init = empty((n, steps, 1), torch.bool)
         episode_return = zeros((n, steps, 1), torch.float32)
         episode_length = zeros((n, steps, 1), torch.int64)
         obs_np, next_obs_np = obs.numpy(), next_obs.numpy()
-        reward_np, term_np, trunc_np = reward.numpy(), terminated.numpy(), truncated.numpy()
+        reward_np, term_np, trunc_np, init_np = reward.numpy(), terminated.numpy(), truncated.numpy(), is_init.numpy()
         outputs: dict[str, torch.Tensor] = {}
         pixels: torch.Tensor | None = None
         if self.pixels:
@@ -263,6 +267,7 @@ class Collector:
         current = self._obs
         for t in range(steps):
             obs_np[:, t] = current
+            init_np[:, t, 0] = self._is_init
             if pixels is not None:
                 # at t = 0 the frames rendered above to size the tensor are the current ones
                 for env, frame in enumerate(_rendered(self.envs) if t else frames):
@@ -285,7 +290,7 @@ class Collector:
             trunc_np[:, t, 0] = trunc
             self._episode_return += rew
             self._episode_length += 1
-            done = term | trunc
+            done = self._is_init = term | trunc
             if done.any():
                 for i in np.flatnonzero(done):
                     next_obs_np[i, t] = info["final_obs"][i]
@@ -314,6 +319,7 @@ class Collector:
                 keys.DONE: not_done,
                 keys.TERMINATED: not_done,
                 keys.TRUNCATED: not_done,
+                keys.IS_INIT: is_init,
                 keys.NEXT: {
                     keys.OBSERVATION: next_obs,
                     keys.REWARD: reward,

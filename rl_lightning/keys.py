@@ -10,6 +10,8 @@ key                                       meaning
 ``action``                                action taken at t (before clipping to the env's bounds)
 ``action_log_prob``                       log-prob of the action under the collecting policy
 ``done`` / ``terminated`` / ``truncated`` flags of the observation at t (always False after autoreset)
+``is_init``                               whether the observation at t is the first of its episode (after
+                                          a reset of the envs, or after the episode before it ended)
 ``("next", "observation")``               the true next observation; the final one when the episode ended
 ``("next", "reward")``                    reward of the transition
 ``("next", "done" / "terminated" /        how the transition ended; values bootstrap on truncation,
@@ -31,6 +33,10 @@ ACTION_LOG_PROB = "action_log_prob"
 DONE = "done"
 TERMINATED = "terminated"
 TRUNCATED = "truncated"
+IS_INIT = "is_init"
+"""``[1]`` bool: the observation at t starts an episode. True at ``t = 0`` of the first batch after the envs were
+reset (a new collector, a resumed run), so consumers that carry state across batches (n-step windows, running
+returns) know the trajectory was cut there, and not only where a transition was ``done``."""
 NEXT = "next"
 REWARD = "reward"
 EPISODE_RETURN = "episode_return"

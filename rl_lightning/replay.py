@@ -361,7 +361,10 @@ class ReplayBuffer:
     batch are held back until the next ``extend`` completes their windows (a ``done`` inside the window
     completes it at once), so ``extend`` may store fewer transitions than the batch holds. Consecutive
     batches must come from the same envs, in the same order (what :class:`~rl_lightning.collector.Collector`
-    gives).
+    gives). When the envs were reset in between (a resumed run, a new collector: the batch's first step is marked
+    ``is_init``), the held-back windows of an episode that had not ended close there, as truncated: ``m < n_step``
+    rewards, ``discount = gamma^m``, bootstrapping from their own last next observation; they are never joined to
+    the new episode.
 
     **Sampling.** Uniform, or with ``prioritized=True`` proportional to ``p_i = (|priority_i| + priority_eps) **
     alpha`` (Schaul et al. 2016): stratified (the total mass split into ``batch_size`` equal segments, one
@@ -527,7 +530,8 @@ class ReplayBuffer:
             reward = flat[keys.NEXT_REWARD]
             flat[NEXT_DISCOUNT] = torch.full(reward.shape, self.gamma, dtype=_float_dtype(reward))
         else:
-            flat = self._n_step(raw)
+            first = batch.get(keys.IS_INIT, None)
+            flat = self._n_step(raw, None if first is None else first[:, 0].reshape(len(first), -1).any(-1))
         if not self._data:
             self._allocate({key: (value.shape[1:], value.dtype) for key, value in flat.items()})
         return self._write(flat)
@@ -675,22 +679,56 @@ class ReplayBuffer:
         self._carry = None if carry is None else {_key(name): value.clone() for name, value in carry.items()}
         self._pending = state["pending"].clone()
 
-    def _n_step(self, raw: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
-        """Turns ``[num_envs, T]`` transitions, after the held-back ones, into complete n-step transitions."""
+    def _n_step(self, raw: dict[Key, torch.Tensor], first: torch.Tensor | None) -> dict[Key, torch.Tensor]:
+        """Turns ``[num_envs, T]`` transitions, after the held-back ones, into complete n-step transitions.
+
+        ``first`` (``[num_envs]`` bool, the batch's ``is_init`` at ``t = 0``, or ``None`` when the batch lacks it)
+        says which envs start a new episode with this batch. Where the held-back transitions of such an env did not
+        end their episode, the envs were reset in between (a resumed run, a new collector): their open windows end
+        there, as truncated, and are never joined to the new episode.
+        """
         num_envs, steps = raw[keys.NEXT_REWARD].shape[:2]
         eligible = torch.ones(num_envs, steps, dtype=torch.bool)
+        closed: dict[Key, torch.Tensor] | None = None
+        if self._carry is not None and first is not None:
+            first = first.to("cpu", torch.bool)
+            carried = self._pending.shape[0]
+            if carried == num_envs:
+                self._end_windows(first)
+            elif bool(first.all()):
+                # Every env was reset, into another number of envs: the held-back windows are complete on their own.
+                self._end_windows(torch.ones(carried, dtype=torch.bool))
+                closed = self._windows(self._carry, self._pending)
+                self._carry = None
         if self._carry is not None:
             if self._pending.shape[0] != num_envs:
                 raise ValueError(
                     f"The batch has {num_envs} envs, but the transitions held back for n_step={self.n_step} come "
                     f"from {self._pending.shape[0]}: consecutive batches must come from the same envs. Keep "
-                    "num_envs fixed."
+                    "num_envs fixed, or mark the batch's first step is_init (as the Collector does after a reset)."
                 )
             raw = {
                 key: torch.cat([self._carry[key], value.to(self._carry[key].dtype)], 1) for key, value in raw.items()
             }
             eligible = torch.cat([self._pending, eligible], 1)
-        length = eligible.shape[1]
+        out = self._windows(raw, eligible)
+        if closed is not None:
+            out = {key: torch.cat([closed[key], value.to(closed[key].dtype)]) for key, value in out.items()}
+        return out
+
+    def _end_windows(self, envs: torch.Tensor) -> None:
+        """Ends the episodes of the held-back transitions of ``envs`` (``[num_envs]`` bool) at their last step, as
+        truncated (their values bootstrap from that step's next observation), unless they ended there already."""
+        assert self._carry is not None
+        open_ = envs & ~self._carry[keys.NEXT_DONE][:, -1].reshape(len(envs), -1).any(-1)
+        if bool(open_.any()):
+            for key in (keys.NEXT_TRUNCATED, keys.NEXT_DONE):
+                self._carry[key][open_, -1] = True
+
+    def _windows(self, raw: dict[Key, torch.Tensor], eligible: torch.Tensor) -> dict[Key, torch.Tensor]:
+        """The complete n-step transitions of ``[num_envs, L]`` trajectories whose ``eligible`` steps are not stored
+        yet; holds back the last ``n_step - 1`` steps of each env (and which of them are still to be stored)."""
+        num_envs, length = eligible.shape
         reward = raw[keys.NEXT_REWARD]
         done = raw[keys.NEXT_DONE].reshape(num_envs, length, -1).any(-1)
         # Each reward entry (usually one, [..., 1]) is its own row of the n-step sum.

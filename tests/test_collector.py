@@ -71,6 +71,7 @@ def test_batch_follows_the_data_contract(cartpole: gym.vector.VectorEnv) -> None
         keys.DONE: ((3, 16, 1), torch.bool),
         keys.TERMINATED: ((3, 16, 1), torch.bool),
         keys.TRUNCATED: ((3, 16, 1), torch.bool),
+        keys.IS_INIT: ((3, 16, 1), torch.bool),
         keys.NEXT_OBSERVATION: ((3, 16, 4), torch.float32),
         keys.NEXT_REWARD: ((3, 16, 1), torch.float32),
         keys.NEXT_DONE: ((3, 16, 1), torch.bool),
@@ -91,6 +92,13 @@ def test_batch_follows_the_data_contract(cartpole: gym.vector.VectorEnv) -> None
     assert batch[keys.NEXT_TERMINATED].any(dim=1).all()
     assert not batch[keys.NEXT_TRUNCATED].any()
     assert torch.equal(batch[keys.NEXT_DONE], batch[keys.NEXT_TERMINATED] | batch[keys.NEXT_TRUNCATED])
+    # An episode starts at the reset and after every episode end; the next batch goes on from the last step.
+    assert batch[keys.IS_INIT][:, 0].all()
+    assert torch.equal(batch[keys.IS_INIT][:, 1:], batch[keys.NEXT_DONE][:, :-1])
+    following = collector.collect()
+    assert torch.equal(following[keys.IS_INIT][:, 0], batch[keys.NEXT_DONE][:, -1])
+    collector.reset(seed=1)
+    assert collector.collect()[keys.IS_INIT][:, 0].all()
 
 
 def test_next_observation_is_the_next_observation_or_the_final_one(cartpole: gym.vector.VectorEnv) -> None:

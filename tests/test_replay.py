@@ -11,15 +11,17 @@ import sysconfig
 from pathlib import Path
 from typing import Literal, cast
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from tensordict import TensorDict
 
-from rl_lightning import keys, replay
+from rl_lightning import SAC, RLDataModule, keys, replay
 from rl_lightning.checkpoint import RLCheckpointIO
 from rl_lightning.collector import Collector
 from rl_lightning.envs import make_vec_env
 from rl_lightning.replay import INDEX, NEXT_DISCOUNT, STORED_KEYS, WEIGHT, ReplayBuffer, _SumTree, n_step_returns
+from tests.conftest import quiet_trainer
 
 # The sum tree's two backends: the compiled C loops (rl_lightning._sumtree, built by `pip install` when a C
 # compiler is present) and the torch fallback. Prioritized tests run on both.
@@ -472,6 +474,50 @@ def test_n_step_carry_survives_a_checkpoint_and_short_batches() -> None:
     assert (a[order_a] == b[order_b]).all()
 
 
+def reset_at_start(batch: TensorDict, envs: list[int]) -> TensorDict:
+    """``batch`` with ``is_init`` marking its first step as a new episode for ``envs`` (the collector after a reset)."""
+    is_init = torch.zeros(*batch.batch_size, 1, dtype=torch.bool)
+    is_init[envs, 0] = True
+    batch.set(keys.IS_INIT, is_init)
+    return batch
+
+
+def test_n_step_windows_end_as_truncated_when_the_envs_are_reset() -> None:
+    """3-step windows, gamma = 0.5: env 0's held-back windows (t = 2, 3) end at its reset, bootstrapping from their
+    own next observation; env 1 goes on across the batches as before. Nothing joins the two episodes of env 0."""
+    buffer = ReplayBuffer(capacity=100, n_step=3, gamma=0.5)
+    reward = torch.tensor([[1.0, 2.0, 4.0, 8.0], [1.0, 1.0, 1.0, 1.0]]).unsqueeze(-1)
+    buffer.extend(reset_at_start(transitions(2, 4, reward=reward), [0, 1]))
+    assert ids(contents(buffer)) == [0, 1, 1000, 1001]
+    buffer.extend(reset_at_start(transitions(2, 4, start=100), [0]))  # env 0 reset: a new episode from t = 100
+    stored = contents(buffer)
+    by_id = {int(i): k for k, i in enumerate(ids(stored))}
+    for ident, reward_sum, used in [(2, 4 + 0.5 * 8, 2), (3, 8.0, 1)]:
+        k = by_id[ident]
+        assert stored[keys.NEXT_REWARD][k].item() == reward_sum
+        assert stored[NEXT_DISCOUNT][k].item() == 0.5**used
+        assert stored[keys.NEXT_OBSERVATION][k, 0].item() == 3.5  # t = 3's own next observation
+        assert stored[keys.NEXT_TRUNCATED][k].item() and stored[keys.NEXT_DONE][k].item()
+        assert not stored[keys.NEXT_TERMINATED][k].item()
+    # env 1 was not reset: its windows run on into the second batch (t = 2 ends at t = 100 + 0, its 3rd step).
+    assert stored[keys.NEXT_OBSERVATION][by_id[1002], 0].item() == 1100.5
+    # Every stored window of env 0 lies in one of its episodes (t < 100, or t >= 100).
+    for obs, nxt in zip(ids(stored), stored[keys.NEXT_OBSERVATION][:, 0].floor().long().tolist(), strict=True):
+        if obs < 1000:
+            assert (obs >= 100) == (nxt >= 100), (obs, nxt)
+
+
+def test_n_step_windows_close_when_all_envs_are_reset_into_another_number_of_envs() -> None:
+    buffer = ReplayBuffer(capacity=100, n_step=3, gamma=0.5)
+    buffer.extend(reset_at_start(transitions(2, 4), [0, 1]))
+    buffer.extend(reset_at_start(transitions(3, 4, start=100), [0, 1, 2]))
+    stored = contents(buffer)
+    # Batch 1's held-back t = 2, 3 of both envs were stored, ending at t = 3; batch 2 holds back its own last two.
+    assert sorted(ids(stored)) == sorted([0, 1, 2, 3, 1000, 1001, 1002, 1003, 100, 101, 1100, 1101, 2100, 2101])
+    with pytest.raises(ValueError, match=r"The batch has 2 envs, but the transitions held back .* come from 3"):
+        buffer.extend(reset_at_start(transitions(2, 4, start=200), [0]))  # not a reset of every env
+
+
 # --- checkpoints ------------------------------------------------------------------------------------------------
 
 
@@ -693,3 +739,49 @@ def test_memmap_state_of_an_earlier_version_without_its_directory(tmp_path: Path
 def test_docstring_examples() -> None:
     result = doctest.testmod(replay, extraglobs={"torch": torch, "TensorDict": TensorDict})
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- in a real fit ----------------------------------------------------------------------------------------------
+
+
+def test_sac_n_step_replay_never_joins_two_episodes_across_a_resume(tmp_path: Path) -> None:
+    """A SAC fit with n_step=3 stops with windows held back, and resumes on envs that restart from reset: every
+    stored transition's observation and next observation come from one episode, m steps apart, with the reward
+    and discount of those m steps."""
+    gamma = 0.5
+
+    def fit(total_frames: int, ckpt_path: Path | None = None) -> SAC:
+        pl.seed_everything(0)
+        data = RLDataModule(
+            "tests.episode_env:EpisodeStep-v0", num_envs=2, frames_per_batch=16, total_frames=total_frames
+        )
+        model = SAC(
+            data.observation_space, data.action_space, gamma=gamma, n_step=3, batch_size=8, buffer_size=1000,
+            init_random_frames=16, hidden_sizes=[8],
+        )  # fmt: skip
+        trainer = quiet_trainer(tmp_path, limit_val_batches=0)
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+        if ckpt_path is None:
+            trainer.save_checkpoint(tmp_path / "stopped.ckpt")
+        return model
+
+    stopped = fit(48)
+    assert stopped.replay_buffer._pending.any()  # open windows went into the checkpoint
+    resumed = fit(96, tmp_path / "stopped.ckpt")
+    stored = contents(resumed.replay_buffer)
+    assert len(stored) > len(stopped.replay_buffer)
+    episode, step = stored[keys.OBSERVATION].unbind(-1)
+    next_episode, next_step = stored[keys.NEXT_OBSERVATION].unbind(-1)
+    assert torch.equal(episode, next_episode), "a transition joins two episodes"
+    used = (next_step - step).long()
+    assert used.min() >= 1 and used.max() <= 3
+    discount = stored[NEXT_DISCOUNT].squeeze(-1)
+    torch.testing.assert_close(discount, torch.full_like(discount, gamma) ** used)
+    # Rewards are the steps: a window from step s holds s + 1, s + 2, ... discounted.
+    expected = torch.tensor(
+        [sum(gamma**k * (s + 1 + k) for k in range(m)) for s, m in zip(step.tolist(), used.tolist(), strict=True)]
+    )
+    torch.testing.assert_close(stored[keys.NEXT_REWARD].squeeze(-1), expected)
+    # A window shorter than 3 steps ends its episode: at a termination or truncation, or where the resume cut it.
+    short = used < 3
+    assert stored[keys.NEXT_DONE][short].all()
