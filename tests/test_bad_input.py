@@ -228,9 +228,9 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("LogValidationReward", {"fps": INF}, r"fps=inf is invalid: expected a finite value > 0"),
     ("LogValidationReward", {"max_video_frames": 2.5}, r"max_video_frames=2.5 is invalid: expected an integer"),
     ("LogValidationReward", {"seed": -1}, r"seed=-1 is invalid: expected an integer >= 0"),
-    ("RewardNormalizer", {"scale": NAN}, r"scale=nan is invalid: expected a value > 0"),
-    ("RewardNormalizer", {"eps": INF}, r"eps=inf is invalid: expected a finite value > 0"),
-    ("RewardNormalizer", {"loc": NAN}, r"loc=nan is invalid: expected a finite number"),
+    ("RewardNormalizer", {"gamma": NAN}, r"gamma=nan is invalid: expected a value in \[0.0, 1.0\]"),
+    ("RewardNormalizer", {"epsilon": INF}, r"epsilon=inf is invalid: expected a finite value > 0"),
+    ("RewardNormalizer", {"clip": 0.0}, r"clip=0.0 is invalid: expected a value > 0"),
     ("RolloutRecorder", {"interval": 2.5}, r"interval=2.5 is invalid: expected an integer >= 1"),
     ("TargetNetUpdaterHook", {"interval": 2.5}, r"interval=2.5 is invalid: expected an integer >= 1"),
 ]

@@ -284,38 +284,112 @@ def tiny_sac_run(tmp_path: Path, callbacks: list[Any], **model: Any) -> tuple[pl
 
 
 class CollectedRewards(RLCallback):
+    """Records each collected batch's rewards and episode starts, as this rank collected them (put it first)."""
+
     def __init__(self) -> None:
         self.rewards: list[torch.Tensor] = []
+        self.starts: list[torch.Tensor] = []
 
     def on_batch_process(self, trainer: Any, module: Any, batch: TensorDict) -> None:
         self.rewards.append(batch[keys.NEXT_REWARD].clone())
+        self.starts.append(batch[keys.IS_INIT].clone())
 
 
-def test_reward_normalizer_normalizes_sac_replay_samples(tmp_path: Path) -> None:
-    norm = RewardNormalizer(decay=1.0, scale=2.0, loc=0.5)
+def discounted_returns(collected: CollectedRewards, gamma: float) -> torch.Tensor:
+    """Each env's discounted return after every collected step, restarted at each episode's first step."""
+    rewards = torch.cat(collected.rewards, 1).squeeze(-1).to(torch.float64)
+    starts = torch.cat(collected.starts, 1).squeeze(-1)
+    returns = torch.zeros_like(rewards)
+    for env in range(rewards.shape[0]):
+        running = 0.0
+        for t in range(rewards.shape[1]):
+            running = rewards[env, t].item() + (0.0 if starts[env, t] else gamma * running)
+            returns[env, t] = running
+    return returns.flatten()
+
+
+def test_reward_normalizer_scales_by_the_deviation_of_the_discounted_return() -> None:
+    """Hand-computed returns with gamma = 0.5 over two batches; the running return carries across them, and restarts
+    at each episode's first step."""
+    norm = RewardNormalizer(gamma=0.5, epsilon=1e-8)
+    reward = torch.tensor([[1.0, 2.0, 4.0], [0.0, 0.0, 8.0]])
+    norm.update(reward.unsqueeze(-1), torch.tensor([[True, False, True], [True, False, False]]).unsqueeze(-1))
+    norm.update(torch.tensor([[2.0], [2.0]]).unsqueeze(-1), torch.tensor([[False], [True]]).unsqueeze(-1))
+    # env 0: 1, 2 + 0.5 * 1, 4 (a new episode) | 2 + 0.5 * 4 (it goes on); env 1: 0, 0, 8 | 2 (a new episode)
+    returns = torch.tensor([1.0, 2.5, 4.0, 0.0, 0.0, 8.0, 4.0, 2.0], dtype=torch.float64)
+    assert norm.count.item() == 8
+    torch.testing.assert_close(norm.mean, returns.mean())
+    torch.testing.assert_close(norm.var, returns.var(correction=0))
+    batch = TensorDict({keys.NEXT: {keys.REWARD: torch.tensor([[1.0], [-3.0]])}}, batch_size=[2])
+    scaled = norm.normalize(batch)[keys.NEXT_REWARD]
+    deviation = (returns.var(correction=0) + 1e-8).sqrt().float()
+    torch.testing.assert_close(scaled, torch.tensor([[1.0], [-3.0]]) / deviation)
+    assert batch[keys.NEXT_REWARD].tolist() == [[1.0], [-3.0]]  # a copy: the batch keeps its rewards
+    clipped = RewardNormalizer(gamma=0.5, clip=0.5)
+    assert clipped.normalize(batch)[keys.NEXT_REWARD].tolist() == [[0.5], [-0.5]]  # var 1 before any update
+
+
+class PPOBatches(RLCallback):
+    """Records the first prepared batch of a PPO fit: rewards as the algorithm saw them, advantages, value targets."""
+
+    def __init__(self) -> None:
+        self.batch: TensorDict | None = None
+
+    def on_pre_optim_steps(self, trainer: Any, module: Any) -> None:
+        if self.batch is None:
+            self.batch = module.loop.batch.clone()
+
+
+def test_reward_normalizer_scales_cartpole_rewards_for_ppo_before_its_advantages(tmp_path: Path) -> None:
+    """CartPole pays 1 a step: scaled, not zeroed, and PPO's advantages are computed from the scaled rewards."""
+    plain, norm, collected = PPOBatches(), RewardNormalizer(), CollectedRewards()
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[plain])
+    trainer.fit(model, datamodule=data)
+    scaled = PPOBatches()
+    trainer, model, data = tiny_ppo_run(tmp_path, callbacks=[collected, norm, scaled])
+    trainer.fit(model, datamodule=data)
+    assert plain.batch is not None and scaled.batch is not None
+    assert norm._discount == model.gamma == 0.99  # taken from the model
+    returns = discounted_returns(collected, 0.99)
+    assert norm.count.item() == returns.numel() == 256
+    torch.testing.assert_close(norm.var, returns.var(correction=0))
+    # The first batch was scaled with the statistics of its own returns, all of them positive.
+    factor = (returns.view(4, -1)[:, :16].var(correction=0) + 1e-8).rsqrt().item()
+    rewards = scaled.batch[keys.NEXT_REWARD]
+    assert plain.batch[keys.NEXT_REWARD].eq(1.0).all()
+    torch.testing.assert_close(rewards, torch.full_like(rewards, factor))
+    assert 0.0 < factor < 1.0
+    # Same seed, same first rollout and value network: only the rewards differ, and so do the advantages.
+    assert torch.equal(scaled.batch[keys.OBSERVATION], plain.batch[keys.OBSERVATION])
+    assert not torch.allclose(scaled.batch[keys.ADVANTAGE], plain.batch[keys.ADVANTAGE])
+    assert collected.rewards[0].eq(1.0).all()  # the collected batch itself keeps the env's rewards
+
+
+def test_reward_normalizer_scales_sac_replay_samples(tmp_path: Path) -> None:
+    norm = RewardNormalizer()
     collected = CollectedRewards()
-    recorder = MinibatchRecorder(lambda sub: (sub[keys.NEXT_REWARD].clone(), norm.mean.item(), norm.std.item()))
-    trainer, model = tiny_sac_run(tmp_path, callbacks=[norm, collected, recorder])
-    # normalized after the replay sample was drawn: it moved itself behind ReplayBufferTrainer
+    recorder = MinibatchRecorder(lambda sub: (sub[keys.NEXT_REWARD].clone(), norm.scale.item()))
+    trainer, model = tiny_sac_run(tmp_path, callbacks=[collected, norm, recorder])
+    # scaled after the replay sample was drawn: it moved itself behind ReplayBufferTrainer
     order = [type(cb) for cb in callbacks_of(trainer)]
     assert order.index(RewardNormalizer) > order.index(ReplayBufferTrainer)
-    # with decay=1 the statistics are those of every reward collected
-    rewards = torch.cat([r.flatten() for r in collected.rewards]).to(torch.float64)
-    assert rewards.numel() == 256 and norm.stats[2].item() == 256
-    assert norm.mean.item() == pytest.approx(rewards.mean().item())
-    assert norm.std.item() == pytest.approx(rewards.std(correction=0).item())
+    returns = discounted_returns(collected, model.gamma)
+    assert norm.count.item() == returns.numel() == 256
+    torch.testing.assert_close(norm.mean, returns.mean())
+    torch.testing.assert_close(norm.var, returns.var(correction=0))
     assert model.replay_buffer.sample(256)[keys.NEXT_REWARD].max() <= 0.0  # the buffer keeps Pendulum's raw rewards
-    # every reward the loss saw is a collected raw reward, normalized with the statistics of the time
+    # every reward the loss saw is a collected raw reward times the scale of the time: never shifted
+    rewards = torch.cat([r.flatten() for r in collected.rewards]).to(torch.float64)
     assert len(recorder.minibatches) == model.updates > 0
-    for reward, mean, std in recorder.minibatches:
-        raw = (reward.flatten().to(torch.float64) - 0.5) / 2.0 * std + mean
-        assert (raw.unsqueeze(-1) - rewards).abs().min(-1).values.max() < 1e-4
-        assert reward.max() > 0.5 > reward.min()  # centred around loc
+    for reward, scale in recorder.minibatches:
+        raw = reward.flatten().to(torch.float64) / scale
+        assert (raw.unsqueeze(-1) - rewards).abs().min(-1).values.max() < 1e-3
+        assert reward.max() <= 0.0  # Pendulum's rewards are <= 0, and stay so
 
 
 def test_reward_normalizer_bad_values() -> None:
-    for kwargs, message in (({"decay": 0.0}, "decay=0.0 is invalid"), ({"scale": -1.0}, "scale=-1.0 is invalid"),
-                            ({"eps": 0.0}, "eps=0.0 is invalid")):  # fmt: skip
+    for kwargs, message in (({"gamma": 1.5}, "gamma=1.5 is invalid"), ({"epsilon": 0.0}, "epsilon=0.0 is invalid"),
+                            ({"clip": -1.0}, "clip=-1.0 is invalid")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             RewardNormalizer(**kwargs)
 
@@ -521,29 +595,25 @@ def test_state_round_trips_through_a_checkpoint_and_a_resume(tmp_path: Path) -> 
     assert resumed[BatchSubSampler].state_dict() == {"samples": 24}
     normalizer = resumed[RewardNormalizer]
     assert isinstance(normalizer, RewardNormalizer)
-    count = sum(0.999**k * 64 for k in range(6))  # six CartPole batches of 64 rewards, decayed
-    assert normalizer.stats[2].item() == pytest.approx(count)
+    assert normalizer.count.item() == 6 * 64  # the returns of six CartPole batches: four before the resume, two after
 
 
 # -- DDP ---------------------------------------------------------------------------------------------------
 
 
-class SaveRewardStats(RLCallback):
-    """For the DDP test: sums this rank's own collected rewards, and at the end of the fit saves them with the
+class SaveRewardStats(CollectedRewards):
+    """For the DDP test: records this rank's own collected rewards, and at the end of the fit saves them with the
     normalizer's statistics to ``dirpath/rank{r}.pt``."""
 
     def __init__(self, dirpath: str) -> None:
+        super().__init__()
         self.dirpath = Path(dirpath)
-        self.local = torch.zeros(3, dtype=torch.float64)
-
-    def on_batch_process(self, trainer: Any, module: Any, batch: TensorDict) -> None:
-        reward = batch[keys.NEXT_REWARD].to(torch.float64)
-        self.local += torch.stack([reward.sum(), reward.pow(2).sum(), reward.new_tensor(reward.numel())])
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         norm = next(cb for cb in callbacks_of(trainer) if isinstance(cb, RewardNormalizer))
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        torch.save({"stats": norm.stats.cpu(), "local": self.local}, self.dirpath / f"rank{trainer.global_rank}.pt")
+        state = {"returns": discounted_returns(self, pl_module.gamma), **norm.state_dict()}
+        torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.slow
@@ -555,8 +625,8 @@ def test_reward_normalizer_statistics_agree_across_ddp_ranks(tmp_path: Path) -> 
     probe = tmp_path / "ranks"
     args = [a for a in _quick(ROOT / "configs/sac.yaml", tmp_path) if not a.startswith("--data.total_frames")]
     callbacks = [
-        {"class_path": "rl_lightning.callbacks.RewardNormalizer", "init_args": {"decay": 1.0}},
         {"class_path": "tests.test_hooks.SaveRewardStats", "init_args": {"dirpath": str(probe)}},
+        {"class_path": "rl_lightning.callbacks.RewardNormalizer"},
     ]
     result = _run(
         "fit",
@@ -568,10 +638,13 @@ def test_reward_normalizer_statistics_agree_across_ddp_ranks(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert not torch.equal(ranks[0]["local"], ranks[1]["local"])  # each rank collected its own rewards
-    torch.testing.assert_close(ranks[0]["stats"], ranks[1]["stats"], rtol=0, atol=0)  # the same statistics
-    torch.testing.assert_close(ranks[0]["stats"], ranks[0]["local"] + ranks[1]["local"])  # over both ranks
-    assert ranks[0]["stats"][2].item() == 256
+    assert not torch.equal(ranks[0]["returns"], ranks[1]["returns"])  # each rank collected its own rewards
+    for name in ("count", "mean", "var"):  # the same statistics on both ranks, of both ranks' returns
+        torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0)
+    both = torch.cat([ranks[0]["returns"], ranks[1]["returns"]])
+    assert ranks[0]["count"].item() == both.numel() == 256
+    torch.testing.assert_close(ranks[0]["mean"], both.mean())
+    torch.testing.assert_close(ranks[0]["var"], both.var(correction=0))
 
 
 @pytest.mark.slow
