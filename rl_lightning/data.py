@@ -121,6 +121,8 @@ class RLDataModule(pl.LightningDataModule):
         pixels: make the training envs with ``render_mode="rgb_array"`` and put each step's rendered frames in
             the batch under ``"pixels"`` (``[num_envs, T, H, W, 3]`` uint8, beside the observation). Rendering
             costs time and memory (CartPole: 400x600x3 bytes per frame).
+        stats_window: the logged ``rollout/episode_return`` and ``rollout/episode_length`` are the means over the
+            last ``stats_window`` training episodes completed on all ranks (stable-baselines3's ``ep_rew_mean``).
 
     Example:
         >>> data = RLDataModule("CartPole-v1", num_envs=4, frames_per_batch=64, total_frames=640)
@@ -141,6 +143,7 @@ class RLDataModule(pl.LightningDataModule):
         eval_episodes: int = 10,
         eval_envs: int = 10,
         pixels: bool = False,
+        stats_window: int = 100,
     ) -> None:
         super().__init__()
         check_int("num_envs", num_envs, hint="It is the envs stepped together on each rank, e.g. 8.")
@@ -149,6 +152,7 @@ class RLDataModule(pl.LightningDataModule):
         check_int("total_frames", total_frames, hint="It is the frame budget of the whole run, e.g. 100_000.")
         check_int("eval_episodes", eval_episodes, hint="It is the episodes per validation round, e.g. 10.")
         check_int("eval_envs", eval_envs, hint="It is the envs stepped together during evaluation, e.g. 10.")
+        check_int("stats_window", stats_window, hint="It is the episodes the training curves average, e.g. 100.")
         if seed is not None:
             check_int("seed", seed, minimum=0, hint="Gymnasium takes non-negative seeds; use null for unseeded envs.")
         if frames_per_batch % (num_envs * frame_skip):
@@ -179,6 +183,7 @@ class RLDataModule(pl.LightningDataModule):
         self.steps_per_batch = frames_per_batch // (num_envs * frame_skip)
         self.eval_rounds = 0
         self.pixels = pixels
+        self.stats_window = stats_window
         self.pixels_shape: tuple[int, ...] | None = None
         """``[H, W, 3]`` of the rendered frames with ``pixels=True``."""
         if pixels:

@@ -25,6 +25,7 @@ from rl_lightning.data import RLDataModule
 from rl_lightning.distributed import PER_RANK, gather_per_rank, own_state, rng_state, seed_rank, set_rng_state
 from rl_lightning.functional import total_loss
 from rl_lightning.loop import RLLoop
+from rl_lightning.metrics import EpisodeStatistics
 from rl_lightning.spaces import SpaceLike, space_from_dict, space_to_dict
 
 
@@ -84,6 +85,8 @@ class RLModule(pl.LightningModule, ABC):
         self._grad_scaler = False
         self._check_loss = True
         self._rng_restored = False
+        self.episode_stats = EpisodeStatistics()
+        """The last ``stats_window`` completed training episodes (the data's), behind ``rollout/episode_return``."""
 
     def save_rl_hyperparameters(self) -> None:
         """``save_hyperparameters`` of the caller's arguments, with the spaces stored as plain data."""
@@ -270,6 +273,8 @@ class RLModule(pl.LightningModule, ABC):
         check_trainer(self.trainer)
         self.check_data(self.data)
         use_rl_checkpoint_io(self.trainer)
+        if self.episode_stats.window != self.data.stats_window:  # before a checkpoint restores its episodes
+            self.episode_stats = EpisodeStatistics(self.data.stats_window)
 
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1 and not self._rng_restored:
@@ -289,8 +294,8 @@ class RLModule(pl.LightningModule, ABC):
         self._start_frames = self.frames
 
     def training_step(self, dataloader_iter: Iterator[Any]) -> None:
-        batch, _, _ = next(dataloader_iter)
-        batch = batch.to(self.device, non_blocking=True)
+        collected, _, _ = next(dataloader_iter)
+        batch = collected.to(self.device, non_blocking=True)
         self.frames += self.data.global_frames_per_batch
         # Lightning writes step metrics every `log_every_n_steps` batches and drops the others; each
         # `self.log` call costs ~0.5 ms, so the loop only logs on the batches that are written.
@@ -298,28 +303,36 @@ class RLModule(pl.LightningModule, ABC):
         self.logging_batch = bool(every) and (
             (self.loop.batches + 1) % every == 0 or self.frames >= self.data.total_frames
         )
-        self._log_rollout(batch)
+        self._log_rollout(collected)
         self.loop.run(batch)
         if self.frames >= self.data.total_frames:
             self.trainer.should_stop = True
 
     def _log_rollout(self, batch: TensorDict) -> None:
-        """Logs counters, fps and the returns and lengths of episodes completed in this batch (all ranks)."""
-        done = batch[keys.NEXT_DONE]
-        # Where the batch lives (a GPU): masked sums by multiplication, as boolean indexing would sync the device.
-        stats = torch.stack(
-            [
-                (batch[keys.NEXT_EPISODE_RETURN] * done).sum(),
-                (batch[keys.NEXT_EPISODE_LENGTH] * done).sum().to(torch.float32),
-                done.sum().to(torch.float32),
-                torch.tensor(float(self.stop_requested), device=done.device),
-            ]
-        ).to(torch.float64)
-        # One all-reduce a batch: the episode statistics, and whether any rank was asked to stop (Ctrl-C).
-        stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
-        returns, lengths, count, stops = stats.tolist()
+        """Adds the episodes completed in this (CPU) batch to :attr:`episode_stats`, and logs counters, fps and the
+        mean return and length of the last ``stats_window`` episodes of all ranks."""
+        done = batch[keys.NEXT_DONE].reshape(*batch.batch_size, -1).any(-1)
+        env, t = done.nonzero(as_tuple=True)
+        order = t.argsort(stable=True)  # in the order they ended
+        env, t = env[order], t[order]
+        steps = batch.batch_size[1]
+        # The clock of the episode ends: frames of all ranks when each ended (the ranks step in lockstep).
+        ended = (self.frames - self.data.global_frames_per_batch) + (t + 1) * (
+            self.data.global_frames_per_batch // steps
+        )
+        self.episode_stats.update(
+            batch[keys.NEXT_EPISODE_RETURN].reshape(*done.shape)[env, t],
+            batch[keys.NEXT_EPISODE_LENGTH].reshape(*done.shape)[env, t],
+            ended,
+        )
+        # One all-reduce a batch: the episodes completed, and whether any rank was asked to stop (Ctrl-C).
+        counts = torch.tensor([float(len(t)), float(self.stop_requested)], dtype=torch.float64, device=self.device)
+        count, stops = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
         self.episodes += int(count)
         self.stop_agreed = stops > 0
+        on_bar_too = self.trainer.progress_bar_callback is not None
+        if not (self.logging_batch or on_bar_too):
+            return
         elapsed = max(time.perf_counter() - self._start_time, 1e-9)
         metrics: dict[str, float] = {
             "step": float(self.frames),
@@ -329,14 +342,14 @@ class RLModule(pl.LightningModule, ABC):
         }
         if self.nonfinite == "skip":
             metrics["train/skipped_updates"] = float(self.skipped_updates)
-        if count:
-            metrics["rollout/episode_return"] = returns / count
-            metrics["rollout/episode_length"] = lengths / count
+        mean_return, mean_length, averaged = self.episode_stats.compute().tolist()  # gathers the ranks' windows
+        if averaged:
+            metrics["rollout/episode_return"] = mean_return
+            metrics["rollout/episode_length"] = mean_length
         on_bar: dict[str, float] = {k: metrics.pop(k) for k in ("rollout/episode_return", "time/fps") if k in metrics}
         if self.logging_batch:
             self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
-        if self.logging_batch or self.trainer.progress_bar_callback is not None:
-            self.log_dict(on_bar, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+        self.log_dict(on_bar, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
 
     def _log_evaluation(self, batch: TensorDict, prefix: str) -> None:
         size = batch.batch_size[0]
@@ -364,6 +377,7 @@ class RLModule(pl.LightningModule, ABC):
             "episodes": self.episodes,
             "loop": self.loop.state_dict(),
             "rng": gather_per_rank(self._trainer, rng_state()),
+            "episode_window": self.episode_stats.state_dict_window(),
             "rng_ranks_seeded": True,  # the ranks' generators were set apart (seed_rank): restore them as they are
         }
 
@@ -389,6 +403,9 @@ class RLModule(pl.LightningModule, ABC):
         self.updates = int(state["updates"])
         self.episodes = int(state["episodes"])
         self.loop.load_state_dict(state["loop"])
+        # The saved window holds every rank's last episodes: one rank takes them back, so none counts twice.
+        rank = 0 if self._trainer is None else self._trainer.global_rank
+        self.episode_stats.load_state_dict_window(state["episode_window"], keep=rank == 0)
         if "rng" in state:
             set_rng_state(own_state(self._trainer, state["rng"], "random number generator states"))
             # One saved state per rank, set apart when saved: each rank goes on with its own. Otherwise (another

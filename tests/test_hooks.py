@@ -33,6 +33,7 @@ from rl_lightning.callbacks import (
 )
 from rl_lightning.cli import cli
 from tests.conftest import ROOT, quiet_trainer, tiny_ppo_run
+from tests.test_rl_loop import EpisodeLog, window_means
 
 
 def sgd(params: Any) -> torch.optim.Optimizer:
@@ -647,8 +648,24 @@ def test_reward_normalizer_statistics_agree_across_ddp_ranks(tmp_path: Path) -> 
     torch.testing.assert_close(ranks[0]["var"], both.var(correction=0))
 
 
+class SaveEpisodes(EpisodeLog):
+    """For a DDP test: records this rank's completed training episodes and, at the end of the fit, saves them with
+    the module's window statistics (computed over all ranks) to ``dirpath/episodes{r}.pt``."""
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__()
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        computed = pl_module.episode_stats.compute()  # every rank: it gathers the ranks' windows
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        state = {"episodes": self.episodes, "computed": computed, "frames": pl_module.frames}
+        torch.save(state, self.dirpath / f"episodes{trainer.global_rank}.pt")
+
+
 @pytest.mark.slow
 def test_optimizer_hook_under_ddp_keeps_the_ranks_identical(tmp_path: Path) -> None:
+    """Also checks, in the same run, that the episode curves average the last stats_window episodes of both ranks."""
     import json
 
     from tests.test_cli import _quick, _run
@@ -671,6 +688,8 @@ def test_optimizer_hook_under_ddp_keeps_the_ranks_identical(tmp_path: Path) -> N
         "--trainer.devices=2",
         f"--trainer.callbacks+={json.dumps(hook)}",
         f"--trainer.callbacks+={json.dumps({'class_path': 'tests.probe.SaveRankState', 'init_args': {'dirpath': str(probe)}})}",  # noqa: E501
+        f"--trainer.callbacks+={json.dumps({'class_path': 'tests.test_hooks.SaveEpisodes', 'init_args': {'dirpath': str(probe)}})}",  # noqa: E501
+        "--data.stats_window=20",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -679,3 +698,9 @@ def test_optimizer_hook_under_ddp_keeps_the_ranks_identical(tmp_path: Path) -> N
         torch.testing.assert_close(value, ranks[1]["params"][name], rtol=0, atol=0, msg=name)
     actor = [n for n in ranks[0]["params"] if n.startswith(("actor_body.", "head."))]
     assert len(ranks[0]["optimizers"][0]["state"]) == len(actor)  # the module's Adam never stepped the critic
+    logs = [torch.load(probe / f"episodes{r}.pt", weights_only=True) for r in (0, 1)]
+    both = logs[0]["episodes"] + logs[1]["episodes"]
+    assert len(both) > 20 and logs[0]["episodes"] != logs[1]["episodes"]
+    mean_return, mean_length = window_means(both, logs[0]["frames"], 20)
+    for log in logs:  # the same on both ranks: the last 20 episodes of the two ranks together
+        torch.testing.assert_close(log["computed"].tolist(), [mean_return, mean_length, 20.0])

@@ -257,6 +257,72 @@ def test_metrics_are_written_every_log_every_n_steps_batches_against_frames(tmp_
     assert all(float(r["frames"]) == int(r["step"]) for r in train_rows)
 
 
+class EpisodeLog(RLCallback):
+    """Records every training episode the collector completed: (frames when it ended, return, length)."""
+
+    def __init__(self) -> None:
+        self.episodes: list[tuple[int, float, int]] = []
+
+    def on_batch_process(self, trainer: Any, module: Any, batch: TensorDict) -> None:
+        done = batch[keys.NEXT_DONE].squeeze(-1)
+        steps = batch.batch_size[1]
+        start = module.frames - module.data.global_frames_per_batch
+        for env, t in done.nonzero().tolist():
+            self.episodes.append(
+                (
+                    start + (t + 1) * module.data.global_frames_per_batch // steps,
+                    batch[keys.NEXT_EPISODE_RETURN][env, t].item(),
+                    int(batch[keys.NEXT_EPISODE_LENGTH][env, t].item()),
+                )
+            )
+
+
+def window_means(episodes: list[tuple[int, float, int]], frames: int, window: int) -> tuple[float, float]:
+    """Mean return and length of the last ``window`` episodes that ended by ``frames``."""
+    ended = sorted((e for e in episodes if e[0] <= frames), key=lambda e: e[0])[-window:]
+    return sum(e[1] for e in ended) / len(ended), sum(e[2] for e in ended) / len(ended)
+
+
+def test_episode_curves_average_the_last_stats_window_episodes_of_every_batch(tmp_path: Any) -> None:
+    """Logged every 3rd batch, rollout/episode_return is still the mean of the last stats_window episodes, those of
+    the batches in between included."""
+    logger = CSVLogger(tmp_path, name="run")
+    episodes = EpisodeLog()
+    trainer, model, data = tiny_ppo_run(
+        tmp_path,
+        data={"total_frames": 9 * 64, "stats_window": 7},
+        logger=logger,
+        log_every_n_steps=3,
+        val_check_interval=100,
+        callbacks=[episodes],
+    )
+    trainer.fit(model, datamodule=data)
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["rollout/episodes"]]
+    assert [int(r["step"]) for r in rows] == [3 * 64, 6 * 64, 9 * 64]
+    assert len(episodes.episodes) > 3 * 7  # more episodes than three windows: some ended between the logs
+    for row in rows:
+        mean_return, mean_length = window_means(episodes.episodes, int(row["step"]), 7)
+        assert float(row["rollout/episode_return"]) == pytest.approx(mean_return)
+        assert float(row["rollout/episode_length"]) == pytest.approx(mean_length)
+    # The window is checkpointed: a resumed run's first curve point still averages the episodes before the resume.
+    path = tmp_path / "stopped.ckpt"
+    trainer.save_checkpoint(path)
+    logger = CSVLogger(tmp_path, name="resumed")
+    trainer, model, data = tiny_ppo_run(
+        tmp_path,
+        data={"total_frames": 10 * 64, "stats_window": 7},
+        logger=logger,
+        log_every_n_steps=100,
+        val_check_interval=100,
+        callbacks=[episodes],
+    )
+    trainer.fit(model, datamodule=data, ckpt_path=path)
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        (row,) = [r for r in csv.DictReader(f) if r["rollout/episodes"]]
+    assert float(row["rollout/episode_return"]) == pytest.approx(window_means(episodes.episodes, 10 * 64, 7)[0])
+
+
 @pytest.mark.parametrize(
     "options",
     [
