@@ -343,10 +343,11 @@ class ReplayBuffer:
     """A ring buffer of transitions with uniform or prioritized sampling and optional n-step returns.
 
     **Storage.** One preallocated tensor ``[capacity, ...]`` per stored key, allocated from the shapes and
-    dtypes of the first batch; once full, each new transition overwrites the oldest. ``storage="memory"``
-    keeps the tensors in RAM; ``storage="memmap"`` keeps them in memory-mapped files in ``scratch_dir``
-    (tensordict's ``MemoryMappedTensor``), so a buffer may be larger than RAM. Sampled batches are copied to
-    ``device``; the storage and the priorities stay on the CPU.
+    dtypes of the first batch (floating observations as ``observation_dtype``, float32 by default: what the
+    networks see; integer observations such as uint8 images as they are); once full, each new transition
+    overwrites the oldest. ``storage="memory"`` keeps the tensors in RAM; ``storage="memmap"`` keeps them in
+    memory-mapped files in ``scratch_dir`` (tensordict's ``MemoryMappedTensor``), so a buffer may be larger than
+    RAM. Sampled batches are copied to ``device``; the storage and the priorities stay on the CPU.
 
     **Stored transitions.** ``extend`` keeps only ``observation``, ``action`` and ``("next", "observation" /
     "reward" / "terminated" / "truncated" / "done")`` and adds ``("next", "discount")``. With ``n_step=1``
@@ -392,6 +393,10 @@ class ReplayBuffer:
         n_step: rewards summed into each stored transition (1 for plain transitions).
         gamma: discount factor of the n-step returns and of ``("next", "discount")``.
         device: where sampled batches are returned.
+        observation_dtype: ``"float32"`` or ``"float64"``: the dtype floating observations (``observation`` and
+            ``("next", "observation")``) are stored and sampled as. float32 halves the memory of float64
+            observations (MuJoCo's) and changes nothing the networks see (they compute in float32); integer
+            observations are stored as they are.
 
     Example:
         >>> buffer = ReplayBuffer(capacity=100, prioritized=True)
@@ -431,6 +436,7 @@ class ReplayBuffer:
         n_step: int = 1,
         gamma: float = 0.99,
         device: str | torch.device = "cpu",
+        observation_dtype: Literal["float32", "float64"] = "float32",
     ) -> None:
         check_int("capacity", capacity, hint="Give the number of transitions the buffer holds, e.g. 1_000_000.")
         check_choice("storage", storage, ("memory", "memmap"))
@@ -452,6 +458,11 @@ class ReplayBuffer:
             )
         check_int("n_step", n_step, hint="Use n_step=1 for plain 1-step transitions.")
         check_range("gamma", gamma, 0.0, 1.0, "gamma is the discount factor, e.g. 0.99.")
+        if observation_dtype not in ("float32", "float64"):
+            raise ValueError(
+                f"observation_dtype={observation_dtype!r} is invalid: expected 'float32' (the default, what the "
+                "networks compute in) or 'float64' (to keep float64 observations, such as MuJoCo's, as they are)."
+            )
         if scratch_dir is not None and storage == "memmap":  # the first write to disk, once every value is checked
             _prepare_scratch_dir(scratch_dir)
         self.capacity = capacity
@@ -466,6 +477,8 @@ class ReplayBuffer:
         self.n_step = n_step
         self.gamma = gamma
         self.device = torch.device(device)
+        self.observation_dtype = observation_dtype
+        self._observation_dtype: torch.dtype = getattr(torch, observation_dtype)
 
         self._data: dict[Key, torch.Tensor] = {}  # per stored key, [capacity, ...]
         self._memmap: TensorDictBase | None = None  # the memory-mapped tensordict behind _data
@@ -523,6 +536,9 @@ class ReplayBuffer:
                 "rewards along: pass the collector batch with batch dims [num_envs, T], or use n_step=1."
             )
         raw = _on_cpu({key: batch.get(key).detach() for key in TRANSITION_KEYS})
+        for key in (keys.OBSERVATION, keys.NEXT_OBSERVATION):
+            if raw[key].is_floating_point() and raw[key].dtype != self._observation_dtype:
+                raw[key] = raw[key].to(self._observation_dtype)
         if self._data:
             self._check_shapes({key: value.shape[batch.batch_dims :] for key, value in raw.items()})
         if batch.batch_dims == 1 or self.n_step == 1:
@@ -660,6 +676,14 @@ class ReplayBuffer:
                     f"The replay-buffer state has {name}={state[name]!r}, but this buffer has "
                     f"{name}={getattr(self, name)!r}. Build the buffer with {name}={state[name]!r} to load it."
                 )
+        saved = None if state["data"] is None else state["data"][_name(keys.OBSERVATION)].dtype
+        if saved is not None and saved.is_floating_point and saved != self._observation_dtype:
+            stored = str(saved).removeprefix("torch.")
+            raise ValueError(
+                f"The replay-buffer state stores observations as {stored}, but this buffer has observation_dtype="
+                f"{self.observation_dtype!r}. Build the buffer with observation_dtype={stored!r} (SAC: "
+                f"model.init_args.observation_dtype: {stored}) to load it."
+            )
         self._data, self._memmap = {}, None
         if self.storage == "memmap" and state["data"] is None and state.get("allocated"):
             # A checkpoint of an earlier version: the contents are in the buffer's directory as last written.

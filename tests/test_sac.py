@@ -7,10 +7,12 @@ from typing import Any
 
 import gymnasium as gym
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
+from tensordict import TensorDict
 
-from rl_lightning import SAC, RLDataModule
+from rl_lightning import SAC, ReplayBuffer, RLDataModule
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UTDRHook
 from rl_lightning.checkpoint import RLCheckpointIO
 from tests.conftest import quiet_trainer
@@ -19,9 +21,14 @@ BOX = gym.spaces.Box(-1.0, 1.0, (3,))
 ACTIONS = gym.spaces.Box(-2.0, 2.0, (1,))
 
 
-def tiny_sac_run(tmp_path: Path, model: dict[str, Any] | None = None, **trainer: Any) -> tuple[pl.Trainer, SAC]:
+def tiny_sac_run(
+    tmp_path: Path, model: dict[str, Any] | None = None, data: dict[str, Any] | None = None, **trainer: Any
+) -> tuple[pl.Trainer, SAC]:
     pl.seed_everything(0)
-    data = RLDataModule("Pendulum-v1", num_envs=2, frames_per_batch=32, total_frames=256, eval_episodes=2)
+    data = RLDataModule(
+        **{"env_id": "Pendulum-v1", "num_envs": 2, "frames_per_batch": 32, "total_frames": 256, "eval_episodes": 2,
+           **(data or {})}
+    )  # fmt: skip
     module = SAC(
         data.observation_space,
         data.action_space,
@@ -196,3 +203,69 @@ def test_a_checkpoint_from_before_the_learning_counter_resumes_on_schedule(tmp_p
         quiet_trainer(tmp_path / name).fit(resumed, datamodule=data, ckpt_path=tmp_path / f"{name}.ckpt")
         updates.append(resumed.updates)
     assert updates[0] == updates[1] == model.updates + 4 * 16  # 4 more batches of 32 transitions, utd 0.5
+
+
+class Float64Observations(gym.ObservationWrapper):
+    """Pendulum's observations divided by 3 as float64, as MuJoCo envs give them: values float32 cannot hold."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        assert isinstance(space, gym.spaces.Box)
+        low, high = space.low.astype(np.float64) / 3.0, space.high.astype(np.float64) / 3.0
+        self.observation_space = gym.spaces.Box(low, high, space.shape, np.float64)
+
+    def observation(self, observation: Any) -> Any:
+        return np.asarray(observation, dtype=np.float64) / 3.0
+
+
+def test_float64_observations_are_stored_as_float32_unless_asked_and_train_the_same(tmp_path: Path) -> None:
+    """The networks compute in float32, so float32 storage halves the observations' memory and trains exactly as
+    float64 storage does."""
+    float64_env = {"wrappers": ["tests.test_sac.Float64Observations"]}
+    runs = {}
+    for dtype in ("float32", "float64"):
+        options = {} if dtype == "float32" else {"observation_dtype": "float64"}
+        _, runs[dtype] = tiny_sac_run(tmp_path / dtype, model=options, data=float64_env)
+    assert runs["float32"].observation_space.dtype == np.float64
+    for dtype, model in runs.items():
+        stored = model.replay_buffer.state_dict()["data"]
+        assert stored["observation"].dtype == stored["next.observation"].dtype == getattr(torch, dtype)
+        assert model.replay_buffer.sample(4)["observation"].dtype == getattr(torch, dtype)
+    kept = runs["float64"].replay_buffer.state_dict()["data"]["observation"]
+    assert not torch.equal(kept, kept.float().double())  # values float32 rounds: the two buffers differ
+    stored = runs["float32"].replay_buffer.state_dict()["data"]["observation"]
+    assert torch.equal(stored, kept.float())
+    assert runs["float32"].updates == runs["float64"].updates > 0
+    for name, value in runs["float64"].state_dict().items():
+        assert torch.equal(runs["float32"].state_dict()[name], value), name
+
+
+def test_observation_dtype_keeps_integer_observations_and_refuses_bad_values_and_mismatched_states() -> None:
+    batch = TensorDict(
+        {
+            "observation": torch.randint(0, 255, (1, 4, 2), dtype=torch.uint8),
+            "action": torch.zeros(1, 4, 1),
+            "next": {
+                "observation": torch.randint(0, 255, (1, 4, 2), dtype=torch.uint8),
+                "reward": torch.zeros(1, 4, 1),
+                **{flag: torch.zeros(1, 4, 1, dtype=torch.bool) for flag in ("terminated", "truncated", "done")},
+            },
+        },
+        batch_size=[1, 4],
+    )
+    images = ReplayBuffer(capacity=8)
+    images.extend(batch)
+    assert images.sample(2)["observation"].dtype == torch.uint8  # integer observations as they are
+
+    floats = batch.clone()
+    floats["observation"] = floats["observation"].double()
+    floats["next", "observation"] = floats["next", "observation"].double()
+    kept = ReplayBuffer(capacity=8, observation_dtype="float64")
+    kept.extend(floats)
+    mismatch = r"stores observations as float64, but this buffer has observation_dtype='float32'. Build the buffer "
+    with pytest.raises(ValueError, match=mismatch + r"with observation_dtype='float64' \(SAC: model.init_args"):
+        ReplayBuffer(capacity=8).load_state_dict(kept.state_dict())
+    for bad in ("float16", "double", torch.float32):
+        with pytest.raises(ValueError, match=r"observation_dtype=.* is invalid: expected 'float32' .* or 'float64'"):
+            SAC(BOX, ACTIONS, observation_dtype=bad)  # type: ignore[arg-type]

@@ -69,6 +69,8 @@ class SAC(RLModule):
         buffer_storage: ``"memory"`` or ``"memmap"`` (memory-mapped files in ``buffer_dir``, for buffers
             larger than RAM).
         buffer_dir: directory of a memory-mapped buffer.
+        observation_dtype: ``"float32"`` (store floating observations as the networks see them: half the memory of
+            MuJoCo's float64) or ``"float64"`` (keep float64 observations as they are).
         prioritized: prioritized replay (proportional, by TD error) instead of uniform.
         priority_alpha: priority exponent of prioritized replay.
         priority_beta: initial importance-sampling exponent, annealed to 1.
@@ -113,6 +115,7 @@ class SAC(RLModule):
         buffer_size: int = 1_000_000,
         buffer_storage: Literal["memory", "memmap"] = "memory",
         buffer_dir: str | None = None,
+        observation_dtype: Literal["float32", "float64"] = "float32",
         prioritized: bool = False,
         priority_alpha: float = 0.6,
         priority_beta: float = 0.4,
@@ -220,6 +223,7 @@ class SAC(RLModule):
             beta=priority_beta,
             n_step=n_step,
             gamma=gamma,
+            observation_dtype=observation_dtype,
         )
 
     # -- networks ------------------------------------------------------------------------------
