@@ -10,7 +10,8 @@ import torch
 from tensordict import TensorDict
 
 from rl_lightning.callbacks.rl_callback import RL_HOOKS, RLCallback
-from rl_lightning.functional import loss_terms, total_loss
+from rl_lightning.functional import loss_terms
+from rl_lightning.metrics import Means
 
 if TYPE_CHECKING:
     from rl_lightning.module import RLModule
@@ -35,6 +36,7 @@ class RLLoop:
         self.hooks: dict[str, list[Callable[..., Any]]] = {name: [] for name in RL_HOOKS}
         self.batches = 0
         """Collector batches processed (all of this run and the runs it resumed)."""
+        self._loss_means: Means | None = None
         self.batch: TensorDict | None = None
         """The collector batch being trained on, after ``on_batch_process`` and ``module.prepare_batch`` (PPO's
         advantages included): what a hook that samples from the whole batch (``BatchSubSampler``) reads."""
@@ -147,7 +149,7 @@ class RLLoop:
             mean = TensorDict(dict(zip(names, total / steps, strict=True)), batch_size=[])
             self._log("on_post_optim_complete_log", mean)
             if module.logging_batch:
-                self._log_losses(mean)
+                self._log_losses(names, total, steps)
         self._log("on_post_steps_log", batch)
         self.batches += 1
         self.batch = None
@@ -160,13 +162,20 @@ class RLLoop:
                 losses = replacement
         return losses
 
-    def _log_losses(self, mean: TensorDict) -> None:
-        """Logs the batch's mean of every loss entry as ``train/<key>``, and their sum as ``train/loss``; under
-        DDP averaged over the ranks (one all-reduce for all of them)."""
-        names = [f"train/{k}" for k in mean.keys()]
-        values = torch.stack([*(mean.get(k) for k in mean.keys()), total_loss(mean)])
-        values = self.module.trainer.strategy.reduce(values, reduce_op="mean")
-        metrics = dict(zip([*names, "train/loss"], values.unbind(), strict=True))
+    def _log_losses(self, names: list[Any], total: torch.Tensor, steps: int) -> None:
+        """Logs the mean of every loss entry over the batch's updates on all ranks as ``train/<key>``, and the mean
+        of their sum as ``train/loss`` (:class:`~rl_lightning.metrics.Means`: one sync for all of them)."""
+        is_loss = torch.tensor([isinstance(k, str) and k.startswith("loss_") for k in names], device=total.device)
+        values = torch.cat([total, (total * is_loss).sum().unsqueeze(0)])
+        if self._loss_means is None or self._loss_means.size != len(values):
+            self._loss_means = Means(len(values)).to(values.device)
+        self._loss_means.reset()
+        self._loss_means.update(values, steps)
+        metrics = dict(
+            zip(
+                [*(f"train/{k}" for k in names), "train/loss"], self._loss_means.compute().float().unbind(), strict=True
+            )
+        )
         self.module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torchmetrics import Metric
 
@@ -87,3 +89,80 @@ class EpisodeStatistics(Metric):
 def _side_by_side(gathered: torch.Tensor) -> torch.Tensor:
     """The ranks' windows, which torchmetrics' sync stacks ``[world_size, window]``, one after the other."""
     return gathered.reshape(-1)
+
+
+class Moments(Metric):
+    """Mean, sum, min, max and standard deviation of every value given to :meth:`update`, over all ranks.
+
+    Example:
+        >>> moments = Moments()
+        >>> moments.update(torch.tensor([1.0, 2.0, 6.0]))
+        >>> {k: round(v.item(), 3) for k, v in moments.compute().items()}
+        {'mean': 3.0, 'sum': 9.0, 'min': 1.0, 'max': 6.0, 'std': 2.646}
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    count: torch.Tensor
+    total: torch.Tensor
+    squares: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("count", "total", "squares"):
+            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("low", torch.tensor(math.inf, dtype=torch.float64), dist_reduce_fx="min")
+        self.add_state("high", torch.tensor(-math.inf, dtype=torch.float64), dist_reduce_fx="max")
+
+    def update(self, values: torch.Tensor) -> None:
+        values = values.detach().to(self.total.device, torch.float64).reshape(-1)
+        self.count += values.numel()
+        self.total += values.sum()
+        self.squares += values.pow(2).sum()
+        if values.numel():
+            self.low = torch.minimum(self.low, values.min())
+            self.high = torch.maximum(self.high, values.max())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """``mean``, ``sum``, ``min``, ``max`` and ``std`` (with Bessel's correction; 0 for a single value)."""
+        count = self.count.clamp_min(1)
+        mean = self.total / count
+        var = (self.squares - count * mean.pow(2)) / (count - 1).clamp_min(1)
+        return {"mean": mean, "sum": self.total, "min": self.low, "max": self.high, "std": var.clamp_min(0).sqrt()}
+
+
+class Means(Metric):
+    """Element-wise means of equally shaped tensors (e.g. the loss terms of each update) over updates and ranks.
+
+    Example:
+        >>> means = Means(2)
+        >>> means.update(torch.tensor([2.0, 6.0]), count=2)  # the sums of 2 updates
+        >>> means.update(torch.tensor([1.0, 0.0]))
+        >>> means.compute().tolist()
+        [1.0, 2.0]
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    total: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.add_state("total", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, total: torch.Tensor, count: int = 1) -> None:
+        """Adds the sum ``total`` of ``count`` tensors."""
+        self.total += total.detach().to(self.total.device, torch.float64)
+        self.count += count
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count

@@ -690,6 +690,7 @@ def test_optimizer_hook_under_ddp_keeps_the_ranks_identical(tmp_path: Path) -> N
         f"--trainer.callbacks+={json.dumps({'class_path': 'tests.probe.SaveRankState', 'init_args': {'dirpath': str(probe)}})}",  # noqa: E501
         f"--trainer.callbacks+={json.dumps({'class_path': 'tests.test_hooks.SaveEpisodes', 'init_args': {'dirpath': str(probe)}})}",  # noqa: E501
         "--data.stats_window=20",
+        f"--trainer.callbacks+={json.dumps({'class_path': 'rl_lightning.callbacks.LogScalar', 'init_args': {'reduction': 'sum'}})}",  # noqa: E501
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -704,3 +705,8 @@ def test_optimizer_hook_under_ddp_keeps_the_ranks_identical(tmp_path: Path) -> N
     mean_return, mean_length = window_means(both, logs[0]["frames"], 20)
     for log in logs:  # the same on both ranks: the last 20 episodes of the two ranks together
         torch.testing.assert_close(log["computed"].tolist(), [mean_return, mean_length, 20.0])
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    with open(metrics) as f:
+        (row,) = [r for r in csv.DictReader(f) if r["rollout/next.reward"]]
+    # LogScalar sums the rewards of both ranks' batches (CartPole pays 1 a step), not only rank zero's
+    assert float(row["rollout/next.reward"]) == 2 * 256 and float(row["rollout/next.reward/std"]) == 0.0

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from tensordict import TensorDict
 from typing_extensions import override
 
 from rl_lightning.callbacks._nested_keys import dotted, leaf_keys, parse_key
 from rl_lightning.callbacks.rl_callback import RLCallback
+from rl_lightning.metrics import Moments
 
 if TYPE_CHECKING:
     from rl_lightning.module import RLModule
@@ -26,7 +26,8 @@ class LogScalar(RLCallback):
 
     The batch is the prepared one (after ``on_batch_process`` and the algorithm's ``prepare_batch``), so
     keys an algorithm writes, such as PPO's ``advantage``, can be logged too. Boolean entries are counted as
-    0/1 (``key="next.done", reduction="sum"`` logs the episodes ended in the batch on this rank).
+    0/1 (``key="next.done", reduction="sum"`` logs the episodes ended in the batch). Under DDP the statistic is of
+    every rank's batch together (:class:`~rl_lightning.metrics.Moments`, synced when computed).
 
     Args:
         key: the entry; a nested key as a dotted string (``"next.reward"``) or a list of names
@@ -37,6 +38,7 @@ class LogScalar(RLCallback):
         log_pbar: also show the value on the progress bar.
 
     Example:
+        >>> import torch
         >>> hook = LogScalar("next.reward", reduction="sum", include_std=False)
         >>> batch = TensorDict({"next": {"reward": torch.ones(2, 3, 1)}}, batch_size=[2, 3])
         >>> hook.on_pre_steps_log(None, None, batch)["rollout/next.reward"]
@@ -62,6 +64,7 @@ class LogScalar(RLCallback):
         self.log_pbar = log_pbar
         self.batches = 0
         """Collector batches seen."""
+        self._moments = Moments()
 
     @property
     @override
@@ -79,12 +82,18 @@ class LogScalar(RLCallback):
             )
         if module is not None and not module.logging_batch:
             return None  # this batch's metrics are not written: skip the reduction
-        value = value.detach().to(torch.float32)
-        metrics: dict[str, Any] = {self.logname: getattr(value, self.reduction)()}
+        self._moments.reset()
+        self._moments.update(value)
+        stats = self._moments.compute()  # of every rank's batch under DDP
+        metrics: dict[str, Any] = {self.logname: stats[self.reduction].float()}
         if self.include_std:
-            metrics[f"{self.logname}/std"] = value.std() if value.numel() > 1 else torch.zeros(())
+            metrics[f"{self.logname}/std"] = stats["std"].float()
         metrics["log_pbar"] = self.log_pbar
         return metrics
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._moments = self._moments.to(pl_module.device)  # where the batch is, and what the process group syncs
 
     @override
     def state_dict(self) -> dict[str, Any]:
