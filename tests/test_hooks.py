@@ -432,8 +432,11 @@ def test_select_keys_errors(tmp_path: Path) -> None:
 
 def test_select_keys_knows_what_sac_stores(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"drops next.truncated, which SAC needs"):
-        tiny_sac_run(tmp_path, callbacks=[SelectKeys(["observation", "action", "next.observation", "next.reward",
-                                                      "next.terminated", "next.done"])])  # fmt: skip
+        tiny_sac_run(tmp_path, callbacks=[SelectKeys(["observation", "action", "is_init", "next.observation",
+                                                      "next.reward", "next.terminated", "next.done"])])  # fmt: skip
+    # is_init tells the replay buffer where the envs restarted, so that n-step windows never join two episodes
+    with pytest.raises(ValueError, match=r"drops is_init, which SAC needs"):
+        tiny_sac_run(tmp_path, callbacks=[SelectKeys(["observation", "action", "next"])])
 
 
 # -- FrameEarlyStopping ------------------------------------------------------------------------------------

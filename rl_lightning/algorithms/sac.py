@@ -101,7 +101,7 @@ class SAC(RLModule):
     action_low: torch.Tensor
     action_high: torch.Tensor
 
-    batch_keys = TRANSITION_KEYS  # what the replay buffer stores
+    batch_keys = (*TRANSITION_KEYS, keys.IS_INIT)  # what the replay buffer stores, and where episodes restart
 
     def __init__(
         self,
