@@ -393,6 +393,8 @@ def test_reward_normalizer_bad_values() -> None:
                             ({"clip": -1.0}, "clip=-1.0 is invalid")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             RewardNormalizer(**kwargs)
+    with pytest.raises(ValueError, match=r"gamma=None\) takes the model's discount .* pass gamma"):
+        RewardNormalizer().update(torch.ones(1, 2, 1), torch.ones(1, 2, 1, dtype=torch.bool))
 
 
 # -- SelectKeys --------------------------------------------------------------------------------------------

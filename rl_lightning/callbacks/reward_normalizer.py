@@ -67,7 +67,7 @@ class RewardNormalizer(RLCallback):
         """Count, mean and variance of the discounted returns seen so far (all ranks)."""
         self._returns: torch.Tensor | None = None  # each env's running discounted return
         self._last_done: torch.Tensor | None = None  # whether each env's last transition ended its episode
-        self._discount = gamma if gamma is not None else 0.99
+        self._discount = gamma  # the model's when None, from setup
         self._replay = False
 
     @override
@@ -108,6 +108,11 @@ class RewardNormalizer(RLCallback):
             reduce: sums a tensor over the DDP ranks (``trainer.strategy.reduce`` with ``"sum"``); ``None``: one
                 process.
         """
+        if self._discount is None:
+            raise ValueError(
+                "RewardNormalizer(gamma=None) takes the model's discount when a fit sets it up; outside a fit pass "
+                "gamma, e.g. RewardNormalizer(gamma=0.99)."
+            )
         reward = reward.detach().to(torch.float64)
         starts = starts.reshape(*reward.shape[:2], -1).any(-1).reshape(*reward.shape[:2], *[1] * (reward.dim() - 2))
         running = self._returns
