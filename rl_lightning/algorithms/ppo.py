@@ -237,7 +237,7 @@ class PPO(RLModule):
         advantage = batch[keys.ADVANTAGE].squeeze(-1)
         if self.normalize_advantage and advantage.numel() > 1:
             advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-        log_ratio = log_prob - batch[keys.ACTION_LOG_PROB]
+        log_ratio = log_prob - batch[keys.ACTION_LOG_PROB].reshape_as(log_prob)  # [B]: never broadcast to [B, B]
         ratio = log_ratio.exp()
         clipped = ratio.clamp(1.0 - self.clip_epsilon, 1.0 + self.clip_epsilon)
         loss_objective = -torch.min(advantage * ratio, advantage * clipped).mean()
