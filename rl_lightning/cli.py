@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from rl_lightning.builders import TRAINER_DEFAULTS
-from rl_lightning.checkpoint import find_last_checkpoint
+from rl_lightning.checkpoint import find_last_checkpoint, verify_checkpoint
 from rl_lightning.compat import check_callback_classes, check_logger_packages, check_trainer, classes_in_config
 from rl_lightning.data import RLDataModule
 from rl_lightning.module import RLModule
@@ -68,6 +69,16 @@ class RLLightningCLI(LightningCLI):
             "data", "model.init_args.observation_space", compute_fn=_observation_space, apply_on="instantiate"
         )
         parser.link_arguments("data", "model.init_args.action_space", compute_fn=_action_space, apply_on="instantiate")
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads a --ckpt_path file's hyperparameters right after this, with plain torch.load: a damaged
+        # file would surface torch's errors, one of which advises weights_only=False (it would run the file's code).
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            verify_checkpoint(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config

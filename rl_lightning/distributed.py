@@ -1,5 +1,6 @@
 """State that differs between DDP ranks (each rank's replay buffer, RNG states), in the checkpoint that rank zero
-writes: every rank's state is gathered into it, and each rank takes its own back on resume."""
+writes: every rank's state is gathered into it (large tensors as references to files each rank wrote itself, see
+:func:`rl_lightning.checkpoint.stage_tensors`), and each rank takes its own back on resume."""
 
 from __future__ import annotations
 
@@ -21,32 +22,45 @@ def gather_per_rank(trainer: pl.Trainer | None, state: Any) -> dict[str, list[An
     Must be called on every rank at once (Lightning builds checkpoints on all ranks). Other ranks get an empty
     list: what they return is not written.
     """
-    world_size = 1 if trainer is None else trainer.world_size
-    if world_size == 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if not gathers(trainer):
         return {PER_RANK: [state]}
     assert trainer is not None
-    if trainer.state.status == TrainerStatus.INTERRUPTED:
-        # A checkpoint saved while this rank handles an exception (Lightning's OnExceptionCheckpoint): the other
-        # ranks are not saving with it, and gathering would wait for them forever. This rank's state only.
-        return {PER_RANK: [state]}
-    gathered: list[Any] | None = [None] * world_size if trainer.global_rank == 0 else None
+    gathered: list[Any] | None = [None] * trainer.world_size if trainer.global_rank == 0 else None
     torch.distributed.gather_object(state, gathered, dst=0)
     return {PER_RANK: gathered or []}
+
+
+def gathers(trainer: pl.Trainer | None) -> bool:
+    """Whether :func:`gather_per_rank` collects the state of several ranks: under DDP, unless this rank saves a
+    checkpoint alone while it handles an exception (Lightning's ``OnExceptionCheckpoint``): the other ranks are not
+    saving with it, and gathering would wait for them forever, so its checkpoint holds this rank's state only."""
+    if trainer is None or trainer.world_size == 1:
+        return False
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return False
+    return trainer.state.status != TrainerStatus.INTERRUPTED
 
 
 def own_state(trainer: pl.Trainer | None, saved: dict[str, list[Any]], what: str) -> Any:
     """This rank's entry of a :func:`gather_per_rank` state.
 
     A run resumed with another number of ranks gives rank ``r`` the state of saved rank ``r mod n``, with a
-    warning naming ``what``.
+    warning naming ``what``: with fewer ranks the states of the last saved ranks are left out; with more, some
+    ranks start from the same state.
     """
     states = saved[PER_RANK]
     rank = 0 if trainer is None else trainer.global_rank
     world_size = 1 if trainer is None else trainer.world_size
     if len(states) != world_size:
+        dropped = (
+            f"the {what} of saved rank(s) {', '.join(map(str, range(world_size, len(states))))} go unused"
+            if len(states) > world_size
+            else f"ranks r and r + {len(states)} start from the same one"
+        )
         rank_zero_warn(
             f"The checkpoint holds the {what} of {len(states)} rank(s), and this run has {world_size}: rank r "
-            f"resumes with the {what} of saved rank r mod {len(states)}."
+            f"resumes with the {what} of saved rank r mod {len(states)}; {dropped}. Resume on {len(states)} "
+            "rank(s) to give every rank its own back."
         )
     return states[rank % len(states)]
 

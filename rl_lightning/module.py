@@ -6,7 +6,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -16,10 +16,11 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from tensordict import TensorDict
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from typing_extensions import Self
 
 from rl_lightning import keys
 from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
-from rl_lightning.checkpoint import use_rl_checkpoint_io
+from rl_lightning.checkpoint import check_resumable, use_rl_checkpoint_io, verify_checkpoint
 from rl_lightning.compat import check_callbacks, check_trainer
 from rl_lightning.data import RLDataModule
 from rl_lightning.distributed import PER_RANK, gather_per_rank, own_state, rng_state, seed_rank, set_rng_state
@@ -217,6 +218,7 @@ class RLModule(pl.LightningModule, ABC):
         saved = [
             Path(p)
             for cb in self.trainer.checkpoint_callbacks
+            if not getattr(cb, "save_weights_only", False)  # weights-only checkpoints cannot resume a fit
             for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
             if p and Path(p).exists()
         ]
@@ -381,6 +383,24 @@ class RLModule(pl.LightningModule, ABC):
             "rng_ranks_seeded": True,  # the ranks' generators were set apart (seed_rank): restore them as they are
         }
 
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | IO[Any],
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Lightning's ``load_from_checkpoint``, after :func:`~rl_lightning.checkpoint.verify_checkpoint` has checked
+        a local file: Lightning reads it with plain ``torch.load``, so a truncated or damaged file would surface
+        torch's errors (one of which advises ``weights_only=False``, which would run code from the file) or, damaged
+        inside a tensor, load wrong weights without a word."""
+        if isinstance(checkpoint_path, str | Path) and "://" not in str(checkpoint_path):
+            verify_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("rl_lightning")
         if state is None:
@@ -390,6 +410,7 @@ class RLModule(pl.LightningModule, ABC):
                 f"This checkpoint holds a {state['algorithm']} model and cannot be loaded into "
                 f"{type(self).__name__}. Load it with rl_lightning.{state['algorithm']} (model.class_path)."
             )
+        check_resumable(checkpoint, self._trainer, type(self).__name__)
         saved = checkpoint.get("hyper_parameters", {})
         for name in ("observation_space", "action_space"):
             ours = space_to_dict(getattr(self, name))

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from rl_lightning.checkpoint import RLCheckpointIO
+from rl_lightning.checkpoint import DATA_DIR, EXTERNAL, STAGING_DIR, RLCheckpointIO
 from tests.conftest import ROOT
 from tests.test_cli import _quick, _run
 
@@ -23,10 +23,10 @@ pytestmark = pytest.mark.slow
 
 
 def _fit_ddp(
-    config: str, tmp_path: Path, batches_per_rank: int, *extra: str, devices: int = 2
+    config: str, tmp_path: Path, batches_per_rank: int, *extra: str, devices: int = 2, stderr: list[str] | None = None
 ) -> dict[int, dict[str, Any]]:
     """Runs ``config`` with ``devices`` DDP processes (one: no DDP) until ``batches_per_rank`` batches each;
-    returns each rank's end state."""
+    returns each rank's end state (and appends the run's stderr to ``stderr``)."""
     path = ROOT / "configs" / config
     fpb = yaml.safe_load(path.read_text())["data"]["frames_per_batch"]
     probe = tmp_path / "ranks"
@@ -41,6 +41,8 @@ def _fit_ddp(
         *extra,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(result.stderr)
     return {rank: torch.load(probe / f"rank{rank}.pt", weights_only=True) for rank in range(devices)}
 
 
@@ -94,9 +96,22 @@ def test_sac_ranks_stay_identical_and_resume_with_their_own_replay_buffers(tmp_p
     assert len(observations[0]) == 2 * fpb and not torch.equal(observations[0], observations[1])  # own envs
 
     ckpt = next(tmp_path.rglob("last.ckpt"))
+    # Each rank wrote its buffer to files of its own, which rank zero moved beside the checkpoint: the .ckpt holds
+    # references to them, nothing of a buffer went through the process group.
+    written = torch.load(ckpt, weights_only=True)
+    (references,) = [v for k, v in written["callbacks"].items() if k.startswith("ReplayBufferTrainer")]
+    data_dir = ckpt.with_name(written[DATA_DIR])
+    for rank in (0, 1):
+        for name, reference in references["per_rank"][rank]["buffer"]["data"].items():
+            assert reference[EXTERNAL].startswith(f"rank{rank}/"), name
+        reference = references["per_rank"][rank]["buffer"]["data"]["observation"]
+        raw = torch.from_file(str(data_dir / reference[EXTERNAL]), size=observations[rank].numel())
+        assert torch.equal(raw.reshape(reference["shape"]), observations[rank])
+    assert sorted(p.name for p in data_dir.iterdir()) == ["rank0", "rank1"]
+    assert not list(tmp_path.rglob(STAGING_DIR))  # every staged file was moved, no folder left behind
     saved = RLCheckpointIO().load_checkpoint(ckpt)
     (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("ReplayBufferTrainer")]
-    for rank in (0, 1):  # rank zero wrote every rank's buffer
+    for rank in (0, 1):
         assert torch.equal(state["per_rank"][rank]["buffer"]["data"]["observation"], observations[rank])
 
     resumed = _fit_ddp("sac.yaml", tmp_path, 3, f"--ckpt_path={ckpt}")
@@ -105,6 +120,14 @@ def test_sac_ranks_stay_identical_and_resume_with_their_own_replay_buffers(tmp_p
     for rank in (0, 1):  # each rank resumed with its own transitions and added one batch
         data = resumed[rank]["buffer"]["data"]["observation"]
         assert len(data) == 3 * fpb and torch.equal(data[: 2 * fpb], observations[rank])
+
+    # On one rank: it takes saved rank 0's buffer; rank 1's goes unused, with a warning that says so.
+    stderr: list[str] = []
+    single = _fit_ddp("sac.yaml", tmp_path, 5, f"--ckpt_path={ckpt}", devices=1, stderr=stderr)
+    data = single[0]["buffer"]["data"]["observation"]
+    assert len(data) == 3 * fpb and torch.equal(data[: 2 * fpb], observations[0])
+    assert "holds the replay buffer of 2 rank(s), and this run has 1" in stderr[0]
+    assert "the replay buffer of saved rank(s) 1 go unused" in stderr[0]
 
 
 def test_sac_resumed_on_more_ranks_keeps_its_update_schedule(tmp_path: Path) -> None:
@@ -117,10 +140,15 @@ def test_sac_resumed_on_more_ranks_keeps_its_update_schedule(tmp_path: Path) -> 
     assert first[0]["updates"] == 2 * fpb  # utd_ratio 1: the 2 batches after the warm-up
 
     ckpt = next(tmp_path.rglob("last.ckpt"))
-    resumed = _fit_ddp("sac.yaml", tmp_path, 4, warm_up, f"--ckpt_path={ckpt}", devices=2)  # 2 batches each
+    stderr: list[str] = []
+    resumed = _fit_ddp("sac.yaml", tmp_path, 4, warm_up, f"--ckpt_path={ckpt}", devices=2, stderr=stderr)
     _assert_same_networks(resumed)
     assert resumed[0]["batches"] == 6 and resumed[0]["updates"] == first[0]["updates"] + 2 * fpb
     assert not torch.equal(resumed[0]["torch_rng"], resumed[1]["torch_rng"])
+    saved = first[0]["buffer"]["data"]["observation"]
+    for rank in (0, 1):  # both ranks start from the one saved buffer (rank r takes saved rank r mod 1), as warned
+        assert torch.equal(resumed[rank]["buffer"]["data"]["observation"][: len(saved)], saved)
+    assert "holds the replay buffer of 1 rank(s), and this run has 2" in stderr[0]
 
 
 def test_a_budget_below_one_batch_of_all_ranks_is_refused_before_any_step(tmp_path: Path) -> None:

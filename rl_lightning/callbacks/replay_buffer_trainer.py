@@ -10,6 +10,7 @@ from typing_extensions import override
 
 from rl_lightning._checks import check_int
 from rl_lightning.callbacks.rl_callback import RLCallback
+from rl_lightning.checkpoint import stage_tensors, staging_dir
 from rl_lightning.distributed import gather_per_rank, own_state
 
 if TYPE_CHECKING:
@@ -27,9 +28,13 @@ class ReplayBufferTrainer(RLCallback):
     - ``on_process_optim_batch``: returns ``buffer.sample(batch_size)`` on the module's device;
     - ``on_post_loss``: with a prioritized buffer, ``buffer.update_priority(sub["index"], sub["td_error"])``.
 
-    The buffer's contents are part of this callback's ``state_dict``, so checkpoints carry them (a
-    memory-mapped buffer is flushed and found again in its directory). Under DDP each rank has its own buffer:
-    the checkpoint holds every rank's, and each rank resumes with its own.
+    The buffer's contents are part of this callback's ``state_dict``, so full checkpoints carry them (a
+    memory-mapped buffer's as views of its files; weights-only checkpoints, such as the configs' ``best-*.ckpt``,
+    leave them out). Under DDP each rank has its own buffer and writes its stored transitions and priorities to
+    files of its own while the checkpoint is built (:func:`~rl_lightning.checkpoint.stage_tensors`); only small
+    references cross the process group, and rank zero moves the files beside the checkpoint
+    (``<name>.data-<token>/rank<r>/``). Each rank resumes with its own buffer; on another number of ranks, rank
+    ``r`` takes saved rank ``r mod n``'s, with a warning (:func:`~rl_lightning.distributed.own_state`).
 
     Args:
         buffer: the :class:`~rl_lightning.replay.ReplayBuffer`.
@@ -70,7 +75,14 @@ class ReplayBufferTrainer(RLCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return gather_per_rank(self._trainer, {"buffer": self.buffer.state_dict()})
+        state = self.buffer.state_dict()
+        directory = staging_dir(self._trainer)
+        if directory is not None:  # DDP: the transitions go to this rank's files, not through the process group
+            assert self._trainer is not None
+            rank = self._trainer.global_rank
+            for name in ("data", "priority"):
+                state[name] = stage_tensors(state[name], directory, rank)
+        return gather_per_rank(self._trainer, {"buffer": state})
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
