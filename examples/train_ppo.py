@@ -17,7 +17,12 @@ def main(total_frames: int, root: str) -> PPO:
     trainer = make_trainer(
         default_root_dir=root,
         callbacks=[
-            ModelCheckpoint(monitor="val/episode_return", mode="max", save_last=True),
+            # the best evaluation: weights and hyperparameters, to deploy (PPO.load_from_checkpoint) or evaluate
+            ModelCheckpoint(
+                monitor="val/episode_return", mode="max", save_weights_only=True, filename="best-{frames:.0f}"
+            ),
+            # last.ckpt: everything a resume needs (trainer.fit(..., ckpt_path=".../last.ckpt"))
+            ModelCheckpoint(save_top_k=1, save_last="link", filename="latest-{frames:.0f}"),
             EarlyStopping(monitor="val/episode_return", mode="max", stopping_threshold=475.0, patience=10**6),
         ],
     )
