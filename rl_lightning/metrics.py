@@ -72,9 +72,10 @@ class EpisodeStatistics(Metric):
         count = int((self.order >= 0).sum())
         return torch.sort(self.order, stable=True).indices[len(self.order) - min(self.window, count) :]
 
-    def state_dict_window(self) -> dict[str, torch.Tensor]:
-        """The ``window`` most recent episodes of all ranks (collective under DDP: every rank must call it)."""
-        with self.sync_context():
+    def state_dict_window(self, sync: bool = True) -> dict[str, torch.Tensor]:
+        """The ``window`` most recent episodes of all ranks (under DDP a collective: every rank must call it), or of
+        this rank alone with ``sync=False``."""
+        with self.sync_context(should_sync=sync):
             latest = self._latest()
             return {name: getattr(self, name)[latest].cpu() for name in ("returns", "lengths", "order")}
 

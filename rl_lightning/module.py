@@ -23,7 +23,15 @@ from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
 from rl_lightning.checkpoint import check_resumable, use_rl_checkpoint_io, verify_checkpoint
 from rl_lightning.compat import check_callbacks, check_trainer
 from rl_lightning.data import RLDataModule
-from rl_lightning.distributed import PER_RANK, gather_per_rank, own_state, rng_state, seed_rank, set_rng_state
+from rl_lightning.distributed import (
+    PER_RANK,
+    gather_per_rank,
+    gathers,
+    own_state,
+    rng_state,
+    seed_rank,
+    set_rng_state,
+)
 from rl_lightning.functional import total_loss
 from rl_lightning.loop import RLLoop
 from rl_lightning.metrics import EpisodeStatistics
@@ -379,7 +387,7 @@ class RLModule(pl.LightningModule, ABC):
             "episodes": self.episodes,
             "loop": self.loop.state_dict(),
             "rng": gather_per_rank(self._trainer, rng_state()),
-            "episode_window": self.episode_stats.state_dict_window(),
+            "episode_window": self.episode_stats.state_dict_window(sync=gathers(self._trainer)),
             "rng_ranks_seeded": True,  # the ranks' generators were set apart (seed_rank): restore them as they are
         }
 
