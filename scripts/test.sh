@@ -6,4 +6,6 @@ bash scripts/setup.sh all
 .venv/bin/ruff check rl_lightning tests examples benchmarks
 .venv/bin/ruff format --check rl_lightning tests examples benchmarks
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist): the tests are independent (own tmp_path, own DDP port range per worker; see
+# tests/conftest.py), and the slowest start first. Arguments go after, so `-n 0` runs them in one process.
+.venv/bin/python -m pytest -n 2 --durations=20 "$@"

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import random
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,53 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def _fast_torch() -> None:
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Learning tests first, then the other ``slow`` ones (real processes, compiling), then the rest, each group in
+    file order: with ``pytest -n 2`` the workers start on the longest tests, and the short ones fill the gaps at
+    the end instead of one long test finishing last alone."""
+    items.sort(key=lambda item: (item.get_closest_marker("learning") is None, item.get_closest_marker("slow") is None))
+
+
+# Lightning's DDP launcher takes MASTER_PORT from the environment, or else a port the OS hands out for an instant
+# (bind to port 0, close), which rank 0 binds again when it sets up the process group: two test processes
+# launching DDP at once can be handed the same one. Each test gets a free port of its own instead, from a range
+# that is this pytest-xdist worker's alone, below the kernel's ephemeral range (32768-60999 by default) where the
+# OS picks ports.
+_PORT_RANGE = range(20000, 32768)
+
+
+def _worker_ports() -> range:
+    """This worker's slice of ``_PORT_RANGE`` (all of it without pytest-xdist)."""
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = len(_PORT_RANGE) // count
+    return _PORT_RANGE[index * size : (index + 1) * size]
+
+
+_ports = _worker_ports()
+_next_port = random.randrange(len(_ports))  # another test session on the machine most likely starts elsewhere
+
+
+def _free_port() -> int:
+    global _next_port
+    for _ in range(len(_ports)):
+        port = _ports[_next_port % len(_ports)]
+        _next_port += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("", port))
+            except OSError:  # in use, or in TIME_WAIT after an earlier run
+                continue
+        return port
+    raise RuntimeError(f"no free port in {_ports} for a DDP run")
+
+
+@pytest.fixture(autouse=True)
+def _own_master_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MASTER_PORT for any DDP run the test starts (its processes inherit the environment)."""
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
 
 
 def quiet_trainer(tmp_path: Path, **overrides: Any) -> pl.Trainer:
