@@ -15,7 +15,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rl_lightning import PPO, FunctionHook, build
-from rl_lightning.cli import cli
+from rl_lightning.cli import cli, main
 from tests.conftest import ROOT, tiny_ppo_run
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -123,27 +123,40 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def test_help_and_print_config() -> None:
-    assert "fit" in _run("--help").stdout
-    printed = _run("fit", "--config=configs/ppo.yaml", "--print_config")
-    assert printed.returncode == 0, printed.stderr
-    config: dict[str, Any] = yaml.safe_load(printed.stdout)
+def _exit_code_of_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int | str | None:
+    """``rl-lightning *args`` through the command's entry point, in this process (a new interpreter would spend
+    seconds importing torch and Lightning), for arguments that end in ``SystemExit``."""
+    monkeypatch.setattr(sys, "argv", ["rl-lightning", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return exit_.value.code
+
+
+def test_help_and_print_config(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert _exit_code_of_main(monkeypatch, "--help") in (0, None)
+    assert "fit" in capsys.readouterr().out
+    assert _exit_code_of_main(monkeypatch, "fit", "--config=configs/ppo.yaml", "--print_config") in (0, None)
+    config: dict[str, Any] = yaml.safe_load(capsys.readouterr().out)
     assert config["data"]["env_id"] == "CartPole-v1"
     assert config["model"]["class_path"] == "rl_lightning.PPO"
 
 
 def test_bad_values_stop_the_cli_before_training(tmp_path: Path) -> None:
-    result = _run(
-        "fit",
-        "--config=configs/ppo.yaml",
-        "--data.env_id=NoSuchEnv-v9",
-        f"--trainer.default_root_dir={tmp_path}",
-    )
-    assert result.returncode != 0
-    assert "NoSuchEnv-v9" in result.stderr
+    with pytest.raises(ValueError, match="NoSuchEnv-v9"):
+        cli(
+            [
+                "fit",
+                f"--config={ROOT / 'configs/ppo.yaml'}",
+                "--data.env_id=NoSuchEnv-v9",
+                f"--trainer.default_root_dir={tmp_path}",
+                f"--trainer.logger.init_args.save_dir={tmp_path}",
+            ]
+        )
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_a_bad_trainer_stops_the_cli_before_ddp_starts_its_processes(tmp_path: Path) -> None:
     """The trainer's flags are checked when the CLI builds the trainer: under DDP, a check in the fit would only
     run after Lightning's launcher has started the worker processes, each of which would fail on its own."""
