@@ -1,4 +1,5 @@
-"""A run killed at any moment continues from its last checkpoint: real processes, kill -9 and Ctrl-C."""
+"""A run killed at any moment continues from its last checkpoint: a real process, killed by kill -9 or Ctrl-C,
+resumed from what it left on disk."""
 
 from __future__ import annotations
 
@@ -16,16 +17,21 @@ import torch
 import yaml
 
 from rl_lightning.checkpoint import RLCheckpointIO
+from rl_lightning.cli import cli
 from tests.conftest import ROOT
 from tests.test_cli import _quick
 
 pytestmark = pytest.mark.slow
 
 
+def _fit_args(config: Path, tmp_path: Path, total_frames: int, *extra: str) -> list[str]:
+    args = [a for a in _quick(config, tmp_path) if not a.startswith("--data.total_frames")]
+    return ["fit", *args, f"--data.total_frames={total_frames}", *extra]
+
+
 def _start(config: Path, tmp_path: Path, total_frames: int, *extra: str) -> subprocess.Popen[str]:
     """The run in a process group of its own, as a terminal's foreground job (Ctrl-C reaches the whole group)."""
-    args = [a for a in _quick(config, tmp_path) if not a.startswith("--data.total_frames")]
-    command = [sys.executable, "-m", "rl_lightning", "fit", *args, f"--data.total_frames={total_frames}", *extra]
+    command = [sys.executable, "-m", "rl_lightning", *_fit_args(config, tmp_path, total_frames, *extra)]
     return subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -46,10 +52,18 @@ def _wait_for_checkpoint(tmp_path: Path, proc: subprocess.Popen[str], frames: in
     raise AssertionError("no checkpoint was written in time")
 
 
-def _resume_probe(tmp_path: Path) -> tuple[list[str], Path]:
+def _resume(config: Path, tmp_path: Path, total_frames: int, *extra: str) -> dict[str, Any]:
+    """``rl-lightning fit ... --ckpt_path=last`` up to ``total_frames``, in this process: what is tested is what the
+    killed process left on disk, and a new interpreter would spend seconds importing torch and Lightning. Returns
+    the state the run started from once the checkpoint was restored."""
     probe = tmp_path / "resumed"
     callback = {"class_path": "tests.probe.SaveRankState", "init_args": {"dirpath": str(probe), "at_start": True}}
-    return ["--ckpt_path=last", f"--trainer.callbacks+={json.dumps(callback)}"], probe / "rank0.pt"
+    cli(
+        _fit_args(
+            config, tmp_path, total_frames, *extra, "--ckpt_path=last", f"--trainer.callbacks+={json.dumps(callback)}"
+        )
+    )
+    return torch.load(probe / "rank0.pt", weights_only=True)
 
 
 def _assert_resumed_state_is_the_checkpoint(resumed: dict[str, Any], saved: dict[str, Any]) -> None:
@@ -77,11 +91,7 @@ def test_kill_9_mid_run_then_resume_from_last(tmp_path: Path) -> None:
     saved = RLCheckpointIO().load_checkpoint(last)  # intact, whatever the kill interrupted
     frames = saved["rl_lightning"]["frames"]
 
-    extra, probe = _resume_probe(tmp_path)
-    resumed_run = _start(config, tmp_path, frames + 2 * fpb, *extra)
-    _, stderr = resumed_run.communicate(timeout=300)
-    assert resumed_run.returncode == 0, stderr[-3000:]
-    resumed = torch.load(probe, weights_only=True)
+    resumed = _resume(config, tmp_path, frames + 2 * fpb)
     _assert_resumed_state_is_the_checkpoint(resumed, saved)
     (buffer,) = [v for k, v in saved["callbacks"].items() if k.startswith("ReplayBufferTrainer")]
     written = buffer["per_rank"][0]["buffer"]
@@ -109,8 +119,5 @@ def test_ctrl_c_stops_after_the_batch_with_a_checkpoint_and_resumes(tmp_path: Pa
     assert frames % fpb == 0 and 2 * fpb <= frames < 1000 * fpb
     assert saved["rl_lightning"]["updates"] == saved["rl_lightning"]["loop"]["batches"] * 20  # whole batches
 
-    extra, probe = _resume_probe(tmp_path)
-    resumed_run = _start(config, tmp_path, frames + 2 * fpb, normalize, f"--data.vectorization={vectorization}", *extra)
-    _, stderr = resumed_run.communicate(timeout=300)
-    assert resumed_run.returncode == 0, stderr[-3000:]
-    _assert_resumed_state_is_the_checkpoint(torch.load(probe, weights_only=True), saved)
+    resumed = _resume(config, tmp_path, frames + 2 * fpb, normalize, f"--data.vectorization={vectorization}")
+    _assert_resumed_state_is_the_checkpoint(resumed, saved)
