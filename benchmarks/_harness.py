@@ -1,5 +1,5 @@
-"""What the rl_lightning-against-a-plain-loop benchmarks share: config reading, seeding, the rl_lightning
-side, the alternating run schedule and the report tables.
+"""What the benchmarks of rl_lightning against a plain loop and stable-baselines3 share: config reading,
+seeding, the rl_lightning side, the rotating run schedule and the report tables.
 
 The scripts import it as ``from _harness import ...``: run as ``python benchmarks/<script>.py``, Python puts
 ``benchmarks/`` on ``sys.path``.
@@ -29,7 +29,8 @@ import yaml
 from rl_lightning import RLDataModule, build
 
 ROOT = Path(__file__).resolve().parents[1]
-SIDES = ("plain", "rl_lightning")  # the order of the warm-up, of even seeds and of the tables
+SIDES = ("plain", "rl_lightning", "sb3")  # the order of the warm-up, of the first seed and of the tables
+REFERENCES = {"plain": "plain", "sb3": "SB3"}  # the sides rl_lightning is compared with, and their labels
 
 
 @dataclass
@@ -131,13 +132,14 @@ def compare(
     runners: Mapping[str, Runner], seeds: list[int], solve_frames: int, throughput_frames: int, warm_frames: int
 ) -> tuple[list[Result], list[Result]]:
     """An untimed warm-up of each side, then per seed a solve run (evaluation on) and a throughput run
-    (evaluation off) of each side, the sides taking turns going first. Returns (solve, throughput)."""
+    (evaluation off) of each side, the order of the sides rotating from seed to seed (with three seeds each
+    side runs once first, once second, once last). Returns (solve, throughput)."""
     for side in SIDES:  # warm-up (imports, first-call costs), not timed
         runners[side](0, warm_frames, False)
     solve: list[Result] = []
     throughput: list[Result] = []
     for k, seed in enumerate(seeds):
-        order = SIDES if k % 2 == 0 else SIDES[::-1]  # alternate who runs first
+        order = SIDES[k % len(SIDES) :] + SIDES[: k % len(SIDES)]
         for side in order:
             solve.append(runners[side](seed, solve_frames, True))
         for side in order:
@@ -182,26 +184,32 @@ def table(
 
 
 def print_ratios(
-    a: dict[str, dict[str, float]],
-    b: dict[str, dict[str, float]],
-    goal: str,
-    width: int,
-    more: Sequence[tuple[str, str]] = (),
+    a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], goal: str, width: int, updates: bool = False
 ) -> None:
-    """Print the rl_lightning/plain ratios of the solve means ``a`` (time and frames to ``goal``, seconds per
-    frame) and the throughput means ``b`` (frames/s), then the ``more`` (label, value) rows; labels padded
-    to ``width``."""
-    rl, pl = "rl_lightning", "plain"
-    print(f"\nratios rl_lightning/plain (threads {torch.get_num_threads()}):")
-    rows = [
-        ("(a) mean time to " + goal, f"{a[rl]['seconds'] / a[pl]['seconds']:.2f}x"),
-        ("    mean frames to " + goal, f"{a[rl]['frames'] / a[pl]['frames']:.2f}x"),
-        ("    seconds per frame", f"{a[pl]['fps'] / a[rl]['fps']:.2f}x  (time normalized by frames used)"),
-        ("(b) throughput frames/s", f"{b[rl]['fps'] / b[pl]['fps']:.2f}x"),
-        *more,
+    """Print the ratios rl_lightning/reference, one column per reference, of the solve means ``a`` (time and
+    frames to ``goal``, seconds per frame) and the throughput means ``b`` (frames/s; with ``updates``, also
+    updates/s and the whole time difference divided by the reference's updates); labels padded to ``width``."""
+    rl = "rl_lightning"
+    rows: list[tuple[str, Callable[[str], str], str]] = [
+        ("(a) mean time to " + goal, lambda r: f"{a[rl]['seconds'] / a[r]['seconds']:.2f}x", ""),
+        ("    mean frames to " + goal, lambda r: f"{a[rl]['frames'] / a[r]['frames']:.2f}x", ""),
+        ("    seconds per frame", lambda r: f"{a[r]['fps'] / a[rl]['fps']:.2f}x", "time normalized by frames used"),
+        ("(b) throughput frames/s", lambda r: f"{b[rl]['fps'] / b[r]['fps']:.2f}x", ""),
     ]
-    for label, value in rows:
-        print(f"  {label:<{width}}{value}")
+    if updates:
+        rows += [
+            ("    throughput updates/s", lambda r: f"{b[rl]['ups'] / b[r]['ups']:.2f}x", ""),
+            (
+                "    extra time per update",
+                lambda r: f"{(b[rl]['seconds'] - b[r]['seconds']) / b[r]['updates'] * 1e6:.0f} us",
+                "whole difference of (b) divided by the updates",
+            ),
+        ]
+    print(f"\n{'ratios (threads ' + str(torch.get_num_threads()) + ')':<{width + 2}}", end="")
+    print("".join(f"{rl + '/' + label:>20}" for label in REFERENCES.values()))
+    for label, ratio, note in rows:
+        cells = "".join(f"{ratio(r):>20}" for r in REFERENCES)
+        print(f"  {label:<{width}}{cells}" + (f"   ({note})" if note else ""))
 
 
 def profile(runners: Mapping[str, Runner], seed: int, frames: int) -> None:

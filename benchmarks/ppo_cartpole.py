@@ -1,20 +1,47 @@
-"""PPO on CartPole-v1: rl_lightning against a plain PyTorch loop that does the same computation.
+"""PPO on CartPole-v1: rl_lightning against a plain PyTorch loop that does the same computation, and against
+stable-baselines3 (SB3) with the same hyperparameters.
 
-    .venv/bin/python benchmarks/ppo_cartpole.py [--seeds 0 1 2] [--threads N] [--throughput-frames 50000]
+    .venv/bin/python benchmarks/ppo_cartpole.py [--seeds 0 1 2] [--threads N] [--throughput-frames 50000] [--profile]
 
-Both sides read their hyperparameters from ``configs/ppo.yaml`` (PPO's and RLDataModule's defaults fill in
-what the config leaves out) and use the same envs (``make_vec_env``, same-step autoreset, same seeds),
-the same network building blocks (built in the same order, so a seed gives the same initial weights),
-the same GAE function and the same evaluation (``collector.evaluate`` of the deterministic policy,
-``eval_episodes`` episodes every ``val_check_interval`` batches, seeded as RLDataModule seeds it).
+All sides read their hyperparameters from ``configs/ppo.yaml`` (PPO's and RLDataModule's defaults fill in
+what the config leaves out) and evaluate alike (the deterministic policy, ``eval_episodes`` episodes on
+``min(eval_envs, eval_episodes)`` envs after every ``val_check_interval``-th batch's update and after the last
+one, each round's envs seeded as RLDataModule seeds them). The plain loop uses the same envs as rl_lightning
+(``make_vec_env``, same-step autoreset, same seeds), the same network building blocks (built in the same
+order, so a seed gives the same initial weights), the same GAE function and the same evaluation
+(``collector.evaluate``): with a seed, its run is rl_lightning's step for step.
+
+SB3 runs ``stable_baselines3.PPO("MlpPolicy", ...)`` as its users do, on its own envs (``make_vec_env``: a
+``DummyVecEnv`` of ``Monitor``-wrapped envs, ``num_envs`` of them, env ``i`` seeded ``seed + i``), with the
+arguments of ``sb3_ppo_kwargs``:
+
+    n_steps = frames_per_batch / num_envs        batch_size = minibatch_size      n_epochs, gamma, gae_lambda
+    clip_range = clip_epsilon                    clip_range_vf = clip_value       normalize_advantage, target_kl
+    ent_coef = entropy_coef                      max_grad_norm (null: inf)        device = "cpu"
+    vf_coef = value_coef / 2                     SB3's value loss is the MSE, rl_lightning's half the MSE
+    learning_rate = lr                           with anneal_lr, linear to 0 over the run's frames, counted
+                                                 before each batch as rl_lightning counts them
+    net_arch = {pi: hidden_sizes, vf: hidden_sizes}, activation_fn = activation, ortho_init = True (rl_lightning's
+    gains: sqrt(2) hidden, 0.01 action, 1 value, zero biases), optimizer_kwargs = {eps: adam_eps}
+
+It evaluates with ``_sb3.Evaluation`` (SB3's ``evaluate_policy``, on the same schedule and env seeds). SB3
+draws its random numbers in its own order, so its runs are not step for step the others': compare its means
+over the seeds. What remains different is SB3's own way of doing the same work: Adam's default (for-loop)
+implementation where rl_lightning's is fused; a value forward pass with every rollout step (rl_lightning: one
+per batch); a truncated episode bootstrapped through its last reward (``+ gamma * V(final obs)``, the same
+target); its logger recording every minibatch's losses (``.item()``); no checkpoints (rl_lightning writes its
+config's at each evaluation, the plain loop none); and a stop takes effect one env step (``num_envs`` frames,
+not counted) after the evaluation that passed the threshold.
 
 Two metrics per side and seed:
   (a) solve: wall time and frames until the mean evaluation return passes the config's EarlyStopping
       threshold (475), or the config's frame budget is spent;
   (b) throughput: frames/s over ``--throughput-frames`` frames with evaluation off.
-rl_lightning is timed around ``trainer.fit`` of ``rl_lightning.build("configs/ppo.yaml", ...)``, as a user
-runs it (CSV logger and checkpoints on, written to a temporary directory); the plain loop from after its
-networks are built (like ``build``) to its end, so both timings include making the envs and the optimizer.
+Each side's time includes making its envs and optimizer and, in (a), its evaluations: rl_lightning is timed
+around ``trainer.fit`` of ``rl_lightning.build("configs/ppo.yaml", ...)``, as a user runs it (CSV logger and
+checkpoints on, written to a temporary directory); the plain loop from after its networks are built (like
+``build``) to its end; SB3 from making its envs to the end of ``learn``, which also times its constructor
+building the networks (about 10 ms; SB3 builds them together with the optimizer).
 """
 
 from __future__ import annotations
@@ -43,6 +70,7 @@ from _harness import (
     seed_all,
     table,
 )
+from _sb3 import DEVICE, Evaluation, make_envs, sb3
 from torch import nn
 
 from rl_lightning import PPO
@@ -50,7 +78,7 @@ from rl_lightning.collector import evaluate
 from rl_lightning.data import evaluation_seed
 from rl_lightning.envs import make_env, make_vec_env
 from rl_lightning.functional import explained_variance, generalized_advantage_estimate
-from rl_lightning.networks import ObservationEncoder, make_action_head, mlp
+from rl_lightning.networks import ACTIVATIONS, ObservationEncoder, make_action_head, mlp
 
 CONFIG = ROOT / "configs" / "ppo.yaml"
 
@@ -60,6 +88,7 @@ def load_hparams(config: Path) -> dict[str, Any]:
     cfg, hp = read_hparams(config, PPO)
     stops = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("EarlyStopping")]
     hp["threshold"] = stops[0]["init_args"]["stopping_threshold"]
+    hp["torch_threads"] = cfg.get("torch_threads")
     # What the plain loop below implements (the config's CartPole setting); fail loudly otherwise.
     require(
         hp,
@@ -208,22 +237,97 @@ def run_plain(
     return Result("plain", seed, frames, time.perf_counter() - start, eval_return)
 
 
+# --------------------------------------------------------------------------------------------------
+# stable-baselines3 with the same hyperparameters, as its users run it.
+# --------------------------------------------------------------------------------------------------
+
+
+def sb3_ppo_kwargs(hp: dict[str, Any], total_frames: int) -> dict[str, Any]:
+    """``stable_baselines3.PPO``'s arguments for the config's hyperparameters (the mapping of the docstring)."""
+    lr, fpb = hp["lr"], hp["frames_per_batch"]
+    learning_rate: float | Callable[[float], float] = lr
+    if hp["anneal_lr"]:
+        # rl_lightning anneals by the frames before the batch, SB3's progress_remaining counts the batch just
+        # collected: adding one batch back gives the same rate for every batch.
+        def learning_rate(progress_remaining: float) -> float:
+            return lr * min(progress_remaining + fpb / total_frames, 1.0)
+
+    return {
+        "learning_rate": learning_rate,
+        "n_steps": fpb // hp["num_envs"],
+        "batch_size": hp["minibatch_size"],
+        "n_epochs": hp["n_epochs"],
+        "gamma": hp["gamma"],
+        "gae_lambda": hp["gae_lambda"],
+        "clip_range": hp["clip_epsilon"],
+        "clip_range_vf": hp["clip_value"],
+        "normalize_advantage": hp["normalize_advantage"],
+        "ent_coef": hp["entropy_coef"],
+        "vf_coef": hp["value_coef"] / 2,  # SB3's value loss is the MSE, rl_lightning's half of it
+        "max_grad_norm": math.inf if hp["max_grad_norm"] is None else hp["max_grad_norm"],
+        "target_kl": hp["target_kl"],
+        "policy_kwargs": {
+            "net_arch": {"pi": list(hp["hidden_sizes"]), "vf": list(hp["hidden_sizes"])},
+            "activation_fn": ACTIVATIONS[hp["activation"]],
+            "ortho_init": True,  # sqrt(2) hidden, 0.01 action, 1 value, zero biases: rl_lightning's gains
+            "optimizer_kwargs": {"eps": hp["adam_eps"]},
+        },
+        "device": DEVICE,
+    }
+
+
+def run_sb3(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool) -> Result:
+    """SB3's PPO, timed from making its envs to the end of ``learn`` (its constructor builds the networks
+    together with the optimizer, so building them is timed too); with ``evaluation``, evaluated and stopped
+    by ``_sb3.Evaluation`` on the other sides' schedule."""
+    start = time.perf_counter()
+    envs = make_envs(hp["env_id"], hp["num_envs"], seed=seed)
+    model = sb3.PPO("MlpPolicy", envs, seed=seed, **sb3_ppo_kwargs(hp, total_frames))
+    evaluator = None
+    if evaluation:
+        eval_envs = make_envs(hp["env_id"], min(hp["eval_envs"], hp["eval_episodes"]))
+        evaluator = Evaluation(
+            eval_envs, hp["eval_episodes"], hp["frames_per_batch"], hp["val_check_interval"], seed, hp["threshold"]
+        )
+    model.learn(total_frames, callback=evaluator)
+    envs.close()
+    frames, eval_return = model.num_timesteps, None
+    if evaluator is not None:
+        evaluator.eval_envs.close()
+        frames, eval_return = evaluator.frames, evaluator.eval_return
+    return Result("sb3", seed, frames, time.perf_counter() - start, eval_return)
+
+
 def main() -> None:
-    args = parser(__doc__, [0, 1, 2], 50_000, "torch.set_num_threads for both sides").parse_args()
+    threads_help = "torch.set_num_threads for all sides (default: the config's torch_threads, 1)"
+    args = parser(__doc__, [0, 1, 2], 50_000, threads_help).parse_args()
     quiet()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     hp = load_hparams(CONFIG)
+    overrides: list[str] = []
+    if args.threads is not None:  # rl_lightning gets it as --torch_threads, which build() applies to the process
+        hp["torch_threads"] = args.threads
+        overrides.append(f"--torch_threads={args.threads}")
+    if hp["torch_threads"] is not None:
+        torch.set_num_threads(hp["torch_threads"])
     print(
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs, "
-        f"threads {torch.get_num_threads()} (--threads {args.threads}), "
+        f"torch {torch.__version__}, stable-baselines3 {sb3.__version__}, {os.cpu_count()} CPUs, "
+        f"threads {torch.get_num_threads()} (--threads {args.threads}, config torch_threads "
+        f"{load_hparams(CONFIG)['torch_threads']}), "
         f"config {CONFIG.relative_to(ROOT)}: num_envs={hp['num_envs']} frames_per_batch={hp['frames_per_batch']} "
         f"minibatch_size={hp['minibatch_size']} n_epochs={hp['n_epochs']} lr={hp['lr']} "
         f"total_frames={hp['total_frames']} eval every {hp['val_check_interval']} batches "
         f"({hp['eval_episodes']} episodes), stop at mean return > {hp['threshold']}"
     )
 
-    runners = {"plain": partial(run_plain, hp), "rl_lightning": partial(fit_rl_lightning, CONFIG)}
+    sb3_args = {k: v for k, v in sb3_ppo_kwargs(hp, hp["total_frames"]).items() if k != "learning_rate"}
+    schedule = "linear to 0 over the run's frames, by the frames before each batch" if hp["anneal_lr"] else "constant"
+    print(f"stable-baselines3 PPO: learning_rate={hp['lr']} ({schedule}) {sb3_args}")
+
+    runners = {
+        "plain": partial(run_plain, hp),
+        "rl_lightning": partial(fit_rl_lightning, CONFIG, extra_overrides=overrides),
+        "sb3": partial(run_sb3, hp),
+    }
     solve, throughput = compare(
         runners, args.seeds, hp["total_frames"], args.throughput_frames, warm_frames=2 * hp["frames_per_batch"]
     )
@@ -239,7 +343,13 @@ def main() -> None:
         s for s in args.seeds if (by[pl, s].frames, by[pl, s].eval_return) == (by[rl, s].frames, by[rl, s].eval_return)
     ]
     print(
-        f"\nidentical solve runs (same frames and evaluation return on both sides): {len(same)}/{len(args.seeds)} seeds"
+        f"\nidentical solve runs (same frames and evaluation return, plain and rl_lightning): "
+        f"{len(same)}/{len(args.seeds)} seeds"
+    )
+    solved = sum(r.eval_return is not None and r.eval_return > hp["threshold"] for r in solve if r.side == "sb3")
+    print(
+        f"sb3 draws its random numbers in its own order: its runs differ from the others' step by step, compare "
+        f"its means over the {len(args.seeds)} seeds (solved in {solved})"
     )
     print_ratios(a, b, "solve", width=28)
 

@@ -1,14 +1,46 @@
-"""SAC on Pendulum-v1: rl_lightning against a plain PyTorch loop that does the same computation.
+"""SAC on Pendulum-v1: rl_lightning against a plain PyTorch loop that does the same computation, and against
+stable-baselines3 (SB3) with the same hyperparameters.
 
     .venv/bin/python benchmarks/sac_pendulum.py [--seeds 0 1] [--threads N] [--throughput-frames 6000] [--profile]
 
-Both sides read their hyperparameters from ``configs/sac.yaml`` (SAC's and RLDataModule's defaults fill in
-what the config leaves out) and use the same envs (``make_vec_env``, same-step autoreset, same seeds), the
-same networks (a ``SAC`` module built from the same hyperparameters after the same seeding, so a seed gives
-the same initial weights; the plain loop uses only its ``nn`` parts), the same loss equations, optimizers and
-target updates, a replay buffer of the same capacity and batch size, the same updates per batch, and the same
-evaluation (``collector.evaluate`` of the deterministic policy, ``eval_episodes`` episodes every
-``val_check_interval`` batches, seeded as RLDataModule seeds it).
+All sides read their hyperparameters from ``configs/sac.yaml`` (SAC's and RLDataModule's defaults fill in
+what the config leaves out) and evaluate alike (the deterministic policy, ``eval_episodes`` episodes on
+``min(eval_envs, eval_episodes)`` envs after every ``val_check_interval``-th batch's updates and after the
+last batch, each round's envs seeded as RLDataModule seeds them). The plain loop uses the same envs as
+rl_lightning (``make_vec_env``, same-step autoreset, same seeds), the same networks (a ``SAC`` module built
+from the same hyperparameters after the same seeding, so a seed gives the same initial weights; the plain
+loop uses only its ``nn`` parts), the same loss equations, optimizers and target updates, a replay buffer of
+the same capacity and batch size, the same updates per batch, and the same evaluation
+(``collector.evaluate``): with a seed, its run is rl_lightning's step for step.
+
+SB3 runs ``stable_baselines3.SAC("MlpPolicy", ...)`` as its users do, on its own envs (``make_vec_env``: a
+``DummyVecEnv`` of ``Monitor``-wrapped envs, ``num_envs`` of them, env ``i`` seeded ``seed + i``), with the
+arguments of ``sb3_sac_kwargs``:
+
+    learning_rate = actor_lr = critic_lr = alpha_lr        SB3 takes one learning rate (the script checks)
+    buffer_size, batch_size, tau, gamma                    as they are
+    train_freq = (frames_per_batch / num_envs, "step")     one batch of all num_envs envs
+    gradient_steps = utd_ratio * frames_per_batch          the updates after each batch
+    learning_starts = init_random_frames rounded up to     rl_lightning acts at random for whole batches and updates
+        whole batches (1024 for the config's 1000)         from the first batch after them
+    ent_coef = "auto_<init_alpha>"                         auto_alpha, starting at init_alpha
+    target_entropy = target_entropy, or "auto"             -dim(A), rl_lightning's default
+    target_update_interval = 1                             soft target update after every update
+    net_arch = {pi: hidden_sizes, qf: hidden_sizes}, activation_fn = activation, 2 critics (SB3's default),
+    device = "cpu"; then ``orthogonal_init_``: rl_lightning's initialization, which SB3 has no option for
+    (orthogonal, gain sqrt(2) hidden, 1 for the critics' output, zero biases; the actor's output layers
+    torch's default)
+
+It evaluates with ``_sb3.Evaluation`` (SB3's ``evaluate_policy``, on the same schedule and env seeds). SB3
+draws its random numbers in its own order, so its runs are not step for step the others': compare its means
+over the seeds. What remains different is SB3's own way of doing the same work: three Adam optimizers
+(default for-loop implementation) and three backward passes per update, the actor's loss taken through the
+critics just updated (rl_lightning: one fused Adam and one backward pass, every loss from the same
+parameters); the tanh log-probability correction as ``log(1 - tanh(u)**2 + 1e-6)`` (rl_lightning: the exact,
+numerically stable form); replay samples drawn with numpy; its logger recording every update's losses
+(``.item()``); no checkpoints (rl_lightning writes its config's at each evaluation, the plain loop none); and a
+stop takes effect one env step (``num_envs`` frames, not counted) after the evaluation that passed the
+threshold.
 
 Two metrics per side and seed:
   (a) threshold: wall time and frames until the first evaluation whose mean return passes ``--threshold``
@@ -16,9 +48,11 @@ Two metrics per side and seed:
       with ``>``), or the config's frame budget (``total_frames``) is spent;
   (b) throughput: frames/s and updates/s over ``--throughput-frames`` frames with evaluation off (the
       config's ``init_random_frames`` of uniform random actions included, as in a real run).
-rl_lightning is timed around ``trainer.fit`` of ``rl_lightning.build("configs/sac.yaml", ...)``, as a user
-runs it (CSV logger and checkpoints on, written to a temporary directory); the plain loop from after its
-networks are built (like ``build``) to its end, so both timings include making the envs and the optimizer.
+Each side's time includes making its envs and optimizer and, in (a), its evaluations: rl_lightning is timed
+around ``trainer.fit`` of ``rl_lightning.build("configs/sac.yaml", ...)``, as a user runs it (CSV logger and
+checkpoints on, written to a temporary directory); the plain loop from after its networks are built (like
+``build``) to its end; SB3 from making its envs to the end of ``learn``, which also times its constructor
+building the networks, optimizers and replay buffer, and ``orthogonal_init_`` (about 10 ms together).
 """
 
 from __future__ import annotations
@@ -48,13 +82,14 @@ from _harness import (
     seed_all,
     table,
 )
+from _sb3 import DEVICE, Evaluation, make_envs, sb3
 from torch import nn
 
 from rl_lightning import SAC
 from rl_lightning.collector import evaluate
 from rl_lightning.data import evaluation_seed
 from rl_lightning.envs import make_env, make_vec_env
-from rl_lightning.networks import forward_detached
+from rl_lightning.networks import ACTIVATIONS, forward_detached
 
 CONFIG = ROOT / "configs" / "sac.yaml"
 MODEL_ARGS = [
@@ -253,6 +288,80 @@ def run_rl_lightning(hp: dict[str, Any], seed: int, total_frames: int, evaluatio
     return fit_rl_lightning(CONFIG, seed, total_frames, evaluation, overrides)
 
 
+# --------------------------------------------------------------------------------------------------
+# stable-baselines3 with the same hyperparameters, as its users run it.
+# --------------------------------------------------------------------------------------------------
+
+
+def sb3_sac_kwargs(hp: dict[str, Any]) -> dict[str, Any]:
+    """``stable_baselines3.SAC``'s arguments for the config's hyperparameters (the mapping of the docstring)."""
+    fpb = hp["frames_per_batch"]
+    if not hp["actor_lr"] == hp["critic_lr"] == hp["alpha_lr"]:
+        raise SystemExit(
+            f"SB3's SAC takes one learning_rate; the config has {hp['actor_lr']=}, {hp['critic_lr']=}, "
+            f"{hp['alpha_lr']=}"
+        )
+    gradient_steps = hp["utd_ratio"] * fpb
+    if gradient_steps != int(gradient_steps):
+        raise SystemExit(f"utd_ratio={hp['utd_ratio']} * frames_per_batch={fpb} is not a whole number of updates")
+    hidden = list(hp["hidden_sizes"])
+    return {
+        "learning_rate": hp["actor_lr"],
+        "buffer_size": hp["buffer_size"],
+        # rl_lightning acts at random for whole batches until init_random_frames and updates from the first
+        # batch after: SB3 does the same with learning_starts rounded up to whole batches.
+        "learning_starts": math.ceil(hp["init_random_frames"] / fpb) * fpb,
+        "batch_size": hp["batch_size"],
+        "tau": hp["tau"],
+        "gamma": hp["gamma"],
+        "train_freq": (fpb // hp["num_envs"], "step"),  # steps of all num_envs envs: one batch
+        "gradient_steps": int(gradient_steps),
+        "ent_coef": f"auto_{hp['init_alpha']}",
+        "target_entropy": "auto" if hp["target_entropy"] is None else hp["target_entropy"],  # auto: -dim(A)
+        "target_update_interval": 1,
+        "policy_kwargs": {"net_arch": {"pi": hidden, "qf": hidden}, "activation_fn": ACTIVATIONS[hp["activation"]]},
+        "device": DEVICE,
+    }
+
+
+def orthogonal_init_(model: Any) -> None:
+    """rl_lightning's initialization of SAC's MLPs (``networks.mlp``), which SB3's SAC has no option for:
+    orthogonal weights with gain sqrt(2) and zero biases for hidden layers, gain 1 for the critics' output
+    layer; the actor's output layers keep torch's default, as in rl_lightning. The target critics get the
+    critics' new weights."""
+    policy = model.policy
+    for net, out_gain in [(policy.actor.latent_pi, math.sqrt(2)), *((q, 1.0) for q in policy.critic.q_networks)]:
+        linears = [layer for layer in net if isinstance(layer, nn.Linear)]
+        for k, layer in enumerate(linears):
+            nn.init.orthogonal_(layer.weight, out_gain if k == len(linears) - 1 else math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+    policy.critic_target.load_state_dict(policy.critic.state_dict())
+
+
+def run_sb3(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool, threshold: float) -> Result:
+    """SB3's SAC, timed from making its envs to the end of ``learn`` (its constructor builds the networks
+    together with the optimizers and the replay buffer, so they are timed too); with ``evaluation``,
+    evaluated and stopped by ``_sb3.Evaluation`` on the other sides' schedule."""
+    start = time.perf_counter()
+    envs = make_envs(hp["env_id"], hp["num_envs"], seed=seed)
+    model = sb3.SAC("MlpPolicy", envs, seed=seed, **sb3_sac_kwargs(hp))
+    orthogonal_init_(model)
+    evaluator = None
+    if evaluation:
+        eval_envs = make_envs(hp["env_id"], min(hp["eval_envs"], hp["eval_episodes"]))
+        evaluator = Evaluation(
+            eval_envs, hp["eval_episodes"], hp["frames_per_batch"], hp["val_check_interval"], seed, threshold
+        )
+    model.learn(total_frames, callback=evaluator)
+    envs.close()
+    frames, eval_return = model.num_timesteps, None
+    if evaluator is not None:
+        evaluator.eval_envs.close()
+        frames, eval_return = evaluator.frames, evaluator.eval_return
+    seconds = time.perf_counter() - start
+    return Result("sb3", seed, frames, seconds, eval_return, model._n_updates)  # SB3's gradient-step counter
+
+
 def main() -> None:
     threads_help = "torch.set_num_threads for both sides (default: the config's torch_threads, 1)"
     p = parser(__doc__, [0, 1], 6_000, threads_help)
@@ -267,7 +376,8 @@ def main() -> None:
     if args.throughput_frames <= hp["init_random_frames"]:
         raise SystemExit(f"--throughput-frames must exceed init_random_frames={hp['init_random_frames']}")
     print(
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()} "
+        f"torch {torch.__version__}, stable-baselines3 {sb3.__version__}, {os.cpu_count()} CPUs, "
+        f"threads {torch.get_num_threads()} "
         f"(--threads {args.threads}, config torch_threads {load_hparams(CONFIG)['torch_threads']}), "
         f"config {CONFIG.relative_to(ROOT)}: num_envs={hp['num_envs']} frames_per_batch={hp['frames_per_batch']} "
         f"batch_size={hp['batch_size']} buffer_size={hp['buffer_size']} utd_ratio={hp['utd_ratio']} "
@@ -276,9 +386,12 @@ def main() -> None:
         f"({hp['eval_episodes']} episodes), stop at mean return > {args.threshold}"
     )
 
+    print(f"stable-baselines3 SAC (orthogonal init as rl_lightning's): {sb3_sac_kwargs(hp)}")
+
     runners = {
         "plain": partial(run_plain, hp, threshold=args.threshold),
         "rl_lightning": partial(run_rl_lightning, hp, threshold=args.threshold),
+        "sb3": partial(run_sb3, hp, threshold=args.threshold),
     }
     warm_frames = hp["init_random_frames"] + 2 * hp["frames_per_batch"]
     solve, throughput = compare(runners, args.seeds, hp["total_frames"], args.throughput_frames, warm_frames)
@@ -300,15 +413,15 @@ def main() -> None:
     same_frames = [s for s in args.seeds if by[pl, s].frames == by[rl, s].frames]
     same_runs = [s for s in same_frames if by[pl, s].eval_return == by[rl, s].eval_return]
     print(
-        f"\nframes to threshold match on both sides: {len(same_frames)}/{len(args.seeds)} seeds; "
+        f"\nframes to threshold match, plain and rl_lightning: {len(same_frames)}/{len(args.seeds)} seeds; "
         f"identical runs (same frames and last evaluation return): {len(same_runs)}/{len(args.seeds)} seeds"
     )
-    extra = (b[rl]["seconds"] - b[pl]["seconds"]) / b[pl]["updates"] * 1e6
-    more = [
-        ("    throughput updates/s", f"{b[rl]['ups'] / b[pl]['ups']:.2f}x"),
-        ("    extra time per update", f"{extra:.0f} us  (whole difference of (b) divided by the updates)"),
-    ]
-    print_ratios(a, b, "threshold", width=30, more=more)
+    reached = sum(r.eval_return is not None and r.eval_return > args.threshold for r in solve if r.side == "sb3")
+    print(
+        f"sb3 draws its random numbers in its own order: its runs differ from the others' step by step, compare "
+        f"its means over the {len(args.seeds)} seeds (reached in {reached})"
+    )
+    print_ratios(a, b, "threshold", width=30, updates=True)
 
     if args.profile:
         profile(runners, args.seeds[0], args.throughput_frames)

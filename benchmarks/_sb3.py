@@ -1,0 +1,81 @@
+"""What the stable-baselines3 side of ``ppo_cartpole.py`` and ``sac_pendulum.py`` shares: the evaluation
+callback that mirrors Lightning's validation schedule, and the seeding of its evaluation envs.
+
+stable-baselines3 is the ``bench`` extra: ``.venv/bin/pip install -c constraints.txt -e '.[bench]'``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecEnv
+except ImportError as err:
+    raise SystemExit(
+        f"The benchmarks compare against stable-baselines3, which is not installed ({err}). Install the bench "
+        "extra: .venv/bin/pip install -c constraints.txt -e '.[bench]'"
+    ) from err
+
+from rl_lightning.data import evaluation_seed
+
+__all__ = ["DEVICE", "Evaluation", "make_envs", "sb3"]
+
+DEVICE = "cpu"  # the configs' accelerator
+
+
+def make_envs(env_id: str, num_envs: int, seed: int | None = None) -> VecEnv:
+    """SB3's ``make_vec_env`` (a ``DummyVecEnv`` of ``Monitor``-wrapped envs), as its users make envs; ``seed``
+    resets env ``i`` with ``seed + i`` at the first reset, as rl_lightning's training envs."""
+    return make_vec_env(env_id, num_envs, seed=seed)
+
+
+class Evaluation(BaseCallback):
+    """Deterministic evaluation where Lightning validates: after the update of every ``every``-th batch of
+    ``frames_per_batch`` frames, and after the last batch; training stops at the first mean return above
+    ``threshold`` (as ``EarlyStopping(mode="max")``, which compares with ``>``).
+
+    SB3's ``EvalCallback`` evaluates from ``on_step``, i.e. after a batch is collected but before it is
+    trained on; this one evaluates at the start of the next rollout, which comes after the update. Each round
+    seeds the evaluation envs as ``RLDataModule`` seeds its rounds (``evaluation_seed(seed, 0, round)``, env
+    ``i`` ``+ i``), so all sides evaluate from the same initial states. A stop takes effect at the next
+    ``on_step``, after one more step of the training envs (``num_envs`` frames, not counted in ``frames``).
+
+    Attributes:
+        eval_return: the last evaluation's mean return (``None`` before the first).
+        frames: the training frames at the last evaluation.
+    """
+
+    def __init__(
+        self, eval_envs: VecEnv, episodes: int, frames_per_batch: int, every: int, seed: int, threshold: float
+    ) -> None:
+        super().__init__()
+        self.eval_envs, self.episodes, self.threshold = eval_envs, episodes, threshold
+        self.frames_per_batch, self.every, self.seed = frames_per_batch, every, seed
+        self.rounds, self.frames, self.reached = 0, 0, False
+        self.eval_return: float | None = None
+
+    def _on_rollout_start(self) -> None:
+        batches = self.model.num_timesteps // self.frames_per_batch
+        if batches > 0 and batches % self.every == 0:
+            self._evaluate()
+
+    def _on_step(self) -> bool:
+        return not self.reached
+
+    def _on_training_end(self) -> None:
+        if not self.reached:  # the budget is spent: the last batch's evaluation
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        self.rounds += 1
+        self.eval_envs.seed(evaluation_seed(self.seed, 0, self.rounds))  # used by evaluate_policy's reset
+        returns, _ = evaluate_policy(
+            self.model, self.eval_envs, self.episodes, deterministic=True, return_episode_rewards=True
+        )
+        self.eval_return = float(np.mean(returns))
+        self.frames = self.model.num_timesteps
+        self.reached = self.eval_return > self.threshold
