@@ -20,6 +20,13 @@ def _fast_torch() -> None:
     torch.set_num_threads(1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist's default scheduler gives each worker a run of consecutive tests at once (a quarter of its share):
+    # with the slow tests first (below) one worker would get them all. One at a time, a free worker takes the next.
+    if getattr(config.option, "maxschedchunk", 0) is None:  # pytest-xdist installed and --maxschedchunk not given
+        config.option.maxschedchunk = 1
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Learning tests first, then the other ``slow`` ones (real processes, compiling), then the rest, each group in
     file order: with ``pytest -n 2`` the workers start on the longest tests, and the short ones fill the gaps at
