@@ -6,10 +6,15 @@ stable-baselines3 is the ``bench`` extra: ``.venv/bin/pip install -c constraints
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 try:
     import stable_baselines3 as sb3
+    from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -22,7 +27,7 @@ except ImportError as err:
 
 from rl_lightning.data import evaluation_seed
 
-__all__ = ["DEVICE", "Evaluation", "make_envs", "sb3"]
+__all__ = ["DEVICE", "Evaluation", "learn", "make_envs", "sb3"]
 
 DEVICE = "cpu"  # the configs' accelerator
 
@@ -79,3 +84,35 @@ class Evaluation(BaseCallback):
         self.eval_return = float(np.mean(returns))
         self.frames = self.model.num_timesteps
         self.reached = self.eval_return > self.threshold
+
+
+def learn(
+    hp: dict[str, Any],
+    seed: int,
+    total_frames: int,
+    build: Callable[[VecEnv], BaseAlgorithm],
+    threshold: float | None,
+) -> tuple[BaseAlgorithm, int, float, float | None]:
+    """Makes the training envs, builds the model with ``build(envs)`` and runs ``learn``, timed from making the envs
+    to the end of ``learn`` (SB3's constructors build the networks together with the optimizers, so building them
+    is timed too); with a ``threshold``, evaluated and stopped by :class:`Evaluation` on the other sides' schedule.
+
+    Returns:
+        ``(model, frames, seconds, last evaluation return or None)``.
+    """
+    start = time.perf_counter()
+    envs = make_envs(hp["env_id"], hp["num_envs"], seed=seed)
+    model = build(envs)
+    evaluator = None
+    if threshold is not None:
+        eval_envs = make_envs(hp["env_id"], min(hp["eval_envs"], hp["eval_episodes"]))
+        evaluator = Evaluation(
+            eval_envs, hp["eval_episodes"], hp["frames_per_batch"], hp["val_check_interval"], seed, threshold
+        )
+    model.learn(total_frames, callback=evaluator)
+    envs.close()
+    frames, eval_return = model.num_timesteps, None
+    if evaluator is not None:
+        evaluator.eval_envs.close()
+        frames, eval_return = evaluator.frames, evaluator.eval_return
+    return model, frames, time.perf_counter() - start, eval_return

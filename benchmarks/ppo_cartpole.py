@@ -70,7 +70,7 @@ from _harness import (
     seed_all,
     table,
 )
-from _sb3 import DEVICE, Evaluation, make_envs, sb3
+from _sb3 import DEVICE, learn, sb3
 from torch import nn
 
 from rl_lightning import PPO
@@ -277,25 +277,13 @@ def sb3_ppo_kwargs(hp: dict[str, Any], total_frames: int) -> dict[str, Any]:
 
 
 def run_sb3(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool) -> Result:
-    """SB3's PPO, timed from making its envs to the end of ``learn`` (its constructor builds the networks
-    together with the optimizer, so building them is timed too); with ``evaluation``, evaluated and stopped
-    by ``_sb3.Evaluation`` on the other sides' schedule."""
-    start = time.perf_counter()
-    envs = make_envs(hp["env_id"], hp["num_envs"], seed=seed)
-    model = sb3.PPO("MlpPolicy", envs, seed=seed, **sb3_ppo_kwargs(hp, total_frames))
-    evaluator = None
-    if evaluation:
-        eval_envs = make_envs(hp["env_id"], min(hp["eval_envs"], hp["eval_episodes"]))
-        evaluator = Evaluation(
-            eval_envs, hp["eval_episodes"], hp["frames_per_batch"], hp["val_check_interval"], seed, hp["threshold"]
-        )
-    model.learn(total_frames, callback=evaluator)
-    envs.close()
-    frames, eval_return = model.num_timesteps, None
-    if evaluator is not None:
-        evaluator.eval_envs.close()
-        frames, eval_return = evaluator.frames, evaluator.eval_return
-    return Result("sb3", seed, frames, time.perf_counter() - start, eval_return)
+    """SB3's PPO (see :func:`_sb3.learn` for what is timed)."""
+    threshold = hp["threshold"] if evaluation else None
+    _, frames, seconds, eval_return = learn(
+        hp, seed, total_frames, lambda envs: sb3.PPO("MlpPolicy", envs, seed=seed, **sb3_ppo_kwargs(hp, total_frames)),
+        threshold,
+    )  # fmt: skip
+    return Result("sb3", seed, frames, seconds, eval_return)
 
 
 def main() -> None:

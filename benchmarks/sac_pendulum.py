@@ -82,7 +82,7 @@ from _harness import (
     seed_all,
     table,
 )
-from _sb3 import DEVICE, Evaluation, make_envs, sb3
+from _sb3 import DEVICE, learn, sb3
 from torch import nn
 
 from rl_lightning import SAC
@@ -339,26 +339,14 @@ def orthogonal_init_(model: Any) -> None:
 
 
 def run_sb3(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool, threshold: float) -> Result:
-    """SB3's SAC, timed from making its envs to the end of ``learn`` (its constructor builds the networks
-    together with the optimizers and the replay buffer, so they are timed too); with ``evaluation``,
-    evaluated and stopped by ``_sb3.Evaluation`` on the other sides' schedule."""
-    start = time.perf_counter()
-    envs = make_envs(hp["env_id"], hp["num_envs"], seed=seed)
-    model = sb3.SAC("MlpPolicy", envs, seed=seed, **sb3_sac_kwargs(hp))
-    orthogonal_init_(model)
-    evaluator = None
-    if evaluation:
-        eval_envs = make_envs(hp["env_id"], min(hp["eval_envs"], hp["eval_episodes"]))
-        evaluator = Evaluation(
-            eval_envs, hp["eval_episodes"], hp["frames_per_batch"], hp["val_check_interval"], seed, threshold
-        )
-    model.learn(total_frames, callback=evaluator)
-    envs.close()
-    frames, eval_return = model.num_timesteps, None
-    if evaluator is not None:
-        evaluator.eval_envs.close()
-        frames, eval_return = evaluator.frames, evaluator.eval_return
-    seconds = time.perf_counter() - start
+    """SB3's SAC with rl_lightning's initialization (see :func:`_sb3.learn` for what is timed)."""
+
+    def build(envs: Any) -> Any:
+        model = sb3.SAC("MlpPolicy", envs, seed=seed, **sb3_sac_kwargs(hp))
+        orthogonal_init_(model)
+        return model
+
+    model, frames, seconds, eval_return = learn(hp, seed, total_frames, build, threshold if evaluation else None)
     return Result("sb3", seed, frames, seconds, eval_return, model._n_updates)  # SB3's gradient-step counter
 
 
