@@ -269,17 +269,15 @@ def stage_tensors(value: Any, directory: Path, rank: int) -> Any:
     """``value`` with each non-empty tensor written to a raw file in ``directory`` (flushed to disk) and replaced by
     a small :data:`STAGED` reference, which is what crosses the process group and what rank zero's
     :meth:`RLCheckpointIO.save_checkpoint` turns into a file of the checkpoint's directory."""
-    if isinstance(value, torch.Tensor) and value.numel() > 0:
+
+    def stage(leaf: Any) -> Any:
+        if not (isinstance(leaf, torch.Tensor) and leaf.numel() > 0):
+            return _DESCEND
         file = directory / f"{len(list(directory.iterdir()))}.bin"
-        _write_raw(value, file)
-        return {STAGED: str(file.resolve()), "rank": rank, "dtype": _dtype_name(value), "shape": list(value.shape)}
-    if isinstance(value, dict):
-        return {k: stage_tensors(v, directory, rank) for k, v in value.items()}
-    if isinstance(value, list):
-        return [stage_tensors(v, directory, rank) for v in value]
-    if isinstance(value, tuple):
-        return tuple(stage_tensors(v, directory, rank) for v in value)
-    return value
+        _write_raw(leaf, file)
+        return {STAGED: str(file.resolve()), "rank": rank, "dtype": _dtype_name(leaf), "shape": list(leaf.shape)}
+
+    return _map_tree(value, stage)
 
 
 def _check_writable(directory: Path) -> None:
@@ -336,38 +334,50 @@ def _remove_leftovers(path: Path) -> None:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+_DESCEND = object()
+"""What a :func:`_map_tree` function returns for a value it leaves alone: the walk goes on into its items."""
+
+
+def _map_tree(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """``value`` with ``fn`` applied to it and, where ``fn`` returns :data:`_DESCEND`, to the items of its dicts,
+    lists and tuples (the structure of a checkpoint)."""
+    replaced = fn(value)
+    if replaced is not _DESCEND:
+        return replaced
+    if isinstance(value, dict):
+        return {k: _map_tree(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_tree(v, fn) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_map_tree(v, fn) for v in value)
+    return value
+
+
 def _externalize(value: Any, threshold: int, files: list[tuple[str, torch.Tensor | Path]]) -> Any:
     """``value`` with each tensor of ``threshold`` bytes or more, and each file a rank staged, replaced by a reference
     (and added to ``files``)."""
-    if isinstance(value, torch.Tensor) and not value.is_sparse and value.numel() * value.element_size() >= threshold:
-        name = f"{len(files)}.bin"
-        files.append((name, value))
-        return {EXTERNAL: name, "dtype": _dtype_name(value), "shape": list(value.shape)}
-    if isinstance(value, dict):
-        if STAGED in value:
-            name = f"rank{int(value['rank'])}/{len(files)}.bin"
-            files.append((name, Path(value[STAGED])))
-            return {EXTERNAL: name, "dtype": value["dtype"], "shape": value["shape"]}
-        return {k: _externalize(v, threshold, files) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_externalize(v, threshold, files) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_externalize(v, threshold, files) for v in value)
-    return value
+
+    def reference(leaf: Any) -> Any:
+        if isinstance(leaf, torch.Tensor) and not leaf.is_sparse and leaf.numel() * leaf.element_size() >= threshold:
+            name = f"{len(files)}.bin"
+            files.append((name, leaf))
+            return {EXTERNAL: name, "dtype": _dtype_name(leaf), "shape": list(leaf.shape)}
+        if isinstance(leaf, dict) and STAGED in leaf:
+            name = f"rank{int(leaf['rank'])}/{len(files)}.bin"
+            files.append((name, Path(leaf[STAGED])))
+            return {EXTERNAL: name, "dtype": leaf["dtype"], "shape": leaf["shape"]}
+        return _DESCEND
+
+    return _map_tree(value, reference)
 
 
 def _internalize(value: Any, directory: Path, checkpoint: Path) -> Any:
-    if isinstance(value, dict):
-        if EXTERNAL in value:
-            return _read_raw(
-                directory, str(value[EXTERNAL]), getattr(torch, value["dtype"]), value["shape"], checkpoint
-            )
-        return {k: _internalize(v, directory, checkpoint) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_internalize(v, directory, checkpoint) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_internalize(v, directory, checkpoint) for v in value)
-    return value
+    def read(leaf: Any) -> Any:
+        if isinstance(leaf, dict) and EXTERNAL in leaf:
+            return _read_raw(directory, str(leaf[EXTERNAL]), getattr(torch, leaf["dtype"]), leaf["shape"], checkpoint)
+        return _DESCEND
+
+    return _map_tree(value, read)
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:
