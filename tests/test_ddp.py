@@ -18,6 +18,7 @@ import yaml
 from rl_lightning.checkpoint import DATA_DIR, EXTERNAL, STAGING_DIR, RLCheckpointIO
 from tests.conftest import ROOT
 from tests.test_cli import _quick, _run
+from tests.test_hooks import assert_reward_statistics_of_both_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -88,9 +89,14 @@ def test_ppo_ranks_stay_identical_count_frames_over_both_and_resume(tmp_path: Pa
 
 
 def test_sac_ranks_stay_identical_and_resume_with_their_own_replay_buffers(tmp_path: Path) -> None:
+    """Also checks, in the same runs, that RewardNormalizer's statistics are those of both ranks' returns."""
     fpb = yaml.safe_load((ROOT / "configs/sac.yaml").read_text())["data"]["frames_per_batch"]
-    first = _fit_ddp("sac.yaml", tmp_path, batches_per_rank=2)
+    rewards = tmp_path / "rewards"
+    normalizer = f"--trainer.callbacks+={json.dumps({'class_path': 'rl_lightning.callbacks.RewardNormalizer'})}"
+    recorder = {"class_path": "tests.test_hooks.SaveRewardStats", "init_args": {"dirpath": str(rewards)}}
+    first = _fit_ddp("sac.yaml", tmp_path, 2, f"--trainer.callbacks+={json.dumps(recorder)}", normalizer)
     _assert_same_networks(first)  # target networks included: they are part of the state dict
+    assert_reward_statistics_of_both_ranks(rewards)
     assert first[0]["frames"] == 2 * 2 * fpb and first[0]["updates"] > 0
     observations = [first[rank]["buffer"]["data"]["observation"] for rank in (0, 1)]
     assert len(observations[0]) == 2 * fpb and not torch.equal(observations[0], observations[1])  # own envs
@@ -114,7 +120,7 @@ def test_sac_ranks_stay_identical_and_resume_with_their_own_replay_buffers(tmp_p
     for rank in (0, 1):
         assert torch.equal(state["per_rank"][rank]["buffer"]["data"]["observation"], observations[rank])
 
-    resumed = _fit_ddp("sac.yaml", tmp_path, 3, f"--ckpt_path={ckpt}")
+    resumed = _fit_ddp("sac.yaml", tmp_path, 3, f"--ckpt_path={ckpt}", normalizer)
     _assert_same_networks(resumed)
     assert resumed[0]["frames"] == 2 * 3 * fpb
     for rank in (0, 1):  # each rank resumed with its own transitions and added one batch
@@ -123,7 +129,7 @@ def test_sac_ranks_stay_identical_and_resume_with_their_own_replay_buffers(tmp_p
 
     # On one rank: it takes saved rank 0's buffer; rank 1's goes unused, with a warning that says so.
     stderr: list[str] = []
-    single = _fit_ddp("sac.yaml", tmp_path, 5, f"--ckpt_path={ckpt}", devices=1, stderr=stderr)
+    single = _fit_ddp("sac.yaml", tmp_path, 5, f"--ckpt_path={ckpt}", normalizer, devices=1, stderr=stderr)
     data = single[0]["buffer"]["data"]["observation"]
     assert len(data) == 3 * fpb and torch.equal(data[: 2 * fpb], observations[0])
     assert "holds the replay buffer of 2 rank(s), and this run has 1" in stderr[0]

@@ -622,33 +622,15 @@ class SaveRewardStats(CollectedRewards):
         torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")
 
 
-@pytest.mark.slow
-def test_reward_normalizer_statistics_agree_across_ddp_ranks(tmp_path: Path) -> None:
-    import json
-
-    from tests.test_cli import _quick, _run
-
-    probe = tmp_path / "ranks"
-    args = [a for a in _quick(ROOT / "configs/sac.yaml", tmp_path) if not a.startswith("--data.total_frames")]
-    callbacks = [
-        {"class_path": "tests.test_hooks.SaveRewardStats", "init_args": {"dirpath": str(probe)}},
-        {"class_path": "rl_lightning.callbacks.RewardNormalizer"},
-    ]
-    result = _run(
-        "fit",
-        *args,
-        "--data.total_frames=256",  # 2 batches of 64 frames on each of 2 ranks
-        "--trainer.strategy=ddp",
-        "--trainer.devices=2",
-        *(f"--trainer.callbacks+={json.dumps(cb)}" for cb in callbacks),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def assert_reward_statistics_of_both_ranks(probe: Path) -> None:
+    """What ``SaveRewardStats`` saved in a 2-rank fit: each rank collected its own rewards, and both hold the same
+    normalizer statistics, those of both ranks' returns (``tests/test_ddp.py`` runs it)."""
     ranks = [torch.load(probe / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert not torch.equal(ranks[0]["returns"], ranks[1]["returns"])  # each rank collected its own rewards
-    for name in ("count", "mean", "var"):  # the same statistics on both ranks, of both ranks' returns
+    assert not torch.equal(ranks[0]["returns"], ranks[1]["returns"])
+    for name in ("count", "mean", "var"):
         torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0)
     both = torch.cat([ranks[0]["returns"], ranks[1]["returns"]])
-    assert ranks[0]["count"].item() == both.numel() == 256
+    assert ranks[0]["count"].item() == both.numel() > 0
     torch.testing.assert_close(ranks[0]["mean"], both.mean())
     torch.testing.assert_close(ranks[0]["var"], both.var(correction=0))
 
