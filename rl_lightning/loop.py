@@ -167,7 +167,7 @@ class RLLoop:
         of their sum as ``train/loss`` (:class:`~rl_lightning.metrics.Means`: one sync for all of them)."""
         is_loss = torch.tensor([isinstance(k, str) and k.startswith("loss_") for k in names], device=total.device)
         values = torch.cat([total, (total * is_loss).sum().unsqueeze(0)])
-        if self._loss_means is None or self._loss_means.size != len(values):
+        if self._loss_means is None or self._loss_means.size != len(values) or self._loss_means.device != values.device:
             self._loss_means = Means(len(values)).to(values.device)
         self._loss_means.reset()
         self._loss_means.update(values, steps)
