@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any, Literal
 
 import lightning.pytorch as pl
@@ -58,6 +60,9 @@ class RLModule(pl.LightningModule, ABC):
     """Passes over :meth:`optim_batches` per collector batch."""
     batch_keys: tuple[str | tuple[str, ...], ...] = ()
     """The collected keys the algorithm reads (``SelectKeys`` refuses to drop them); empty: not declared."""
+    trains_on_replay: bool = False
+    """Whether the minibatches are replay samples rather than parts of the collected batch (off-policy algorithms):
+    what a callback that rewrites the collected batch (``RewardNormalizer``) needs to know."""
     max_grad_norm: float | None = None
     """Clip each parameter group's gradient norm to this value (``None``: no clipping)."""
     nonfinite: Literal["raise", "skip"] = "raise"
@@ -98,8 +103,9 @@ class RLModule(pl.LightningModule, ABC):
         """The last ``stats_window`` completed training episodes (the data's), behind ``rollout/episode_return``."""
 
     def save_rl_hyperparameters(self) -> None:
-        """``save_hyperparameters`` of the caller's arguments, with the spaces stored as plain data."""
-        self.save_hyperparameters(ignore=["observation_space", "action_space"], frame=_caller_frame())
+        """``save_hyperparameters`` of the arguments of this model's own class (``type(self).__init__``, also when
+        called from a parent's ``__init__``: DDPG's, not the TD3 it builds on), with the spaces as plain data."""
+        self.save_hyperparameters(ignore=["observation_space", "action_space"], frame=_init_frame(self))
         self.hparams["observation_space"] = space_to_dict(self.observation_space)
         self.hparams["action_space"] = space_to_dict(self.action_space)
 
@@ -385,6 +391,7 @@ class RLModule(pl.LightningModule, ABC):
             "frames": self.frames,
             "updates": self.updates,
             "episodes": self.episodes,
+            "skipped_updates": self.skipped_updates,
             "loop": self.loop.state_dict(),
             "rng": gather_per_rank(self._trainer, rng_state()),
             "episode_window": self.episode_stats.state_dict_window(sync=gathers(self._trainer)),
@@ -431,6 +438,7 @@ class RLModule(pl.LightningModule, ABC):
         self.frames = int(state["frames"])
         self.updates = int(state["updates"])
         self.episodes = int(state["episodes"])
+        self.skipped_updates = int(state["skipped_updates"])
         self.loop.load_state_dict(state["loop"])
         # The saved window holds every rank's last episodes: one rank takes them back, so none counts twice.
         rank = 0 if self._trainer is None else self._trainer.global_rank
@@ -473,10 +481,12 @@ def _can_call_torch_directly(module: RLModule) -> bool:
     return type(trainer.strategy) is SingleDeviceStrategy and type(trainer.precision_plugin) is Precision
 
 
-def _caller_frame() -> Any:
-    """The frame of the algorithm's ``__init__`` that called :meth:`RLModule.save_rl_hyperparameters`."""
-    import inspect
-
+def _init_frame(module: RLModule) -> FrameType:
+    """The running frame of ``type(module).__init__``, the one whose arguments are the model's hyperparameters."""
+    code = type(module).__init__.__code__
     frame = inspect.currentframe()
-    assert frame is not None and frame.f_back is not None and frame.f_back.f_back is not None
-    return frame.f_back.f_back
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    if frame is None:
+        raise RuntimeError(f"save_rl_hyperparameters must be called while {type(module).__name__}.__init__ runs.")
+    return frame

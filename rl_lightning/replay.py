@@ -29,6 +29,8 @@ INDEX = "index"
 """Storage index of each sampled transition, ``int64 [batch_size]`` (what ``update_priority`` takes)."""
 WEIGHT = "weight"
 """Importance-sampling weight of each sampled transition, ``float32 [batch_size, 1]`` (prioritized buffers only)."""
+TD_ERROR = "td_error"
+"""Where a loss writes each sampled transition's TD error ``[batch_size]`` (torchrl's key): its new priority."""
 PRIORITY_EPS = 1e-6
 """``ReplayBuffer``'s default ``priority_eps``, added to ``|priority|`` so that no transition has a zero chance."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -49,3 +49,27 @@ def space_from_dict(data: SpaceLike) -> gym.spaces.Space:
     if kind == "MultiBinary":
         return gym.spaces.MultiBinary(data["n"])
     raise ValueError(f"Cannot read a space from {data!r}; expected a dict written by space_to_dict.")
+
+
+def check_action_space(algorithm: str, space: SpaceLike | None, kind: Literal["bounded Box", "Discrete"]) -> None:
+    """Raises ``ValueError`` unless ``space`` is a bounded 1-D ``Box`` or a ``Discrete`` space (``None`` passes: the
+    model's constructor reports a missing space), naming what fits instead.
+
+    Example:
+        >>> check_action_space("DQN", gym.spaces.Discrete(2), "Discrete")
+    """
+    if space is None:
+        return
+    space = space_from_dict(space)
+    if kind == "Discrete":
+        if not isinstance(space, gym.spaces.Discrete):
+            raise ValueError(
+                f"{algorithm} needs a Discrete action space; the env has {space}. For Box actions use rl_lightning.SAC, "
+                "TD3 or DDPG (or PPO/A2C); or discretize the actions with a gymnasium ActionWrapper."
+            )
+    elif not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and space.is_bounded()):
+        raise ValueError(
+            f"{algorithm} needs a bounded 1-D Box action space; the env has {space}. For discrete actions use "
+            "rl_lightning.DQN, PPO or A2C; for unbounded Box actions add gymnasium.wrappers.ClipAction or "
+            "RescaleAction."
+        )

@@ -8,25 +8,24 @@ import lightning.pytorch as pl
 from tensordict import TensorDict
 from typing_extensions import override
 
-from rl_lightning._checks import check_int
 from rl_lightning.callbacks.rl_callback import RLCallback
 from rl_lightning.checkpoint import stage_tensors, staging_dir
 from rl_lightning.distributed import gather_per_rank, own_state
+from rl_lightning.replay import TD_ERROR, ReplayBuffer
 
 if TYPE_CHECKING:
     from rl_lightning.module import RLModule
-    from rl_lightning.replay import ReplayBuffer
-
-TD_ERROR = "td_error"
-"""Key under which a loss writes per-sample TD errors into the sampled batch (torchrl's convention)."""
 
 
 class ReplayBufferTrainer(RLCallback):
-    """Extends a replay buffer with every collected batch and replaces each minibatch with a replay sample.
+    """Fills a replay buffer with every collected batch, keeps its priorities and carries it in checkpoints.
 
     - ``on_batch_process``: ``buffer.extend(batch)`` (the batch itself passes on unchanged);
-    - ``on_process_optim_batch``: returns ``buffer.sample(batch_size)`` on the module's device;
-    - ``on_post_loss``: with a prioritized buffer, ``buffer.update_priority(sub["index"], sub["td_error"])``.
+    - ``on_post_loss``: with a prioritized buffer, ``buffer.update_priority(sub["index"], sub["td_error"])``, the
+      per-sample TD errors the loss wrote into its replay sample.
+
+    The replay samples themselves are drawn by the algorithm (``OffPolicyModule.optim_batches``), which adds this
+    callback for its own buffer.
 
     The buffer's contents are part of this callback's ``state_dict``, so full checkpoints carry them (a
     memory-mapped buffer's as views of its files; weights-only checkpoints, such as the configs' ``best-*.ckpt``,
@@ -38,18 +37,10 @@ class ReplayBufferTrainer(RLCallback):
 
     Args:
         buffer: the :class:`~rl_lightning.replay.ReplayBuffer`.
-        batch_size: transitions per sample (one optimizer step).
     """
 
-    def __init__(self, buffer: ReplayBuffer, batch_size: int) -> None:
-        check_int("batch_size", batch_size, hint="It is the transitions per replay sample, e.g. 256.")
-        if batch_size > buffer.capacity:
-            raise ValueError(
-                f"batch_size={batch_size} is larger than the replay buffer's capacity={buffer.capacity}: a sample "
-                "could never be drawn. Raise the buffer size or lower the batch size."
-            )
+    def __init__(self, buffer: ReplayBuffer) -> None:
         self.buffer = buffer
-        self.batch_size = batch_size
         self._trainer: pl.Trainer | None = None
 
     @override
@@ -57,16 +48,8 @@ class ReplayBufferTrainer(RLCallback):
         self._trainer = trainer
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.buffer.device = pl_module.device  # samples arrive where the module trains
-
-    @override
     def on_batch_process(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> None:
         self.buffer.extend(batch)
-
-    @override
-    def on_process_optim_batch(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> TensorDict:
-        return self.buffer.sample(self.batch_size)
 
     @override
     def on_post_loss(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict, losses: TensorDict) -> None:

@@ -12,7 +12,6 @@ from typing_extensions import override
 
 from rl_lightning import keys
 from rl_lightning._checks import check_positive, check_range
-from rl_lightning.callbacks.replay_buffer_trainer import ReplayBufferTrainer
 from rl_lightning.callbacks.rl_callback import RLCallback
 
 if TYPE_CHECKING:
@@ -32,9 +31,9 @@ class RewardNormalizer(RLCallback):
     - ``on_batch_process``: the returns of the collected batch update the statistics (summed over the DDP ranks,
       so every rank holds the same ones). For an on-policy algorithm (PPO) the batch's rewards are then scaled in a
       shallow copy, before the algorithm computes advantages and value targets from them.
-    - ``on_process_optim_batch``: when the minibatches are replay samples (a ``ReplayBufferTrainer`` is in the fit),
-      the replay buffer keeps the raw rewards and each sample's rewards are scaled with the current statistics
-      instead. This callback moves itself after the callbacks that pick the minibatch at ``setup``.
+    - ``on_process_optim_batch``: when the minibatches are replay samples (an off-policy algorithm, whose
+      ``trains_on_replay`` is true), the replay buffer keeps the raw rewards and each sample's rewards are scaled
+      with the current statistics instead.
 
     The statistics (count, mean and variance of the returns) are checkpointed; the per-env running returns are
     not: a resumed run's envs restart from a reset (``is_init``), where the returns restart too. The logged
@@ -80,17 +79,7 @@ class RewardNormalizer(RLCallback):
                     "float attribute gamma. Pass RewardNormalizer(gamma=...)."
                 )
             self._discount = float(gamma)
-        callbacks = list(trainer.callbacks)  # type: ignore[attr-defined]
-        self._replay = any(isinstance(cb, ReplayBufferTrainer) for cb in callbacks)
-        pickers = [
-            i
-            for i, cb in enumerate(callbacks)
-            if cb is not self and isinstance(cb, RLCallback) and "on_process_optim_batch" in cb.implemented_rl_hooks()
-        ]
-        if pickers and pickers[-1] > callbacks.index(self):
-            callbacks.remove(self)
-            callbacks.insert(pickers[-1], self)
-            trainer.callbacks = callbacks  # type: ignore[attr-defined]  # a new list: Lightning may be iterating the old
+        self._replay = bool(getattr(pl_module, "trains_on_replay", False))
 
     @property
     def scale(self) -> torch.Tensor:

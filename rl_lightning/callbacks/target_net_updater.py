@@ -1,8 +1,8 @@
-"""``TargetNetUpdaterHook``: moves target networks towards their online networks after each update."""
+"""``TargetNetUpdaterHook``: moves target networks towards their online networks every few updates."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -16,26 +16,29 @@ if TYPE_CHECKING:
 
 
 class TargetNetUpdaterHook(RLCallback):
-    """Updates the module's target networks at ``post_optim``: Polyak averaging or a periodic hard copy.
+    """Every ``interval`` updates, ``target ← (1 - tau) · target + tau · online`` for each of the module's pairs.
 
-    The pairs come from ``module.target_networks()`` (``[(online, target), ...]``).
+    ``tau=1`` copies the online networks (a hard update, DQN's), ``tau < 1`` with ``interval=1`` is Polyak averaging
+    after every update (SAC's), and ``tau < 1`` with ``interval=d`` follows TD3's delayed updates. The pairs come
+    from ``module.target_networks()`` (``[(online, target), ...]``). An update the module skipped (NaN or inf
+    gradients with ``nonfinite: skip``, counted in ``module.skipped_updates``) changed nothing and does not count.
 
     Args:
-        mode: ``"soft"``: ``target ← (1 - tau) · target + tau · online`` after every update;
-            ``"hard"``: ``target ← online`` every ``interval`` updates.
-        tau: the Polyak coefficient of soft updates, in ``(0, 1]``.
-        interval: updates between hard copies.
+        tau: how far each target update moves the targets, in ``(0, 1]``.
+        interval: updates between target updates.
+
+    Example:
+        >>> hook = TargetNetUpdaterHook(tau=1.0, interval=1000)  # DQN: a copy every 1000 updates
     """
 
-    def __init__(self, mode: Literal["soft", "hard"] = "soft", tau: float = 0.005, interval: int = 1000) -> None:
-        if mode not in ("soft", "hard"):
-            raise ValueError(f"mode={mode!r} is invalid: expected 'soft' (Polyak averaging) or 'hard' (copy).")
-        check_range("tau", tau, 0.0, 1.0, "Use e.g. tau=0.005 (1 copies the online networks).", low_inclusive=False)
-        check_int("interval", interval, hint="It is the number of updates between hard copies, e.g. 1000.")
-        self.mode = mode
+    def __init__(self, tau: float = 0.005, interval: int = 1) -> None:
+        check_range("tau", tau, 0.0, 1.0, "Use e.g. tau=0.005, or 1 to copy the online networks.", low_inclusive=False)
+        check_int("interval", interval, hint="It is the number of updates between target updates, e.g. 1.")
         self.tau = tau
         self.interval = interval
         self.updates = 0
+        """Applied updates seen (skipped ones left out); the targets move at every multiple of ``interval``."""
+        self._skipped = 0  # the module's skipped_updates at the last update seen
         self._lists: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
         self._lists_of: RLModule | None = None
 
@@ -53,16 +56,32 @@ class TargetNetUpdaterHook(RLCallback):
         return self._lists
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pairs = getattr(pl_module, "target_networks", lambda: [])()
+        if not pairs:
+            raise ValueError(
+                f"TargetNetUpdaterHook updates target networks, but {type(pl_module).__name__} has none "
+                "(its target_networks() is empty). Remove the hook from trainer.callbacks."
+            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._skipped = int(getattr(pl_module, "skipped_updates", 0))
+
+    @override
     @torch.no_grad()
     def on_post_optim(self, trainer: pl.Trainer, module: RLModule) -> None:
+        if module.skipped_updates != self._skipped:  # this update was skipped: nothing changed, nothing counts
+            self._skipped = module.skipped_updates
+            return
         self.updates += 1
-        if self.mode == "hard" and self.updates % self.interval:
+        if self.updates % self.interval:
             return
         online, target = self._parameter_lists(module)
-        if self.mode == "soft":
-            torch._foreach_lerp_(target, online, self.tau)
-        else:
+        if self.tau == 1.0:
             torch._foreach_copy_(target, online)
+        else:
+            torch._foreach_lerp_(target, online, self.tau)
 
     @override
     def state_dict(self) -> dict[str, Any]:
