@@ -15,14 +15,14 @@ SB3 runs ``stable_baselines3.PPO("MlpPolicy", ...)`` as its users do, on its own
 ``DummyVecEnv`` of ``Monitor``-wrapped envs, ``num_envs`` of them, env ``i`` seeded ``seed + i``), with the
 arguments of ``sb3_ppo_kwargs``:
 
-    n_steps = frames_per_batch / num_envs        batch_size = minibatch_size      n_epochs, gamma, gae_lambda
+    n_steps = frames_per_batch / num_envs        batch_size = batch_size      n_epochs, gamma, gae_lambda
     clip_range = clip_epsilon                    clip_range_vf = clip_value       normalize_advantage, target_kl
     ent_coef = entropy_coef                      max_grad_norm (null: inf)        device = "cpu"
     vf_coef = value_coef / 2                     SB3's value loss is the MSE, rl_lightning's half the MSE
     learning_rate = lr                           with anneal_lr, linear to 0 over the run's frames, counted
                                                  before each batch as rl_lightning counts them
     net_arch = {pi: hidden_sizes, vf: hidden_sizes}, activation_fn = activation, ortho_init = True (rl_lightning's
-    gains: sqrt(2) hidden, 0.01 action, 1 value, zero biases), optimizer_kwargs = {eps: adam_eps}
+    gains: sqrt(2) hidden, 0.01 action, 1 value, zero biases), optimizer_kwargs = {eps: optimizer_eps}
 
 It evaluates with ``_sb3.Evaluation`` (SB3's ``evaluate_policy``, on the same schedule and env seeds). SB3
 draws its random numbers in its own order, so its runs are not step for step the others': compare its means
@@ -143,7 +143,7 @@ def run_plain(
     n, steps = hp["num_envs"], hp["frames_per_batch"] // hp["num_envs"]
     envs = make_vec_env(hp["env_id"], n)
     eval_envs = make_vec_env(hp["env_id"], min(hp["eval_envs"], hp["eval_episodes"]))
-    optimizer = torch.optim.Adam(agent.parameters(), lr=hp["lr"], eps=hp["adam_eps"], fused=True)  # as PPO
+    optimizer = torch.optim.Adam(agent.parameters(), lr=hp["lr"], eps=hp["optimizer_eps"], fused=True)  # as PPO
 
     obs_shape = envs.single_observation_space.shape
     obs = torch.zeros((n, steps, *obs_shape))
@@ -197,7 +197,7 @@ def run_plain(
 
         # n_epochs passes of shuffled minibatches, one Adam step each.
         for _ in range(hp["n_epochs"]):
-            for mb in torch.randperm(n * steps).split(hp["minibatch_size"]):
+            for mb in torch.randperm(n * steps).split(hp["batch_size"]):
                 x = agent.encoder(b_obs[mb])
                 new_log_prob, entropy = agent.head.log_prob_entropy(agent.actor_body(x), b_actions[mb])
                 new_value = agent.critic(x)
@@ -255,7 +255,7 @@ def sb3_ppo_kwargs(hp: dict[str, Any], total_frames: int) -> dict[str, Any]:
     return {
         "learning_rate": learning_rate,
         "n_steps": fpb // hp["num_envs"],
-        "batch_size": hp["minibatch_size"],
+        "batch_size": hp["batch_size"],
         "n_epochs": hp["n_epochs"],
         "gamma": hp["gamma"],
         "gae_lambda": hp["gae_lambda"],
@@ -270,7 +270,7 @@ def sb3_ppo_kwargs(hp: dict[str, Any], total_frames: int) -> dict[str, Any]:
             "net_arch": {"pi": list(hp["hidden_sizes"]), "vf": list(hp["hidden_sizes"])},
             "activation_fn": ACTIVATIONS[hp["activation"]],
             "ortho_init": True,  # sqrt(2) hidden, 0.01 action, 1 value, zero biases: rl_lightning's gains
-            "optimizer_kwargs": {"eps": hp["adam_eps"]},
+            "optimizer_kwargs": {"eps": hp["optimizer_eps"]},
         },
         "device": DEVICE,
     }
@@ -302,7 +302,7 @@ def main() -> None:
         f"threads {torch.get_num_threads()} (--threads {args.threads}, config torch_threads "
         f"{load_hparams(CONFIG)['torch_threads']}), "
         f"config {CONFIG.relative_to(ROOT)}: num_envs={hp['num_envs']} frames_per_batch={hp['frames_per_batch']} "
-        f"minibatch_size={hp['minibatch_size']} n_epochs={hp['n_epochs']} lr={hp['lr']} "
+        f"batch_size={hp['batch_size']} n_epochs={hp['n_epochs']} lr={hp['lr']} "
         f"total_frames={hp['total_frames']} eval every {hp['val_check_interval']} batches "
         f"({hp['eval_episodes']} episodes), stop at mean return > {hp['threshold']}"
     )

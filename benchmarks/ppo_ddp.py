@@ -49,7 +49,7 @@ def _command(devices: int, frames: int, frames_per_batch: int, root: Path) -> li
     strategy = ["--trainer.strategy=ddp", f"--trainer.devices={devices}"] if devices > 1 else []
     return [
         sys.executable, "-m", "rl_lightning", "fit", "--config", str(ROOT / "configs/ppo.yaml"),
-        "--model.n_epochs=1", f"--model.minibatch_size={frames_per_batch}",
+        "--model.n_epochs=1", f"--model.batch_size={frames_per_batch}",
         f"--data.frames_per_batch={frames_per_batch}", f"--data.total_frames={frames}",
         "--trainer.limit_val_batches=0", "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false",
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}",
@@ -105,7 +105,7 @@ def _plain_worker(out: Path, frames: int, frames_per_batch: int) -> None:
     if world > 1:
         dist.init_process_group("gloo")
     hp = load_hparams(CONFIG)
-    hp.update(n_epochs=1, minibatch_size=frames_per_batch, frames_per_batch=frames_per_batch)
+    hp.update(n_epochs=1, batch_size=frames_per_batch, frames_per_batch=frames_per_batch)
     points: list[tuple[int, float]] = []
     run_plain(
         hp,

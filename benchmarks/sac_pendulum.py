@@ -17,7 +17,7 @@ SB3 runs ``stable_baselines3.SAC("MlpPolicy", ...)`` as its users do, on its own
 ``DummyVecEnv`` of ``Monitor``-wrapped envs, ``num_envs`` of them, env ``i`` seeded ``seed + i``), with the
 arguments of ``sb3_sac_kwargs``:
 
-    learning_rate = actor_lr = critic_lr = alpha_lr        SB3 takes one learning rate (the script checks)
+    learning_rate = lr                                     as it is
     buffer_size, batch_size, tau, gamma                    as they are
     train_freq = (frames_per_batch / num_envs, "step")     one batch of all num_envs envs
     gradient_steps = utd_ratio * frames_per_batch          the updates after each batch
@@ -142,9 +142,9 @@ def run_plain(hp: dict[str, Any], seed: int, total_frames: int, evaluation: bool
     eval_envs = make_vec_env(hp["env_id"], min(hp["eval_envs"], hp["eval_episodes"]))
     optimizer = torch.optim.Adam(  # as SAC.configure_optimizers: one fused Adam, a parameter group each
         [
-            {"params": [*actor_body.parameters(), *actor_head.parameters()], "lr": hp["actor_lr"]},
-            {"params": list(critics.parameters()), "lr": hp["critic_lr"]},
-            {"params": [log_alpha], "lr": hp["alpha_lr"]},
+            {"params": [*actor_body.parameters(), *actor_head.parameters()], "lr": hp["lr"]},
+            {"params": list(critics.parameters()), "lr": hp["lr"]},
+            {"params": [log_alpha], "lr": hp["lr"]},
         ],
         fused=True,
     )
@@ -296,17 +296,12 @@ def run_rl_lightning(hp: dict[str, Any], seed: int, total_frames: int, evaluatio
 def sb3_sac_kwargs(hp: dict[str, Any]) -> dict[str, Any]:
     """``stable_baselines3.SAC``'s arguments for the config's hyperparameters (the mapping of the docstring)."""
     fpb = hp["frames_per_batch"]
-    if not hp["actor_lr"] == hp["critic_lr"] == hp["alpha_lr"]:
-        raise SystemExit(
-            f"SB3's SAC takes one learning_rate; the config has {hp['actor_lr']=}, {hp['critic_lr']=}, "
-            f"{hp['alpha_lr']=}"
-        )
     gradient_steps = hp["utd_ratio"] * fpb
     if gradient_steps != int(gradient_steps):
         raise SystemExit(f"utd_ratio={hp['utd_ratio']} * frames_per_batch={fpb} is not a whole number of updates")
     hidden = list(hp["hidden_sizes"])
     return {
-        "learning_rate": hp["actor_lr"],
+        "learning_rate": hp["lr"],
         "buffer_size": hp["buffer_size"],
         # rl_lightning acts at random for whole batches until init_random_frames and updates from the first
         # batch after: SB3 does the same with learning_starts rounded up to whole batches.

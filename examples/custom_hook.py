@@ -42,7 +42,7 @@ def mean_reward(batch: TensorDict) -> dict[str, float]:
 
 def main(total_frames: int, root: str) -> pl.Trainer:
     data = RLDataModule("CartPole-v1", num_envs=8, frames_per_batch=256, total_frames=total_frames)
-    model = PPO(data.observation_space, data.action_space, n_epochs=4, minibatch_size=64)
+    model = PPO(data.observation_space, data.action_space, n_epochs=4, batch_size=64)
     trainer = make_trainer(
         default_root_dir=root,
         callbacks=[LoggingHook(interval=10), FunctionHook("pre_steps_log", mean_reward)],

@@ -13,7 +13,7 @@ from rl_lightning import PPO, RLDataModule, make_trainer
 def main(total_frames: int, root: str) -> PPO:
     data = RLDataModule("CartPole-v1", num_envs=8, frames_per_batch=256, total_frames=total_frames, seed=0)
     model = PPO(data.observation_space, data.action_space, lr=1e-3, gamma=0.98, gae_lambda=0.8,
-                n_epochs=20, minibatch_size=256)  # fmt: skip
+                n_epochs=20, batch_size=256)  # fmt: skip
     trainer = make_trainer(
         default_root_dir=root,
         callbacks=[

@@ -42,7 +42,7 @@ UNSUPPORTED_CALLBACKS: dict[type[pl.Callback], str] = {
     BatchSizeFinder: (
         "it grows the DataLoader batch size until memory runs out, but an RL training item is one whole "
         "collector batch (the DataLoader's batch size is None) and the sizes that matter (data.frames_per_batch, "
-        "the model's minibatch_size or batch_size) change what the algorithm learns, not only its memory use. "
+        "the model's batch_size) change what the algorithm learns, not only its memory use. "
         "Remove it from trainer.callbacks and set those sizes in the config."
     ),
     StochasticWeightAveraging: (

@@ -64,8 +64,8 @@ def check_action_space(algorithm: str, space: SpaceLike | None, kind: Literal["b
     if kind == "Discrete":
         if not isinstance(space, gym.spaces.Discrete):
             raise ValueError(
-                f"{algorithm} needs a Discrete action space; the env has {space}. For Box actions use rl_lightning.SAC, "
-                "TD3 or DDPG (or PPO/A2C); or discretize the actions with a gymnasium ActionWrapper."
+                f"{algorithm} needs a Discrete action space; the env has {space}. For Box actions use "
+                "rl_lightning.SAC, TD3 or DDPG (or PPO/A2C); or discretize the actions with a gymnasium ActionWrapper."
             )
     elif not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and space.is_bounded()):
         raise ValueError(

@@ -109,6 +109,6 @@ def tiny_ppo_run(
     module = PPO(
         datamodule.observation_space,
         datamodule.action_space,
-        **{"n_epochs": 2, "minibatch_size": 32, "hidden_sizes": [16], **(model or {})},
+        **{"n_epochs": 2, "batch_size": 32, "hidden_sizes": [16], **(model or {})},
     )
     return quiet_trainer(tmp_path, **{"val_check_interval": 2, **trainer}), module, datamodule

@@ -28,7 +28,6 @@ from rl_lightning.callbacks import (
     FrameEarlyStopping,
     FunctionHook,
     LogValidationReward,
-    ReplayBufferTrainer,
     RewardNormalizer,
     RolloutRecorder,
     TargetNetUpdaterHook,
@@ -71,8 +70,8 @@ def test_frames_per_batch_that_does_not_split_over_envs() -> None:
 
 
 def test_minibatches_that_do_not_split_the_batch(tmp_path: Path) -> None:
-    trainer, model, data = tiny_ppo_run(tmp_path, model={"minibatch_size": 48}, enable_checkpointing=True)
-    with pytest.raises(ValueError, match="minibatch_size=48 does not split a batch of 64 transitions"):
+    trainer, model, data = tiny_ppo_run(tmp_path, model={"batch_size": 48}, enable_checkpointing=True)
+    with pytest.raises(ValueError, match="batch_size=48 does not split a batch of 64 transitions"):
         trainer.fit(model, datamodule=data)
     assert model.frames == 0
     assert not list(tmp_path.rglob("*.ckpt"))
@@ -172,7 +171,6 @@ BUILDERS: dict[str, Callable[..., Any]] = {
     "SAC": lambda **kw: SAC(BOX, gym.spaces.Box(-1.0, 1.0, (1,)), **kw),
     "RLDataModule": RLDataModule,
     "ReplayBuffer": lambda **kw: ReplayBuffer(**{"capacity": 100, **kw}),
-    "ReplayBufferTrainer": lambda **kw: ReplayBufferTrainer(ReplayBuffer(100), **kw),
     "BatchSubSampler": BatchSubSampler,
     "ClearCudaCache": ClearCudaCache,
     "FrameEarlyStopping": lambda **kw: FrameEarlyStopping("val/episode_return", **{"patience_frames": 10, **kw}),
@@ -185,10 +183,10 @@ BUILDERS: dict[str, Callable[..., Any]] = {
 MEMMAP = {"buffer_storage": "memmap", "buffer_dir": "buffer"}  # relative: in the test's empty working directory
 BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("PPO", {"lr": INF}, r"lr=inf is invalid: expected a finite value > 0"),
-    ("PPO", {"adam_eps": 0.0}, r"adam_eps=0.0 is invalid: expected a value > 0\..*adam_eps=1e-5"),
+    ("PPO", {"optimizer_eps": 0.0}, r"optimizer_eps=0.0 is invalid: expected a value > 0\..*use e.g. 1e-5"),
     ("PPO", {"gamma": "0.99"}, r"gamma='0.99' is invalid: expected a number in \[0.0, 1.0\], not a str"),
     ("PPO", {"n_epochs": 2.5}, r"n_epochs=2.5 is invalid: expected an integer >= 1"),
-    ("PPO", {"minibatch_size": "64"}, r"minibatch_size='64' is invalid: expected an integer >= 1"),
+    ("PPO", {"batch_size": "64"}, r"batch_size='64' is invalid: expected an integer >= 1"),
     ("PPO", {"value_coef": INF}, r"value_coef=inf is invalid: expected a finite value >= 0"),
     ("PPO", {"hidden_sizes": [64.5]}, r"hidden_sizes=\[64.5\] is invalid: expected a non-empty list of positive"),
     ("PPO", {"activation": "sigmoid"}, r"activation='sigmoid' is invalid: expected 'elu' or 'gelu'"),
@@ -204,7 +202,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("SAC", {"init_alpha": INF}, r"init_alpha=inf is invalid: expected a finite value > 0"),
     ("SAC", {"utd_ratio": INF}, r"utd_ratio=inf is invalid: expected a finite value > 0"),
     ("SAC", {"init_random_frames": 0.5}, r"init_random_frames=0.5 is invalid: expected an integer >= 0"),
-    ("SAC", {"target_update": "polyak"}, r"target_update='polyak' is invalid: expected 'soft' or 'hard'"),
+    ("SAC", {"actor_lr": 0.0}, r"actor_lr=0.0 is invalid: expected a value > 0\..*null for lr"),
     ("SAC", {"target_update_interval": 0}, r"target_update_interval=0 is invalid: expected an integer >= 1"),
     ("SAC", {"target_entropy": NAN}, r"target_entropy=nan is invalid: expected a finite number"),
     # A memory-mapped buffer's directory is created only once every other value passed.
@@ -215,7 +213,6 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("RLDataModule", {"num_envs": 2.0}, r"num_envs=2.0 is invalid: expected an integer >= 1"),
     ("RLDataModule", {"total_frames": 1e5}, r"total_frames=100000.0 is invalid: expected an integer >= 1"),
     ("RLDataModule", {"seed": -1}, r"seed=-1 is invalid: expected an integer >= 0.*null"),
-    ("ReplayBufferTrainer", {"batch_size": 2.5}, r"batch_size=2.5 is invalid: expected an integer >= 1"),
     ("BatchSubSampler", {"batch_size": 3, "sub_traj_len": 1.5}, r"sub_traj_len=1.5 is invalid: expected an integer"),
     ("BatchSubSampler", {"batch_size": 4, "min_sub_traj_len": 0.5}, r"min_sub_traj_len=0.5 is invalid"),
     ("ClearCudaCache", {"interval": 2.5}, r"interval=2.5 is invalid: expected an integer >= 1"),
@@ -233,6 +230,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("RewardNormalizer", {"clip": 0.0}, r"clip=0.0 is invalid: expected a value > 0"),
     ("RolloutRecorder", {"interval": 2.5}, r"interval=2.5 is invalid: expected an integer >= 1"),
     ("TargetNetUpdaterHook", {"interval": 2.5}, r"interval=2.5 is invalid: expected an integer >= 1"),
+    ("TargetNetUpdaterHook", {"tau": 1.5}, r"tau=1.5 is invalid: expected a value in \(0.0, 1.0\]"),
 ]
 
 
@@ -272,6 +270,6 @@ def test_a_run_that_fails_its_validation_overwrites_nothing(tmp_path: Path) -> N
     with pytest.raises(ValueError, match=r"lr=-1(\.0)? is invalid: expected a value > 0"):
         cli([*args, "--model.init_args.lr=-1"])  # refused by the model's constructor
     assert _snapshot(tmp_path) == before
-    with pytest.raises(ValueError, match=r"minibatch_size=100 does not split a batch of 256 transitions"):
-        cli([*args, "--model.init_args.minibatch_size=100"])  # refused when the fit meets the data
+    with pytest.raises(ValueError, match=r"batch_size=100 does not split a batch of 256 transitions"):
+        cli([*args, "--model.init_args.batch_size=100"])  # refused when the fit meets the data
     assert _snapshot(tmp_path) == before  # before the logger's new version directory or the saved config

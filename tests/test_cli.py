@@ -57,7 +57,7 @@ def test_overrides_reach_the_data_and_the_model(tmp_path: Path) -> None:
             "--data.frames_per_batch=128",
             "--data.total_frames=256",
             "--model.lr=3e-4",
-            "--model.minibatch_size=64",
+            "--model.batch_size=64",
             f"--trainer.default_root_dir={tmp_path}",
         ],
     )

@@ -200,7 +200,7 @@ def test_ppo_ranks_agree_on_target_kl_early_stops_with_async_envs(tmp_path: Path
     stepping alone would hang in its gradient all-reduce, or leave the ranks' weights apart)."""
     config = yaml.safe_load((ROOT / "configs/ppo.yaml").read_text())
     model, data = config["model"]["init_args"], config["data"]
-    most = 3 * model["n_epochs"] * (data["frames_per_batch"] // model["minibatch_size"])  # 3 batches, no stop
+    most = 3 * model["n_epochs"] * (data["frames_per_batch"] // model["batch_size"])  # 3 batches, no stop
     ranks = _fit_ddp("ppo.yaml", tmp_path, 3, "--model.init_args.target_kl=0.002", "--data.vectorization=async")
     _assert_same_networks(ranks)  # counters included: updates, global_step
     assert 0 < ranks[0]["updates"] < most

@@ -36,7 +36,7 @@ def _fit(tmp_path: Path, logger: str, *overrides: str) -> Any:
             f"--config={ROOT / 'configs/ppo.yaml'}",
             f"--config={ROOT / 'configs/loggers' / f'{logger}.yaml'}",
             "--model.init_args.n_epochs=2",
-            "--model.init_args.minibatch_size=32",
+            "--model.init_args.batch_size=32",
             "--model.init_args.hidden_sizes=[16]",
             "--data.num_envs=4",
             f"--data.frames_per_batch={FRAMES_PER_BATCH}",

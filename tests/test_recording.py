@@ -155,7 +155,7 @@ def test_log_validation_reward_on_an_env_without_rgb_array_stops_at_fit_start(tm
     recorder = LogValidationReward(interval_frames=2, num_episodes=1, record_video=True)
     trainer, model, data = tiny_ppo_run(
         tmp_path, data={"env_id": NO_RENDER_ID, "num_envs": 2, "frames_per_batch": 2, "total_frames": 4},
-        model={"minibatch_size": 2}, callbacks=[recorder],
+        model={"batch_size": 2}, callbacks=[recorder],
     )  # fmt: skip
     with pytest.raises(ValueError, match=f"env '{NO_RENDER_ID}'.*rgb_array"):
         trainer.fit(model, datamodule=data)
@@ -284,7 +284,7 @@ def test_recording_from_yaml(tmp_path: Path) -> None:
     config = {
         "model": {
             "class_path": "rl_lightning.PPO",
-            "init_args": {"n_epochs": 1, "minibatch_size": 32, "hidden_sizes": [16]},
+            "init_args": {"n_epochs": 1, "batch_size": 32, "hidden_sizes": [16]},
         },
         "data": {"num_envs": 2, "frames_per_batch": 32, "total_frames": 64, "eval_episodes": 1, "pixels": True},
         "trainer": {

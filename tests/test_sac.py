@@ -14,7 +14,6 @@ from tensordict import TensorDict
 
 from rl_lightning import SAC, ReplayBuffer, RLDataModule
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UTDRHook
-from rl_lightning.checkpoint import RLCheckpointIO
 from tests.conftest import quiet_trainer
 
 BOX = gym.spaces.Box(-1.0, 1.0, (3,))
@@ -76,7 +75,7 @@ def test_actor_loss_does_not_train_the_critics() -> None:
 
 def test_hard_target_updates_copy_every_interval() -> None:
     model = SAC(BOX, ACTIONS, hidden_sizes=[8])
-    hook = TargetNetUpdaterHook("hard", interval=3)
+    hook = TargetNetUpdaterHook(tau=1.0, interval=3)
     with torch.no_grad():
         for p in model.critics.parameters():
             p.add_(1.0)
@@ -96,7 +95,7 @@ def test_target_updates_follow_the_online_networks_after_a_device_move() -> None
     """Lightning moves a module at the end of every fit (``.cpu()``) and to the device at the start of the next:
     the hook must update from the parameters' new data, not from the data they had when it first ran."""
     model = SAC(BOX, ACTIONS, hidden_sizes=[8])
-    hook = TargetNetUpdaterHook("hard", interval=1)
+    hook = TargetNetUpdaterHook(tau=1.0, interval=1)
     hook.on_post_optim(None, model)  # type: ignore[arg-type]  # lists the parameters
     model.double().float()  # a device or dtype move: new data in the same parameter objects
     with torch.no_grad():
@@ -113,7 +112,7 @@ def test_soft_target_update_is_polyak_averaging() -> None:
     with torch.no_grad():
         for p in model.critics.parameters():
             p.add_(1.0)
-    TargetNetUpdaterHook("soft", tau=0.1).on_post_optim(None, model)  # type: ignore[arg-type]
+    TargetNetUpdaterHook(tau=0.1).on_post_optim(None, model)  # type: ignore[arg-type]
     for old, new, online in zip(before, model.target_critics.parameters(), model.critics.parameters(), strict=True):
         torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
 
@@ -140,7 +139,7 @@ def test_unwritable_memmap_directory(tmp_path: Path) -> None:
         SAC(BOX, ACTIONS, buffer_storage="memmap", buffer_dir=str(blocker / "buffer"))
 
 
-@pytest.mark.parametrize("options", [{"prioritized": True}, {"n_step": 3}, {"target_update": "hard"}])
+@pytest.mark.parametrize("options", [{"prioritized": True}, {"n_step": 3}, {"tau": 1.0, "target_update_interval": 10}])
 def test_sac_options_train(tmp_path: Path, options: dict[str, Any]) -> None:
     _, model = tiny_sac_run(tmp_path, model=options)
     assert model.updates > 0
@@ -186,23 +185,16 @@ def test_importance_weights_scale_each_sample_of_the_critic_loss() -> None:
     torch.testing.assert_close(both, 0.5 * first)  # the zero-weight sample contributes nothing
 
 
-def test_a_checkpoint_from_before_the_learning_counter_resumes_on_schedule(tmp_path: Path) -> None:
+def test_a_resumed_run_keeps_the_update_schedule(tmp_path: Path) -> None:
     trainer, model = tiny_sac_run(tmp_path / "first", model={"utd_ratio": 0.5})
-    io = RLCheckpointIO()
-    trainer.save_checkpoint(tmp_path / "new.ckpt")
-    saved = io.load_checkpoint(tmp_path / "new.ckpt")
-    del saved["rl_lightning"]["learning_transitions"]  # as written by rl_lightning before the counter
-    io.save_checkpoint(saved, tmp_path / "old.ckpt")
-    updates = []
-    for name in ("new", "old"):
-        data = RLDataModule("Pendulum-v1", num_envs=2, frames_per_batch=32, total_frames=384, eval_episodes=2)
-        resumed = SAC(
-            data.observation_space, data.action_space, hidden_sizes=[16], batch_size=32, buffer_size=1000,
-            init_random_frames=64, utd_ratio=0.5,
-        )  # fmt: skip
-        quiet_trainer(tmp_path / name).fit(resumed, datamodule=data, ckpt_path=tmp_path / f"{name}.ckpt")
-        updates.append(resumed.updates)
-    assert updates[0] == updates[1] == model.updates + 4 * 16  # 4 more batches of 32 transitions, utd 0.5
+    trainer.save_checkpoint(tmp_path / "saved.ckpt")
+    data = RLDataModule("Pendulum-v1", num_envs=2, frames_per_batch=32, total_frames=384, eval_episodes=2)
+    resumed = SAC(
+        data.observation_space, data.action_space, hidden_sizes=[16], batch_size=32, buffer_size=1000,
+        init_random_frames=64, utd_ratio=0.5,
+    )  # fmt: skip
+    quiet_trainer(tmp_path / "resumed").fit(resumed, datamodule=data, ckpt_path=tmp_path / "saved.ckpt")
+    assert resumed.updates == model.updates + 4 * 16  # 4 more batches of 32 transitions, utd 0.5
 
 
 class Float64Observations(gym.ObservationWrapper):

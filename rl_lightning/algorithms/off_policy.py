@@ -123,7 +123,9 @@ class OffPolicyModule(RLModule):
         if max_grad_norm is not None:
             check_positive("max_grad_norm", max_grad_norm, "Use null to disable it.")
         check_choice("nonfinite", nonfinite, ("raise", "skip"))
-        self.target_updater = TargetNetUpdaterHook(tau, target_update_interval)  # checks tau and the interval
+        check_range("tau", tau, 0.0, 1.0, "Use e.g. tau=0.005, or 1 to copy the online networks.", low_inclusive=False)
+        check_int("target_update_interval", target_update_interval, hint="It is the updates between target updates.")
+        self.target_updater = TargetNetUpdaterHook(tau, target_update_interval)
         self.nonfinite = nonfinite
         self.gamma = gamma
         self.batch_size = batch_size

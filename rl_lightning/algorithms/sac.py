@@ -6,6 +6,7 @@ import copy
 import math
 from typing import Literal
 
+import gymnasium as gym
 import torch
 from tensordict import TensorDict
 from torch import nn
@@ -149,6 +150,7 @@ class SAC(OffPolicyModule):
         self.alpha_lr = lr if alpha_lr is None else alpha_lr
         self.auto_alpha = auto_alpha
         space = self.action_space
+        assert isinstance(space, gym.spaces.Box)  # checked above
         action_dim = space.shape[0]
         self.target_entropy = float(-action_dim if target_entropy is None else target_entropy)
         self.register_buffer("action_low", torch.as_tensor(space.low, dtype=torch.float32))

@@ -57,8 +57,8 @@ class TargetNetUpdaterHook(RLCallback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        pairs = getattr(pl_module, "target_networks", lambda: [])()
-        if not pairs:
+        target_networks = getattr(pl_module, "target_networks", None)
+        if target_networks is None or not target_networks():
             raise ValueError(
                 f"TargetNetUpdaterHook updates target networks, but {type(pl_module).__name__} has none "
                 "(its target_networks() is empty). Remove the hook from trainer.callbacks."
