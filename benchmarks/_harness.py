@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import inspect
+import json
 import logging
 import pstats
 import random
@@ -111,6 +112,21 @@ def fit_rl_lightning(
     return Result("rl_lightning", seed, model.frames, seconds, eval_return, model.updates)
 
 
+def early_stopping(threshold: float) -> str:
+    """The override that adds Lightning's ``EarlyStopping`` at the first evaluation whose mean return passes
+    ``threshold`` (``mode="max"`` compares with ``>``; patience out of reach), as a user would stop a run."""
+    stop = {
+        "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+        "init_args": {
+            "monitor": "val/episode_return",
+            "mode": "max",
+            "stopping_threshold": threshold,
+            "patience": 1_000_000,
+        },
+    }
+    return f"--trainer.callbacks+={json.dumps(stop)}"
+
+
 def parser(doc: str | None, seeds: list[int], throughput_frames: int, threads_help: str) -> argparse.ArgumentParser:
     """The options both scripts take: ``--seeds``, ``--threads``, ``--throughput-frames``, ``--profile``."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,14 +148,16 @@ def compare(
     runners: Mapping[str, Runner], seeds: list[int], solve_frames: int, throughput_frames: int, warm_frames: int
 ) -> tuple[list[Result], list[Result]]:
     """An untimed warm-up of each side, then per seed a solve run (evaluation on) and a throughput run
-    (evaluation off) of each side, the order of the sides rotating from seed to seed (with three seeds each
-    side runs once first, once second, once last). Returns (solve, throughput)."""
-    for side in SIDES:  # warm-up (imports, first-call costs), not timed
+    (evaluation off) of each side, the order of the sides (``runners``' keys) rotating from seed to seed (with
+    three sides and three seeds each side runs once first, once second, once last; with two sides they
+    alternate). Returns (solve, throughput)."""
+    sides = tuple(runners)
+    for side in sides:  # warm-up (imports, first-call costs), not timed
         runners[side](0, warm_frames, False)
     solve: list[Result] = []
     throughput: list[Result] = []
     for k, seed in enumerate(seeds):
-        order = SIDES[k % len(SIDES) :] + SIDES[: k % len(SIDES)]
+        order = sides[k % len(sides) :] + sides[: k % len(sides)]
         for side in order:
             solve.append(runners[side](seed, solve_frames, True))
         for side in order:
@@ -213,8 +231,8 @@ def print_ratios(
 
 
 def profile(runners: Mapping[str, Runner], seed: int, frames: int) -> None:
-    """Print a cProfile (top 25 by internal time) of one throughput run of each side."""
-    for side in SIDES:
+    """Print a cProfile (top 25 by internal time) of one throughput run of each side (``runners``' keys)."""
+    for side in runners:
         print(f"\ncProfile of one {side} throughput run (top 25 by internal time)")
         prof = cProfile.Profile()
         prof.runcall(runners[side], seed, frames, False)

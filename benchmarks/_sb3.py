@@ -1,16 +1,19 @@
-"""What the stable-baselines3 side of ``ppo_cartpole.py`` and ``sac_pendulum.py`` shares: the evaluation
-callback that mirrors Lightning's validation schedule, and the seeding of its evaluation envs.
+"""What the stable-baselines3 side of ``ppo_cartpole.py``, ``sac_pendulum.py`` and ``vs_sb3.py`` shares: the timed
+``learn``, the evaluation callback that mirrors Lightning's validation schedule (and seeds its evaluation envs as
+RLDataModule does), and rl_lightning's initialization applied to SB3's MLPs.
 
 stable-baselines3 is the ``bench`` extra: ``.venv/bin/pip install -c constraints.txt -e '.[bench]'``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 try:
     import stable_baselines3 as sb3
@@ -18,6 +21,7 @@ try:
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.noise import NormalActionNoise
     from stable_baselines3.common.vec_env import VecEnv
 except ImportError as err:
     raise SystemExit(
@@ -27,7 +31,7 @@ except ImportError as err:
 
 from rl_lightning.data import evaluation_seed
 
-__all__ = ["DEVICE", "Evaluation", "learn", "make_envs", "sb3"]
+__all__ = ["DEVICE", "Evaluation", "NormalActionNoise", "learn", "make_envs", "mlp_init_", "sb3"]
 
 DEVICE = "cpu"  # the configs' accelerator
 
@@ -36,6 +40,16 @@ def make_envs(env_id: str, num_envs: int, seed: int | None = None) -> VecEnv:
     """SB3's ``make_vec_env`` (a ``DummyVecEnv`` of ``Monitor``-wrapped envs), as its users make envs; ``seed``
     resets env ``i`` with ``seed + i`` at the first reset, as rl_lightning's training envs."""
     return make_vec_env(env_id, num_envs, seed=seed)
+
+
+def mlp_init_(*networks: nn.Sequential) -> None:
+    """rl_lightning's initialization of an MLP with an output layer (``networks.mlp``) applied to SB3's: orthogonal
+    weights with gain sqrt(2) for the hidden layers and 1 for the output layer, zero biases."""
+    for network in networks:
+        linears = [layer for layer in network if isinstance(layer, nn.Linear)]
+        for k, layer in enumerate(linears):
+            nn.init.orthogonal_(layer.weight, 1.0 if k == len(linears) - 1 else math.sqrt(2))
+            nn.init.zeros_(layer.bias)
 
 
 class Evaluation(BaseCallback):
