@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -14,19 +15,24 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from rl_lightning import PPO, FunctionHook, build
+from rl_lightning import PPO, FunctionHook, RLModule, build
 from rl_lightning.cli import cli, main
 from tests.conftest import ROOT, tiny_ppo_run
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
+def _model_class(class_path: str) -> type[RLModule]:
+    module, _, name = class_path.rpartition(".")
+    cls: type[RLModule] = getattr(importlib.import_module(module), name)
+    return cls
+
+
 def _quick(config: Path, tmp_path: Path, batches: int = 2) -> list[str]:
     """Overrides that run ``config`` for a few batches and write under ``tmp_path``."""
     parsed = yaml.safe_load(config.read_text())
     data = parsed["data"]
-    model = parsed["model"].get("init_args", {})
-    off_policy = "init_random_frames" in model
+    off_policy = _model_class(parsed["model"]["class_path"]).trains_on_replay
     warm_up = ["--model.init_args.init_random_frames=0", "--model.init_args.batch_size=32"] if off_policy else []
     return [
         f"--config={config}",
