@@ -3,5 +3,6 @@
 from rl_lightning.algorithms.a2c import A2C
 from rl_lightning.algorithms.ppo import PPO
 from rl_lightning.algorithms.sac import SAC
+from rl_lightning.algorithms.td3 import DDPG, TD3
 
-__all__ = ["A2C", "PPO", "SAC"]
+__all__ = ["A2C", "DDPG", "PPO", "SAC", "TD3"]
