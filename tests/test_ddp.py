@@ -136,6 +136,16 @@ def test_sac_ranks_stay_identical_and_resume_with_their_own_replay_buffers(tmp_p
     assert "the replay buffer of saved rank(s) 1 go unused" in stderr[0]
 
 
+@pytest.mark.parametrize("config", ["a2c.yaml", "dqn.yaml", "ddpg.yaml", "td3.yaml"])
+def test_every_algorithm_keeps_its_ranks_identical(tmp_path: Path, config: str) -> None:
+    """PPO's and SAC's runs above check resumes and replay buffers too; the others train on the same bases."""
+    fpb = yaml.safe_load((ROOT / "configs" / config).read_text())["data"]["frames_per_batch"]
+    ranks = _fit_ddp(config, tmp_path, 2, "--trainer.limit_val_batches=0")
+    _assert_same_networks(ranks)  # target networks included: they are part of the state dict
+    assert ranks[0]["frames"] == 2 * 2 * fpb and ranks[0]["updates"] > 0
+    assert ranks[0]["broadcast_buffers"] is False
+
+
 def test_sac_resumed_on_more_ranks_keeps_its_update_schedule(tmp_path: Path) -> None:
     """A one-process checkpoint resumed on 2 ranks: the warm-up (counted in global frames) takes fewer batches
     there, yet each batch after it still gets utd_ratio x its transitions of updates, and the ranks, which start

@@ -41,8 +41,8 @@ class TD3(OffPolicyModule):
     without it the actor's parameters get no gradient, which Adam skips (its moments and step count stay).
 
     ``loss_actor`` is reported on every update, so the logged mean is the actor objective's; on the updates
-    between policy updates it is evaluated without a gradient and trains nothing. Under DDP the actor's parameters
-    are unused on those updates: use ``strategy: ddp_find_unused_parameters_true``.
+    between policy updates it trains nothing. Under DDP, where every parameter needs a gradient in every update,
+    those updates give the actor zero gradients, which are dropped before the step: plain ``strategy: ddp`` works.
 
     Args:
         observation_space: the env's observation space (linked from the data by the CLI).
@@ -234,20 +234,30 @@ class TD3(OffPolicyModule):
         if self.replay_buffer.prioritized:  # ReplayBufferTrainer turns these into priorities
             batch.set(TD_ERROR, td_error.detach().abs().mean(0))
 
-        if self.trains_actor:
+        trains_actor = self.trains_actor
+        # Under DDP every parameter must get a gradient in every update (the ranks all-reduce them in lockstep), so
+        # the actor's loss is built with its graph then too, scaled to a zero gradient; on_before_optimizer_step
+        # drops those zeros, so Adam leaves the actor alone between its updates either way.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (trains_actor or self._distributed)):
             # The actor's gradient must not reach the critics: evaluate the first critic with detached parameters.
             inputs = torch.cat([features, self.actor(features)], dim=-1)
             loss_actor = -forward_detached(self.critics[0], inputs).mean()
-        else:
-            # Reported (the logged mean stays the actor objective's), but it trains nothing: no gradient reaches
-            # the actor, whose parameters Adam then leaves alone.
-            with torch.no_grad():
-                inputs = torch.cat([features, self.actor(features)], dim=-1)
-                loss_actor = -self.critics[0](inputs).mean()
+        if not trains_actor:  # reported (the logged mean stays the actor objective's), trains nothing
+            loss_actor = loss_actor * 0.0 + loss_actor.detach() if loss_actor.requires_grad else loss_actor
 
         return TensorDict(
             {"loss_actor": loss_actor, "loss_qvalue": loss_qvalue, "q_mean": q.detach().mean()}, batch_size=[]
         )
+
+    @property
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self._trainer.world_size > 1
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self.trains_actor:  # the zero gradients DDP all-reduced: without them Adam skips the actor
+            for parameter in self.actor.parameters():
+                parameter.grad = None
+        super().on_before_optimizer_step(optimizer)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """One Adam with a parameter group (and learning rate) each for the actor and the critics: the same updates
