@@ -25,8 +25,11 @@ from tests.test_rl_loop import Recorder
 
 OFF_POLICY = {"hidden_sizes": [16], "batch_size": 32, "buffer_size": 1000, "init_random_frames": 64}
 TINY: dict[str, tuple[str, dict[str, Any]]] = {
+    "A2C": ("CartPole-v1", {"hidden_sizes": [16]}),
+    "DDPG": ("Pendulum-v1", OFF_POLICY),
     "PPO": ("CartPole-v1", {"n_epochs": 2, "batch_size": 32, "hidden_sizes": [16]}),
     "SAC": ("Pendulum-v1", OFF_POLICY),
+    "TD3": ("Pendulum-v1", OFF_POLICY),
 }
 """Per algorithm: the env and the model's arguments of a run of 8 batches of 2 envs x 16 steps."""
 ALGORITHMS = sorted(TINY)
