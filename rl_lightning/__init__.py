@@ -1,7 +1,7 @@
 """rl_lightning: reinforcement learning on PyTorch Lightning."""
 
 from rl_lightning import keys
-from rl_lightning.algorithms import A2C, DDPG, PPO, SAC, TD3
+from rl_lightning.algorithms import A2C, DDPG, DQN, PPO, SAC, TD3
 from rl_lightning.builders import TRAINER_DEFAULTS, build, make_trainer
 from rl_lightning.callbacks import (
     RL_HOOKS,
@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "A2C",
     "DDPG",
+    "DQN",
     "PPO",
     "RL_HOOKS",
     "SAC",

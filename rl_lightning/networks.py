@@ -269,3 +269,26 @@ def make_action_head(space: gym.Space, in_features: int, log_std_init: float = 0
         f"Action space {space} is not supported: expected Discrete or a 1-D Box. For MultiDiscrete or "
         "multi-dimensional Box actions, flatten or discretize them with a gymnasium wrapper."
     )
+
+
+class DuelingHead(nn.Module):
+    """Q-values of ``n`` discrete actions as a state value plus centred advantages (Wang et al., 2016):
+    ``Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')``.
+
+    Centring makes ``V`` and ``A`` identifiable (the mean advantage is zero), and every update of ``V`` moves the
+    values of all actions together.
+
+    Example:
+        >>> head = DuelingHead(8, 3)
+        >>> head(torch.zeros(5, 8)).shape
+        torch.Size([5, 3])
+    """
+
+    def __init__(self, in_features: int, n: int) -> None:
+        super().__init__()
+        self.value = orthogonal_linear(in_features, 1, 1.0)
+        self.advantage = orthogonal_linear(in_features, n, 1.0)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(-1, keepdim=True)
