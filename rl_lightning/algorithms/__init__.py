@@ -1,6 +1,29 @@
-"""The algorithms, one LightningModule per file."""
+"""The algorithms, one LightningModule per file.
 
-from rl_lightning.algorithms.ppo import PPO
-from rl_lightning.algorithms.sac import SAC
+The names are imported on first use (PEP 562): ``from rl_lightning.algorithms import PPO`` loads PPO, not SAC.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rl_lightning.algorithms.ppo import PPO
+    from rl_lightning.algorithms.sac import SAC
 
 __all__ = ["PPO", "SAC"]
+
+_EXPORTS = {"PPO": "rl_lightning.algorithms.ppo", "SAC": "rl_lightning.algorithms.sac"}
+"""Each name's module (what the imports above declare for type checkers)."""
+
+if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name of this package
+
+    def __getattr__(name: str) -> Any:
+        if name not in _EXPORTS:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = globals()[name] = getattr(importlib.import_module(_EXPORTS[name]), name)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})
