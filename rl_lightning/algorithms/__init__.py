@@ -9,12 +9,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rl_lightning.algorithms.off_policy import OffPolicyModule
+    from rl_lightning.algorithms.on_policy import OnPolicyModule
     from rl_lightning.algorithms.ppo import PPO
     from rl_lightning.algorithms.sac import SAC
 
-__all__ = ["PPO", "SAC"]
+__all__ = ["PPO", "SAC", "OffPolicyModule", "OnPolicyModule"]
 
-_EXPORTS = {"PPO": "rl_lightning.algorithms.ppo", "SAC": "rl_lightning.algorithms.sac"}
+_EXPORTS = {
+    "PPO": "rl_lightning.algorithms.ppo",
+    "SAC": "rl_lightning.algorithms.sac",
+    "OffPolicyModule": "rl_lightning.algorithms.off_policy",
+    "OnPolicyModule": "rl_lightning.algorithms.on_policy",
+}
 """Each name's module (what the imports above declare for type checkers)."""
 
 if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name of this package
