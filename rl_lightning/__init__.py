@@ -1,34 +1,46 @@
-"""rl_lightning: reinforcement learning on PyTorch Lightning."""
+"""rl_lightning: reinforcement learning on PyTorch Lightning.
 
-from rl_lightning import keys
-from rl_lightning.algorithms import A2C, DDPG, DQN, PPO, SAC, TD3
-from rl_lightning.builders import TRAINER_DEFAULTS, build, make_trainer
-from rl_lightning.callbacks import (
-    RL_HOOKS,
-    BatchSubSampler,
-    ClearCudaCache,
-    CountFramesLog,
-    FrameEarlyStopping,
-    FunctionHook,
-    LogScalar,
-    LogTiming,
-    LogValidationReward,
-    LRSchedulerHook,
-    OptimizerHook,
-    ReplayBufferTrainer,
-    RewardNormalizer,
-    RLCallback,
-    RolloutRecorder,
-    SelectKeys,
-    TargetNetUpdaterHook,
-    UTDRHook,
-)
-from rl_lightning.collector import Collector, evaluate
-from rl_lightning.data import RLDataModule
-from rl_lightning.envs import FrameSkip, make_env, make_vec_env
-from rl_lightning.loop import RLLoop
-from rl_lightning.module import RLModule
-from rl_lightning.replay import ReplayBuffer
+The names are imported on first use (PEP 562): ``import rl_lightning.module`` or ``from rl_lightning import PPO``
+loads what those need, not every algorithm and callback (nor video recording).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rl_lightning import keys
+    from rl_lightning.algorithms.a2c import A2C
+    from rl_lightning.algorithms.dqn import DQN
+    from rl_lightning.algorithms.ppo import PPO
+    from rl_lightning.algorithms.sac import SAC
+    from rl_lightning.algorithms.td3 import DDPG, TD3
+    from rl_lightning.builders import TRAINER_DEFAULTS, make_trainer
+    from rl_lightning.callbacks.batch_sub_sampler import BatchSubSampler
+    from rl_lightning.callbacks.clear_cuda_cache import ClearCudaCache
+    from rl_lightning.callbacks.count_frames_log import CountFramesLog
+    from rl_lightning.callbacks.frame_early_stopping import FrameEarlyStopping
+    from rl_lightning.callbacks.function_hook import FunctionHook
+    from rl_lightning.callbacks.log_scalar import LogScalar
+    from rl_lightning.callbacks.log_timing import LogTiming
+    from rl_lightning.callbacks.log_validation_reward import LogValidationReward
+    from rl_lightning.callbacks.lr_scheduler_hook import LRSchedulerHook
+    from rl_lightning.callbacks.optimizer_hook import OptimizerHook
+    from rl_lightning.callbacks.replay_buffer_trainer import ReplayBufferTrainer
+    from rl_lightning.callbacks.reward_normalizer import RewardNormalizer
+    from rl_lightning.callbacks.rl_callback import RLCallback
+    from rl_lightning.callbacks.rollout_recorder import RolloutRecorder
+    from rl_lightning.callbacks.select_keys import SelectKeys
+    from rl_lightning.callbacks.target_net_updater import TargetNetUpdaterHook
+    from rl_lightning.callbacks.utdr import UTDRHook
+    from rl_lightning.cli import build
+    from rl_lightning.collector import Collector, evaluate
+    from rl_lightning.data import RLDataModule
+    from rl_lightning.envs import FrameSkip, make_env, make_vec_env
+    from rl_lightning.loop import RL_HOOKS, RLLoop
+    from rl_lightning.module import RLModule
+    from rl_lightning.replay import ReplayBuffer
 
 __version__ = "0.1.0"
 
@@ -71,3 +83,56 @@ __all__ = [
     "make_trainer",
     "make_vec_env",
 ]
+
+_EXPORTS = {
+    "A2C": "rl_lightning.algorithms.a2c",
+    "DDPG": "rl_lightning.algorithms.td3",
+    "DQN": "rl_lightning.algorithms.dqn",
+    "PPO": "rl_lightning.algorithms.ppo",
+    "RL_HOOKS": "rl_lightning.loop",
+    "SAC": "rl_lightning.algorithms.sac",
+    "TD3": "rl_lightning.algorithms.td3",
+    "TRAINER_DEFAULTS": "rl_lightning.builders",
+    "BatchSubSampler": "rl_lightning.callbacks.batch_sub_sampler",
+    "ClearCudaCache": "rl_lightning.callbacks.clear_cuda_cache",
+    "Collector": "rl_lightning.collector",
+    "CountFramesLog": "rl_lightning.callbacks.count_frames_log",
+    "FrameEarlyStopping": "rl_lightning.callbacks.frame_early_stopping",
+    "FrameSkip": "rl_lightning.envs",
+    "FunctionHook": "rl_lightning.callbacks.function_hook",
+    "LRSchedulerHook": "rl_lightning.callbacks.lr_scheduler_hook",
+    "LogScalar": "rl_lightning.callbacks.log_scalar",
+    "LogTiming": "rl_lightning.callbacks.log_timing",
+    "LogValidationReward": "rl_lightning.callbacks.log_validation_reward",
+    "OptimizerHook": "rl_lightning.callbacks.optimizer_hook",
+    "RLCallback": "rl_lightning.callbacks.rl_callback",
+    "RLDataModule": "rl_lightning.data",
+    "RLLoop": "rl_lightning.loop",
+    "RLModule": "rl_lightning.module",
+    "ReplayBuffer": "rl_lightning.replay",
+    "ReplayBufferTrainer": "rl_lightning.callbacks.replay_buffer_trainer",
+    "RewardNormalizer": "rl_lightning.callbacks.reward_normalizer",
+    "RolloutRecorder": "rl_lightning.callbacks.rollout_recorder",
+    "SelectKeys": "rl_lightning.callbacks.select_keys",
+    "TargetNetUpdaterHook": "rl_lightning.callbacks.target_net_updater",
+    "UTDRHook": "rl_lightning.callbacks.utdr",
+    "build": "rl_lightning.cli",
+    "evaluate": "rl_lightning.collector",
+    "keys": "rl_lightning.keys",  # a module: importing it sets it as this package's attribute
+    "make_env": "rl_lightning.envs",
+    "make_trainer": "rl_lightning.builders",
+    "make_vec_env": "rl_lightning.envs",
+}
+"""Each name's module (what the imports above declare for type checkers)."""
+
+if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name of this package
+
+    def __getattr__(name: str) -> Any:
+        if name not in _EXPORTS:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        module = importlib.import_module(_EXPORTS[name])
+        value = globals()[name] = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -1,18 +1,14 @@
-"""Builders for use outside the CLI: a ready Trainer, or trainer + model + data from a config in one call."""
+"""A Trainer with the defaults that suit RL, for use outside the CLI (:func:`rl_lightning.build` builds trainer, model
+and data from a config, through the CLI's parser: :mod:`rl_lightning.cli`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger
 
 from rl_lightning.compat import check_callbacks, check_logger_packages, check_trainer
-
-if TYPE_CHECKING:
-    from rl_lightning.data import RLDataModule
-    from rl_lightning.module import RLModule
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": -1,  # the data's total_frames ends the run
@@ -44,29 +40,3 @@ def make_trainer(**kwargs: Any) -> pl.Trainer:
     trainer = pl.Trainer(**{**TRAINER_DEFAULTS, **kwargs})
     check_trainer(trainer)
     return trainer
-
-
-def build(
-    config: str | Path | None = None, overrides: list[str] | None = None, algorithm: str | None = None
-) -> tuple[pl.Trainer, RLModule, RLDataModule]:
-    """Trainer, model and data from a config file and CLI-style overrides, exactly as ``rl-lightning fit`` builds them.
-
-    Args:
-        config: a YAML config such as ``configs/ppo.yaml``; ``None`` starts from the defaults.
-        overrides: CLI-style overrides, e.g. ``["--data.env_id=Acrobot-v1", "--model.lr=3e-4"]``.
-        algorithm: the model class (``"PPO"`` or an import path) when the config does not name one.
-
-    Example::
-
-        trainer, model, data = build("configs/ppo.yaml", ["--data.total_frames=20000"])
-        trainer, model, data = build(algorithm="PPO", overrides=["--data.env_id=Acrobot-v1"])
-        trainer.fit(model, datamodule=data)
-    """
-    from rl_lightning.cli import cli
-
-    args = [f"--config={config}"] if config is not None else []
-    if algorithm is not None:
-        args.append(f"--model={algorithm}")
-    args += list(overrides or [])
-    built = cli(args, run=False)
-    return built.trainer, built.model, built.datamodule

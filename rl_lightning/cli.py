@@ -4,6 +4,8 @@ rl-lightning fit --config configs/ppo.yaml
 rl-lightning fit --config configs/ppo.yaml --data.env_id Acrobot-v1 --model.lr 3e-4
 rl-lightning validate --config configs/ppo.yaml --ckpt_path runs/ppo/checkpoints/last.ckpt
 rl-lightning plot runs/ppo/version_0 --output curve.png
+
+From Python, :func:`build` makes the trainer, model and data of a config exactly as the command does.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from rl_lightning import algorithms, callbacks
 from rl_lightning.builders import TRAINER_DEFAULTS
 from rl_lightning.checkpoint import find_last_checkpoint, verify_checkpoint
 from rl_lightning.compat import check_callback_classes, check_logger_packages, check_trainer, classes_in_config
-from rl_lightning.data import RLDataModule
+from rl_lightning.data import LIGHTNING_WARNINGS_BY_DESIGN, RLDataModule
 from rl_lightning.module import RLModule
 
 
@@ -122,11 +125,22 @@ def _action_space(data: RLDataModule) -> dict[str, Any]:
     return data.spaces["action"]
 
 
+def _import_built_ins() -> None:
+    """Imports the built-in algorithms and callbacks: jsonargparse finds a short class name (``--model PPO``,
+    ``class_path: LogScalar``) among the subclasses imported so far, and the packages import theirs only on use."""
+    for package in (algorithms, callbacks):
+        for name in package.__all__:
+            getattr(package, name)
+
+
 def cli(args: list[str] | None = None, run: bool = True) -> RLLightningCLI:
     """Builds (and with ``run=True`` runs) the CLI on ``args`` (``sys.argv`` when ``None``)."""
+    _import_built_ins()
     with warnings.catch_warnings():
         # Explicit args are the point of calling this from Python; the caller's own argv is not ours.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+        for pattern in LIGHTNING_WARNINGS_BY_DESIGN:  # the fit runs in here with run=True
+            warnings.filterwarnings("ignore", message=pattern)
         return RLLightningCLI(
             RLModule,
             RLDataModule,
@@ -137,6 +151,30 @@ def cli(args: list[str] | None = None, run: bool = True) -> RLLightningCLI:
             run=run,
             auto_configure_optimizers=False,
         )
+
+
+def build(
+    config: str | Path | None = None, overrides: list[str] | None = None, algorithm: str | None = None
+) -> tuple[Trainer, RLModule, RLDataModule]:
+    """Trainer, model and data from a config file and CLI-style overrides, exactly as ``rl-lightning fit`` builds them.
+
+    Args:
+        config: a YAML config such as ``configs/ppo.yaml``; ``None`` starts from the defaults.
+        overrides: CLI-style overrides, e.g. ``["--data.env_id=Acrobot-v1", "--model.lr=3e-4"]``.
+        algorithm: the model class (``"PPO"`` or an import path) when the config does not name one.
+
+    Example::
+
+        trainer, model, data = build("configs/ppo.yaml", ["--data.total_frames=20000"])
+        trainer, model, data = build(algorithm="PPO", overrides=["--data.env_id=Acrobot-v1"])
+        trainer.fit(model, datamodule=data)
+    """
+    args = [f"--config={config}"] if config is not None else []
+    if algorithm is not None:
+        args.append(f"--model={algorithm}")
+    args += list(overrides or [])
+    built = cli(args, run=False)
+    return built.trainer, built.model, built.datamodule
 
 
 def main() -> None:

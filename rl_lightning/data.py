@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import lightning.pytorch as pl
@@ -16,20 +15,23 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from rl_lightning._checks import check_int
 from rl_lightning.collector import Collector, Policy, close_envs, evaluate
-from rl_lightning.envs import Vectorization, WrapperSpec, make_env, make_vec_env
-from rl_lightning.recording import check_rgb_array
+from rl_lightning.envs import Vectorization, WrapperSpec, check_rgb_array, make_env, make_vec_env
 from rl_lightning.spaces import space_to_dict
 
-if TYPE_CHECKING:
-    from rl_lightning.module import RLModule
+LIGHTNING_WARNINGS_BY_DESIGN = (
+    r".*`IterableDataset` has `__len__` defined.*",
+    r".*does not have many workers.*",
+    r".*You are using the `dataloader_iter` step flavor.*",
+    r".*Found `dataloader_iter` argument in the `training_step`.*",
+)
+"""Lightning's warnings about choices this design makes on purpose (message patterns): the envs run in the main
+process (``num_workers=0``, so ``__len__`` is exact), and ``training_step(dataloader_iter)`` is how the rollout of
+each update is collected by the current policy instead of one batch ahead.
 
-# Lightning's warnings about these choices do not apply here: the envs run in the main process
-# (num_workers=0 on purpose, so `__len__` is exact), and `training_step(dataloader_iter)` is how the rollout for each
-# update is collected by the current policy instead of one batch ahead.
-warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
-warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=r".*You are using the `dataloader_iter` step flavor.*")
-warnings.filterwarnings("ignore", message=r".*Found `dataloader_iter` argument in the `training_step`.*")
+The ``rl-lightning`` command hides them during its run (:func:`rl_lightning.cli.cli`). Lightning emits them inside
+``trainer.fit``, where this library cannot scope a filter, so a fit started from Python shows them (a filter set
+at import would change the warnings of the user's whole program); ``warnings.filterwarnings("ignore",
+message=pattern)`` for each pattern hides them."""
 
 SEED_OFFSET_PER_RANK = 1_000
 """Rank ``r`` seeds its training envs from ``seed + r * SEED_OFFSET_PER_RANK`` (env ``i``: ``+ i``), so ranks do
@@ -58,6 +60,18 @@ def evaluation_seed(seed: int, rank: int, evaluation: int, stream: int = VALIDAT
     return int(state[0] >> 1)  # below 2**31: ``+ i`` stays a valid uint32 seed for envs that need one
 
 
+@runtime_checkable
+class Agent(Protocol):
+    """What the data uses of the module the trainer fits: its policy and its frame count
+    (:class:`~rl_lightning.RLModule` has both)."""
+
+    frames: int
+    """Env frames collected over all ranks (a resumed run's include those before its checkpoint)."""
+
+    def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
+        """Maps observations ``[num_envs, ...]`` to ``{"action": ..., ...}``."""
+
+
 def _as_is(item: Any) -> Any:
     """The DataLoader's ``collate_fn``: items are whole batches already (the default would unpack TensorDicts)."""
     return item
@@ -71,13 +85,11 @@ class _Rollouts(IterableDataset):
 
     def __len__(self) -> int:
         # The batches this fit will yield (a resumed run: those left), what progress bars show as the total.
-        data = self.data
-        return data.num_batches - data.module.frames // data.global_frames_per_batch
+        return self.data.num_batches - self.data.done_batches
 
     def __iter__(self) -> Iterator[TensorDict]:
         data = self.data
-        done_batches = data.module.frames // data.global_frames_per_batch
-        for _ in range(done_batches, data.num_batches):
+        for _ in range(data.done_batches, data.num_batches):
             yield data.collector.collect()
 
 
@@ -227,6 +239,12 @@ class RLDataModule(pl.LightningDataModule):
         return math.ceil(self.total_frames / self.global_frames_per_batch)
 
     @property
+    def done_batches(self) -> int:
+        """Training batches per rank collected so far, by the module's frame count: when a fit starts, none in a
+        fresh run and those of its checkpoint in a resumed one."""
+        return self.module.frames // self.global_frames_per_batch
+
+    @property
     def rank_seed(self) -> int:
         return (self.seed or 0) + self.rank * SEED_OFFSET_PER_RANK
 
@@ -248,11 +266,10 @@ class RLDataModule(pl.LightningDataModule):
     # -- the policy comes from the module the trainer is fitting --------------------------------------
 
     @property
-    def module(self) -> RLModule:
-        from rl_lightning.module import RLModule
-
+    def module(self) -> Agent:
+        """The module the trainer is fitting, whose policy collects (an :class:`~rl_lightning.RLModule`)."""
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if not isinstance(module, RLModule):
+        if not isinstance(module, Agent):
             raise RuntimeError(
                 f"RLDataModule collects with the policy of an RLModule, but the trainer holds {type(module)}. "
                 "Pass an RLModule (e.g. rl_lightning.PPO) to trainer.fit together with this DataModule."
@@ -291,6 +308,7 @@ class RLDataModule(pl.LightningDataModule):
     # -- Lightning hooks -----------------------------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
+        # Lightning warns about this loader's design in trainer.fit: see LIGHTNING_WARNINGS_BY_DESIGN.
         return DataLoader(_Rollouts(self), batch_size=None, collate_fn=_as_is)
 
     def val_dataloader(self) -> DataLoader:

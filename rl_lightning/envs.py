@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, SupportsFloat
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.vector import AutoresetMode
 
 Vectorization = Literal["sync", "async"]
@@ -117,6 +118,37 @@ def make_env(
     for wrap in resolve_wrappers(wrappers):
         env = wrap(env)
     return env
+
+
+def check_rgb_array(env_id: str, wrappers: Sequence[WrapperSpec] | None, frame_skip: int, who: str) -> tuple[int, ...]:
+    """Makes one env with ``render_mode="rgb_array"``, renders its first frame and returns the frame's shape.
+
+    Raises:
+        ValueError: naming the env id when it does not list ``"rgb_array"`` in ``metadata["render_modes"]`` or
+            its ``render()`` does not return an ``[H, W, 3]`` uint8 array.
+    """
+    env = make_env(env_id, wrappers, frame_skip)
+    modes = list(env.metadata.get("render_modes") or [])
+    env.close()
+    if "rgb_array" not in modes:
+        raise ValueError(
+            f"{who} renders frames of env {env_id!r} with render_mode='rgb_array', but that env supports "
+            f"render_modes={modes}. Use an env whose metadata['render_modes'] includes 'rgb_array', or turn "
+            "the rendering off."
+        )
+    env = make_env(env_id, wrappers, frame_skip, render_mode="rgb_array")
+    try:
+        env.reset(seed=0)
+        frame = env.render()
+    finally:
+        env.close()
+    if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
+        got = f"{type(frame).__name__} {getattr(frame, 'shape', '')} {getattr(frame, 'dtype', '')}".strip()
+        raise ValueError(
+            f"{who}: env {env_id!r} with render_mode='rgb_array' returned {got} from render(); expected an "
+            "[H, W, 3] uint8 array. Fix the env's render() or turn the rendering off."
+        )
+    return tuple(frame.shape)
 
 
 def _make_worker_env(

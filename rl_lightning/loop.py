@@ -2,21 +2,88 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
 from tensordict import TensorDict
 
-from rl_lightning.callbacks.rl_callback import RL_HOOKS, RLCallback
 from rl_lightning.functional import loss_terms
 from rl_lightning.metrics import Means
 
-if TYPE_CHECKING:
-    from rl_lightning.module import RLModule
-
 LOG_PBAR = "log_pbar"
+
+RL_HOOKS = (
+    "on_batch_process",
+    "on_pre_steps_log",
+    "on_pre_optim_steps",
+    "on_pre_epoch",
+    "on_pre_epoch_log",
+    "on_process_optim_batch",
+    "on_process_loss",
+    "on_post_loss",
+    "on_optimizer",
+    "on_post_optim",
+    "on_post_optim_log",
+    "on_post_epoch",
+    "on_post_epoch_log",
+    "on_post_steps",
+    "on_post_optim_complete_log",
+    "on_post_steps_log",
+)
+"""The hook points in the order the RL loop reaches them (``on_`` + torchrl's stage name): torchrl's ten, and
+the ones it added later (``pre_epoch``/``post_epoch`` and their ``_log`` forms, ``process_loss``,
+``post_optim_complete_log``). torchrl's ``setup``/``shutdown`` are Lightning's ``setup``/``teardown``.
+:class:`~rl_lightning.RLCallback` documents each one's arguments."""
+
+
+class LoopModule(Protocol):
+    """What :class:`RLLoop` uses of the module it runs for: :class:`~rl_lightning.RLModule` has all of it (and may
+    implement RL hooks too, called after the callbacks')."""
+
+    updates: int
+    """Incremented by the loop after every optimizer step."""
+
+    @property
+    def trainer(self) -> pl.Trainer: ...
+
+    @property
+    def optim_epochs(self) -> int: ...
+
+    @property
+    def stops_optim_early(self) -> bool: ...
+
+    @property
+    def logging_batch(self) -> bool: ...
+
+    def prepare_batch(self, batch: TensorDict) -> TensorDict: ...
+
+    def optim_batches(self, batch: TensorDict, epoch: int) -> Iterator[TensorDict]: ...
+
+    def loss(self, batch: TensorDict) -> TensorDict: ...
+
+    def step_optimizers(self, losses: TensorDict) -> None: ...
+
+    def stop_optim_early(self, epoch_losses: TensorDict) -> bool: ...
+
+    def log_dict(
+        self,
+        dictionary: Mapping[str, Any],
+        *,
+        prog_bar: bool = ...,
+        on_step: bool | None = ...,
+        on_epoch: bool | None = ...,
+        batch_size: int | None = ...,
+    ) -> None: ...
+
+
+@runtime_checkable
+class ImplementsRLHooks(Protocol):
+    """What the loop asks of a trainer callback: which of :data:`RL_HOOKS` it implements
+    (:class:`~rl_lightning.RLCallback` answers with those its class overrides). Other callbacks take no part."""
+
+    def implemented_rl_hooks(self) -> set[str]: ...
 
 
 class RLLoop:
@@ -31,7 +98,7 @@ class RLLoop:
     Callbacks are called in ``trainer.callbacks`` order, then the module if it implements the hook.
     """
 
-    def __init__(self, module: RLModule) -> None:
+    def __init__(self, module: LoopModule) -> None:
         self.module = module
         self.hooks: dict[str, list[Callable[..., Any]]] = {name: [] for name in RL_HOOKS}
         self.batches = 0
@@ -43,7 +110,7 @@ class RLLoop:
 
     def setup(self, trainer: pl.Trainer) -> None:
         """Works out which callbacks (and whether the module) implement each hook."""
-        callbacks = [cb for cb in trainer.callbacks if isinstance(cb, RLCallback)]  # type: ignore[attr-defined]
+        callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ImplementsRLHooks)]  # type: ignore[attr-defined]
         for name in RL_HOOKS:
             fns = [getattr(cb, name) for cb in callbacks if name in cb.implemented_rl_hooks()]
             module_fn = getattr(self.module, name, None)

@@ -1,4 +1,5 @@
-"""Rendering and videos: envs that render ``rgb_array`` frames, mp4 files, and videos sent to the loggers.
+"""Videos: mp4 files, and videos sent to the loggers (whether an env renders ``rgb_array`` frames is
+:func:`rl_lightning.envs.check_rgb_array`).
 
 The ``video`` extra (``pip install 'rl-lightning[video]'``) provides imageio and imageio-ffmpeg, which write the
 mp4 files. TensorBoard gets an animated GIF of the same frames (what ``SummaryWriter.add_video`` writes; that
@@ -15,8 +16,6 @@ from typing import Any
 
 import numpy as np
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
-
-from rl_lightning.envs import WrapperSpec, make_env
 
 VIDEO_EXTRA = "pip install 'rl-lightning[video]'"
 """How to install what writing videos needs."""
@@ -39,37 +38,6 @@ def require_video_extra(who: str) -> None:
                 f"{who} writes mp4 videos with imageio and imageio-ffmpeg, but {name!r} cannot be imported "
                 f"({err}). Install the video extra: {VIDEO_EXTRA}, or turn video recording off."
             ) from err
-
-
-def check_rgb_array(env_id: str, wrappers: Sequence[WrapperSpec] | None, frame_skip: int, who: str) -> tuple[int, ...]:
-    """Makes one env with ``render_mode="rgb_array"``, renders its first frame and returns the frame's shape.
-
-    Raises:
-        ValueError: naming the env id when it does not list ``"rgb_array"`` in ``metadata["render_modes"]`` or
-            its ``render()`` does not return an ``[H, W, 3]`` uint8 array.
-    """
-    env = make_env(env_id, wrappers, frame_skip)
-    modes = list(env.metadata.get("render_modes") or [])
-    env.close()
-    if "rgb_array" not in modes:
-        raise ValueError(
-            f"{who} renders frames of env {env_id!r} with render_mode='rgb_array', but that env supports "
-            f"render_modes={modes}. Use an env whose metadata['render_modes'] includes 'rgb_array', or turn "
-            "the rendering off."
-        )
-    env = make_env(env_id, wrappers, frame_skip, render_mode="rgb_array")
-    try:
-        env.reset(seed=0)
-        frame = env.render()
-    finally:
-        env.close()
-    if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
-        got = f"{type(frame).__name__} {getattr(frame, 'shape', '')} {getattr(frame, 'dtype', '')}".strip()
-        raise ValueError(
-            f"{who}: env {env_id!r} with render_mode='rgb_array' returned {got} from render(); expected an "
-            "[H, W, 3] uint8 array. Fix the env's render() or turn the rendering off."
-        )
-    return tuple(frame.shape)
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int) -> Path:

@@ -27,6 +27,7 @@ OFF_POLICY = {"hidden_sizes": [16], "batch_size": 32, "buffer_size": 1000, "init
 TINY: dict[str, tuple[str, dict[str, Any]]] = {
     "A2C": ("CartPole-v1", {"hidden_sizes": [16]}),
     "DDPG": ("Pendulum-v1", OFF_POLICY),
+    "DQN": ("CartPole-v1", {**OFF_POLICY, "utd_ratio": 0.5, "target_update_interval": 8}),
     "PPO": ("CartPole-v1", {"n_epochs": 2, "batch_size": 32, "hidden_sizes": [16]}),
     "SAC": ("Pendulum-v1", OFF_POLICY),
     "TD3": ("Pendulum-v1", OFF_POLICY),

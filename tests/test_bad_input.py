@@ -11,6 +11,7 @@ from typing import Any
 import gymnasium as gym
 import lightning.pytorch as pl
 import pytest
+import torch
 from lightning.pytorch.strategies import (
     DDPStrategy,
     DeepSpeedStrategy,
@@ -82,6 +83,24 @@ def test_model_built_for_other_spaces(tmp_path: Path) -> None:
     other = PPO(gym.spaces.Box(-1.0, 1.0, (3,)), gym.spaces.Discrete(2))
     with pytest.raises(ValueError, match="'CartPole-v1' has observation space"):
         trainer.fit(other, datamodule=data)
+
+
+@pytest.mark.filterwarnings("ignore:.*but have no `validation_step`")  # the module is a bare LightningModule
+def test_the_data_refuses_a_module_that_is_not_an_rl_module(tmp_path: Path) -> None:
+    class NotRL(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch: Any) -> torch.Tensor:
+            return self.layer(torch.ones(1)).sum()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer, _, data = tiny_ppo_run(tmp_path)
+    with pytest.raises(RuntimeError, match=r"collects with the policy of an RLModule, but the trainer holds .*NotRL"):
+        trainer.fit(NotRL(), datamodule=data)
 
 
 def test_missing_spaces_say_how_to_pass_them() -> None:

@@ -14,8 +14,8 @@ from rl_lightning._checks import check_int, check_positive
 from rl_lightning.callbacks.rl_callback import RLCallback
 from rl_lightning.collector import evaluate
 from rl_lightning.data import CALLBACK_SEEDS, RLDataModule, evaluation_seed
-from rl_lightning.envs import make_vec_env
-from rl_lightning.recording import check_rgb_array, log_video, require_video_extra, write_video
+from rl_lightning.envs import check_rgb_array, make_vec_env
+from rl_lightning.recording import log_video, require_video_extra, write_video
 
 if TYPE_CHECKING:
     import gymnasium as gym

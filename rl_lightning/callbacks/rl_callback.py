@@ -7,30 +7,10 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 from tensordict import TensorDict
 
+from rl_lightning.loop import RL_HOOKS
+
 if TYPE_CHECKING:
     from rl_lightning.module import RLModule
-
-RL_HOOKS = (
-    "on_batch_process",
-    "on_pre_steps_log",
-    "on_pre_optim_steps",
-    "on_pre_epoch",
-    "on_pre_epoch_log",
-    "on_process_optim_batch",
-    "on_process_loss",
-    "on_post_loss",
-    "on_optimizer",
-    "on_post_optim",
-    "on_post_optim_log",
-    "on_post_epoch",
-    "on_post_epoch_log",
-    "on_post_steps",
-    "on_post_optim_complete_log",
-    "on_post_steps_log",
-)
-"""The hook points in the order the RL loop reaches them (``on_`` + torchrl's stage name): torchrl's ten, and
-the ones it added later (``pre_epoch``/``post_epoch`` and their ``_log`` forms, ``process_loss``,
-``post_optim_complete_log``). torchrl's ``setup``/``shutdown`` are Lightning's ``setup``/``teardown``."""
 
 LogDict = dict[str, Any] | None
 
