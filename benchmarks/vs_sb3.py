@@ -22,9 +22,10 @@ seed (after an untimed warm-up run of each side):
       the last one, each round's envs seeded as RLDataModule seeds them (``_sb3.Evaluation`` on the SB3 side;
       the config's ``EarlyStopping``, or one added with the threshold, on rl_lightning's).
 The summary gives the medians over the seeds and the ratios rl_lightning/SB3 as speed-ups (> 1: rl_lightning is
-faster): frames/s over SB3's frames/s, and SB3's time to the threshold over rl_lightning's. SB3 draws its random
-numbers in its own order, so the two sides' runs are not step for step the same: their times to the threshold
-vary with the seed, the throughputs much less.
+faster): frames/s over SB3's frames/s, and SB3's time to the threshold over rl_lightning's, each the median over
+the seeds of the ratio of that seed's two runs (which ran back to back, so that a change in the machine's load
+between seeds cancels out). SB3 draws its random numbers in its own order, so the two sides' runs are not step for
+step the same: their times to the threshold vary with the seed, the throughputs much less.
 
 The mapping functions, config key -> SB3 argument (``hidden_sizes``, ``activation`` -> ``policy_kwargs``'
 ``net_arch`` and ``activation_fn`` everywhere; ``device="cpu"``):
@@ -308,7 +309,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         module="A2C",
         env_id="CartPole-v1",
         threshold=475.0,
-        throughput_frames=20_000,
+        throughput_frames=40_960,
         kwargs=sb3_a2c_kwargs,
         mapped=(*ON_POLICY_MAPPED, "optimizer"),
         fixed=ON_POLICY_FIXED,
@@ -339,6 +340,8 @@ ALGORITHMS: dict[str, Algorithm] = {
             "Adam: rl_lightning's fused, SB3's for-loop implementation",
             "SB3 updates the target network while collecting, after the batch's last step (rl_lightning after "
             "the batch's last update): the same updates see the same targets",
+            "n-step returns: SB3 sums them when sampling and cuts the newest transitions' windows at the buffer's "
+            "head; rl_lightning stores a transition once its window is complete",
             LOGGER,
         ),
         init=dqn_init_,
@@ -508,6 +511,14 @@ class Runs:
     def median(self, results: list[Result], side: str, value: Callable[[Result], float]) -> float:
         return statistics.median(value(r) for r in results if r.side == side)
 
+    @staticmethod
+    def ratio(results: list[Result], speed: Callable[[Result], float]) -> float:
+        """The median over the seeds of each seed's ``speed`` ratio rl_lightning / SB3: the two runs of a seed ran
+        back to back, so a change in the machine's load between seeds cancels out."""
+        by = {(r.side, r.seed): r for r in results}
+        seeds = sorted({r.seed for r in results})
+        return statistics.median(speed(by["rl_lightning", s]) / speed(by["sb3", s]) for s in seeds)
+
     def print(self) -> None:
         print(f"\n{'side':<13} {'seed':>4} {'run':<10} {'frames':>7} {'seconds':>8} {'frames/s':>9} eval return")
         for kind, results in (("threshold", self.solve), ("throughput", self.throughput)):
@@ -529,9 +540,9 @@ class Runs:
             self.algo.module,
             f"{self.algo.env_id}, {self.algo.threshold:g}",
             *(f"{fps[s]:,.0f}" for s in SIDES),
-            f"**{fps['rl_lightning'] / fps['sb3']:.2f}x**",
+            f"**{self.ratio(self.throughput, lambda r: r.fps):.2f}x**",
             *(f"{seconds[s]:.1f} s, {frames[s]:,.0f} frames ({reached[s]}/{runs})" for s in SIDES),
-            f"**{seconds['sb3'] / seconds['rl_lightning']:.2f}x**" + ("" if complete else " *"),
+            f"**{self.ratio(self.solve, lambda r: 1 / r.seconds):.2f}x**" + ("" if complete else " *"),
         ]
         return "| " + " | ".join(cells) + " |", complete
 
@@ -541,8 +552,8 @@ def print_summary(runs: list[Runs], seeds: list[int]) -> None:
     frames = ", ".join(f"{r.algo.module} {r.throughput_frames:,}" for r in runs)
     print(
         f"\nMedians over seeds {' '.join(map(str, seeds))}, {torch.get_num_threads()} torch thread(s). Frames/s with "
-        f"evaluation off ({frames} frames). Ratios > 1: rl_lightning is faster (frames/s: rl_lightning / SB3; time "
-        "to the threshold: SB3 / rl_lightning).\n"
+        f"evaluation off ({frames} frames). Ratios: the median over the seeds of each seed's rl_lightning / SB3 "
+        "frames/s and SB3 / rl_lightning time to the threshold (> 1: rl_lightning is faster).\n"
     )
     print(
         "| algorithm | env, threshold | rl_lightning frames/s | SB3 frames/s | ratio "
