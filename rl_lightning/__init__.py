@@ -7,6 +7,8 @@ loads what those need, not every algorithm and callback (nor video recording).
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -125,14 +127,31 @@ _EXPORTS = {
 }
 """Each name's module (what the imports above declare for type checkers)."""
 
-if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name of this package
+
+def _lazy_exports(
+    package: str, exports: Mapping[str, str], names: Iterable[str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The ``__getattr__`` and ``__dir__`` of ``package``: ``exports`` maps each name to the module defining it (a
+    submodule of the package stands for itself), ``names`` is the package's ``__all__``.
+
+    Used by this package, ``rl_lightning.callbacks`` and ``rl_lightning.algorithms``. It lives here, not in a module
+    of its own, because every module of the package imports this ``__init__``: anything it imported would import it
+    back."""
+    namespace = sys.modules[package].__dict__
+    listed = sorted(names)
 
     def __getattr__(name: str) -> Any:
-        if name not in _EXPORTS:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        module = importlib.import_module(_EXPORTS[name])
-        value = globals()[name] = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        module = importlib.import_module(exports[name])
+        value = namespace[name] = module if module.__name__ == f"{package}.{name}" else getattr(module, name)
         return value
 
     def __dir__() -> list[str]:
-        return sorted({*globals(), *__all__})
+        return sorted({*namespace, *listed})
+
+    return __getattr__, __dir__
+
+
+if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name of this package
+    __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, __all__)

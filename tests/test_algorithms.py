@@ -36,12 +36,15 @@ TINY: dict[str, tuple[str, dict[str, Any]]] = {
 ALGORITHMS = sorted(TINY)
 
 
-def tiny(name: str, total_frames: int = 256, seed: int = 0) -> tuple[RLModule, rl_lightning.RLDataModule]:
+def tiny(
+    name: str, total_frames: int = 256, seed: int = 0, arguments: dict[str, Any] | None = None
+) -> tuple[RLModule, rl_lightning.RLDataModule]:
+    """The algorithm ``name`` with its ``TINY`` arguments (or ``arguments``), and its data."""
     pl.seed_everything(seed)
-    env, model = TINY[name]
+    env, options = TINY[name]
     data = rl_lightning.RLDataModule(env, num_envs=2, frames_per_batch=32, total_frames=total_frames, eval_episodes=2)
     cls = getattr(rl_lightning, name)
-    return cls(data.observation_space, data.action_space, **model), data
+    return cls(data.observation_space, data.action_space, **(options if arguments is None else arguments)), data
 
 
 def observations(model: RLModule, count: int = 5) -> torch.Tensor:

@@ -10,7 +10,8 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from rl_lightning import PPO, SAC
-from tests.conftest import tiny_ppo_run
+from tests.conftest import quiet_trainer, tiny_ppo_run
+from tests.test_algorithms import TINY, tiny
 from tests.test_sac import tiny_sac_run
 
 pytestmark = pytest.mark.slow  # compiling takes tens of seconds on a CPU
@@ -36,3 +37,15 @@ def test_ppo_and_sac_train_compiled_with_the_eager_parameter_names(tmp_path: Pat
     assert all(_compiled(sac)) and sac.updates > 0
     eager_sac = SAC(sac.observation_space, sac.action_space, hidden_sizes=[16])
     assert sac.state_dict().keys() == eager_sac.state_dict().keys()
+
+
+@pytest.mark.parametrize("name", ["A2C", "DDPG", "DQN", "TD3"])
+def test_the_other_algorithms_train_compiled(tmp_path: Path, name: str) -> None:
+    options = {**TINY[name][1], "compile": True}
+    if "init_random_frames" in options:  # learn from the first batch: the losses compile too
+        options["init_random_frames"] = 0
+    model, data = tiny(name, total_frames=64, arguments=options)
+    quiet_trainer(tmp_path).fit(model, datamodule=data)
+    assert _compiled(model) and all(_compiled(model)) and model.updates > 0
+    eager = type(model)(model.observation_space, model.action_space, **TINY[name][1])
+    assert model.state_dict().keys() == eager.state_dict().keys()

@@ -35,7 +35,7 @@ from rl_lightning import DQN, RLDataModule
 from rl_lightning.networks import DuelingHead
 from tests.conftest import quiet_trainer
 from tests.test_learning import fit_config
-from tests.test_losses import scramble
+from tests.test_losses import replay_sample, scramble
 
 OBSERVATIONS = gym.spaces.Box(-1.0, 1.0, (3,))
 ACTIONS = gym.spaces.Discrete(3)
@@ -110,26 +110,7 @@ def dqn_batch(model: DQN, double: bool = False, weight: list[float] | None = Non
     not_terminated = 1.0 - torch.tensor(TERMINATED, dtype=torch.float64)
     bootstrap = torch.tensor(DISCOUNT, dtype=torch.float64) * not_terminated * next_q
     reward = q - bootstrap - torch.tensor(DELTA, dtype=torch.float64)
-    terminated = torch.tensor(TERMINATED).unsqueeze(-1)
-    truncated = torch.tensor(TRUNCATED).unsqueeze(-1)
-    batch = TensorDict(
-        {
-            "observation": observation,
-            "action": action,
-            "next": {
-                "observation": next_observation,
-                "reward": reward.float().unsqueeze(-1),
-                "terminated": terminated,
-                "truncated": truncated,
-                "done": terminated | truncated,
-                "discount": torch.tensor(DISCOUNT).unsqueeze(-1),
-            },
-        },
-        batch_size=[n],
-    )
-    if weight is not None:
-        batch["weight"] = torch.tensor(weight).unsqueeze(-1)
-    return batch
+    return replay_sample(observation, action, next_observation, reward, TERMINATED, TRUNCATED, DISCOUNT, weight)
 
 
 def expected_mean(values: list[float], weight: list[float] | None = None) -> torch.Tensor:

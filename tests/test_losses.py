@@ -218,31 +218,46 @@ def sac(**options: Any) -> SAC:
     return model
 
 
+def replay_sample(
+    observation: torch.Tensor,
+    action: torch.Tensor,
+    next_observation: torch.Tensor,
+    reward: torch.Tensor,
+    terminated: list[bool],
+    truncated: list[bool],
+    discount: list[float],
+    weight: list[float] | None = None,
+) -> TensorDict:
+    """Transitions as the replay buffer samples them (``weight``: prioritized replay's importance weights)."""
+    ended = torch.tensor(terminated).unsqueeze(-1), torch.tensor(truncated).unsqueeze(-1)
+    batch = TensorDict(
+        {
+            "observation": observation,
+            "action": action,
+            "next": {
+                "observation": next_observation,
+                "reward": reward.float().reshape(-1, 1),
+                "terminated": ended[0],
+                "truncated": ended[1],
+                "done": ended[0] | ended[1],
+                "discount": torch.tensor(discount).unsqueeze(-1),
+            },
+        },
+        batch_size=[len(discount)],
+    )
+    if weight is not None:
+        batch["weight"] = torch.tensor(weight).unsqueeze(-1)
+    return batch
+
+
 def sac_batch(weight: list[float] | None = None) -> TensorDict:
     """Five transitions as the replay buffer samples them (with importance weights when given)."""
     torch.manual_seed(1)
     n = len(DISCOUNT)
     low, high = torch.as_tensor(SAC_ACTIONS.low), torch.as_tensor(SAC_ACTIONS.high)
-    terminated = torch.tensor(TERMINATED).unsqueeze(-1)
-    truncated = torch.tensor(TRUNCATED).unsqueeze(-1)
-    batch = TensorDict(
-        {
-            "observation": torch.randn(n, 3),
-            "action": low + torch.rand(n, 2) * (high - low),
-            "next": {
-                "observation": torch.randn(n, 3),
-                "reward": torch.randn(n, 1),
-                "terminated": terminated,
-                "truncated": truncated,
-                "done": terminated | truncated,
-                "discount": torch.tensor(DISCOUNT).unsqueeze(-1),
-            },
-        },
-        batch_size=[n],
-    )
-    if weight is not None:
-        batch["weight"] = torch.tensor(weight).unsqueeze(-1)
-    return batch
+    observation, action = torch.randn(n, 3), low + torch.rand(n, 2) * (high - low)
+    next_observation, reward = torch.randn(n, 3), torch.randn(n, 1)
+    return replay_sample(observation, action, next_observation, reward, TERMINATED, TRUNCATED, DISCOUNT, weight)
 
 
 def tanh_gaussian(model: SAC, observation: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,6 +38,7 @@ from rl_lightning import DDPG, TD3, RLDataModule
 from rl_lightning.functional import total_loss
 from tests.conftest import quiet_trainer
 from tests.test_learning import fit_config, stop_at
+from tests.test_losses import replay_sample, scramble
 
 OBSERVATIONS = gym.spaces.Box(-1.0, 1.0, (3,))
 # Asymmetric bounds: the critics see actions rescaled to [-1, 1], which a wrong rescaling would get wrong.
@@ -56,14 +57,6 @@ TERMINATED = [False, False, True, False, False]
 TRUNCATED = [False, False, False, True, True]
 DISCOUNT = [GAMMA, GAMMA**3, GAMMA**2, GAMMA, GAMMA**3]
 WEIGHT = [1.0, 0.25, 0.5, 0.8, 0.1]
-
-
-def scramble(model: nn.Module) -> None:
-    """Random parameters, the targets' apart from the online networks': fresh networks (zero biases, targets equal
-    to the online networks) are special points where a wrong formula can still give the right number."""
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn_like(parameter) * 0.5)
 
 
 def td3(**options: Any) -> TD3:
@@ -93,26 +86,9 @@ def batch_of_five(weight: list[float] | None = None) -> TensorDict:
     torch.manual_seed(1)
     n = len(DISCOUNT)
     low, high = torch.as_tensor(ACTIONS.low), torch.as_tensor(ACTIONS.high)
-    terminated = torch.tensor(TERMINATED).unsqueeze(-1)
-    truncated = torch.tensor(TRUNCATED).unsqueeze(-1)
-    batch = TensorDict(
-        {
-            "observation": torch.randn(n, 3),
-            "action": low + torch.rand(n, 2) * (high - low),
-            "next": {
-                "observation": torch.randn(n, 3),
-                "reward": torch.randn(n, 1),
-                "terminated": terminated,
-                "truncated": truncated,
-                "done": terminated | truncated,
-                "discount": torch.tensor(DISCOUNT).unsqueeze(-1),
-            },
-        },
-        batch_size=[n],
-    )
-    if weight is not None:
-        batch["weight"] = torch.tensor(weight).unsqueeze(-1)
-    return batch
+    observation, action = torch.randn(n, 3), low + torch.rand(n, 2) * (high - low)
+    next_observation, reward = torch.randn(n, 3), torch.randn(n, 1)
+    return replay_sample(observation, action, next_observation, reward, TERMINATED, TRUNCATED, DISCOUNT, weight)
 
 
 def linear(network: nn.Module, index: int, x: torch.Tensor) -> torch.Tensor:

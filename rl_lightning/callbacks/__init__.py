@@ -6,8 +6,9 @@ module, not every callback's (``RolloutRecorder`` and ``LogValidationReward`` br
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rl_lightning import _lazy_exports
 
 if TYPE_CHECKING:
     from rl_lightning.callbacks.batch_sub_sampler import BatchSubSampler
@@ -76,12 +77,4 @@ _EXPORTS = {
 """Each name's module (what the imports above declare for type checkers)."""
 
 if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any name of this package
-
-    def __getattr__(name: str) -> Any:
-        if name not in _EXPORTS:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = globals()[name] = getattr(importlib.import_module(_EXPORTS[name]), name)
-        return value
-
-    def __dir__() -> list[str]:
-        return sorted({*globals(), *__all__})
+    __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, __all__)
