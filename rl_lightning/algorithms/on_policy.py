@@ -66,7 +66,7 @@ class OnPolicyModule(RLModule):
         gae_lambda: λ of GAE; 1 gives Monte-Carlo (n-step) returns, 0 one-step TD.
         value_coef: weight of the value loss ``0.5 * (V - target)^2``.
         entropy_coef: weight of the entropy bonus.
-        normalize_advantage: normalize advantages per minibatch.
+        normalize_advantage: normalize the advantages of each update's transitions (PPO: a minibatch, A2C: the batch).
         max_grad_norm: clip the global gradient norm to this value (``None``: no clipping).
         hidden_sizes: hidden layer sizes of the actor and critic MLPs.
         activation: activation of the hidden layers.
