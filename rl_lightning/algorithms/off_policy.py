@@ -165,7 +165,10 @@ class OffPolicyModule(RLModule):
             high = torch.as_tensor(space.high, dtype=torch.float32, device=self.device)
             unit = torch.rand((num_envs, *low.shape), device=self.device) * 2 - 1
             return low + (unit + 1.0) * 0.5 * (high - low)
-        raise NotImplementedError(f"{type(self).__name__} has no random action for {space}: override random_action.")
+        raise ValueError(
+            f"{type(self).__name__} has no uniform warm-up action for the action space {space}: set "
+            "init_random_frames=0, or override random_action in a subclass."
+        )
 
     def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
         observation = observation.to(self.device, non_blocking=True)  # from pinned memory: asynchronous
