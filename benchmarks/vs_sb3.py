@@ -1,7 +1,7 @@
 """rl_lightning against stable-baselines3 (SB3), algorithm by algorithm, with the hyperparameters of the shipped
 configs: frames per second, and the time to a reward threshold.
 
-    .venv/bin/python benchmarks/vs_sb3.py [--algorithms ppo a2c dqn sac td3 ddpg] [--seeds 0 1] [--threads 1]
+    .venv/bin/python benchmarks/vs_sb3.py [--algorithms ppo a2c dqn sac td3 ddpg] [--seeds 0 1 2] [--threads 1]
                                           [--throughput-frames N] [--profile]
 
 Each algorithm reads its hyperparameters from ``configs/<algorithm>.yaml`` (the module's and RLDataModule's
@@ -309,7 +309,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         module="A2C",
         env_id="CartPole-v1",
         threshold=475.0,
-        throughput_frames=40_960,
+        throughput_frames=81_920,
         kwargs=sb3_a2c_kwargs,
         mapped=(*ON_POLICY_MAPPED, "optimizer"),
         fixed=ON_POLICY_FIXED,
@@ -575,7 +575,7 @@ def load_average() -> str:
 
 def main() -> None:
     threads_help = "torch.set_num_threads for both sides (rl_lightning gets it as --torch_threads; default 1)"
-    p = parser(__doc__, [0, 1], 0, threads_help)
+    p = parser(__doc__, [0, 1, 2], 0, threads_help)
     p.set_defaults(threads=1, throughput_frames=None)
     p.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS), help="default: all")
     args = p.parse_args()
