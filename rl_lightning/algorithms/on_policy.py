@@ -236,5 +236,5 @@ class OnPolicyModule(RLModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer == "rmsprop":
             # alpha=0.99 (the squared gradients' decay) as in stable-baselines3's A2C
-            return torch.optim.RMSprop(self.parameters(), lr=self.lr, alpha=0.99, eps=self.optimizer_eps)
+            return torch.optim.RMSprop(self.parameters(), lr=self.lr, alpha=0.99, eps=self.optimizer_eps, foreach=True)
         return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.optimizer_eps, fused=True)
