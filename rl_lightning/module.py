@@ -336,14 +336,19 @@ class RLModule(pl.LightningModule, ABC):
         ended = (self.frames - self.data.global_frames_per_batch) + (t + 1) * (
             self.data.global_frames_per_batch // steps
         )
-        self.episode_stats.update(
-            batch[keys.NEXT_EPISODE_RETURN].reshape(*done.shape)[env, t],
-            batch[keys.NEXT_EPISODE_LENGTH].reshape(*done.shape)[env, t],
-            ended,
-        )
-        # One all-reduce a batch: the episodes completed, and whether any rank was asked to stop (Ctrl-C).
-        counts = torch.tensor([float(len(t)), float(self.stop_requested)], dtype=torch.float64, device=self.device)
-        count, stops = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        if len(t):
+            self.episode_stats.update(
+                batch[keys.NEXT_EPISODE_RETURN].reshape(*done.shape)[env, t],
+                batch[keys.NEXT_EPISODE_LENGTH].reshape(*done.shape)[env, t],
+                ended,
+            )
+        if self.trainer.world_size > 1:
+            # One all-reduce a batch: the episodes completed, and whether any rank was asked to stop (Ctrl-C).
+            local = [float(len(t)), float(self.stop_requested)]
+            counts = torch.tensor(local, dtype=torch.float64, device=self.device)
+            count, stops = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        else:
+            count, stops = float(len(t)), float(self.stop_requested)
         self.episodes += int(count)
         self.stop_agreed = stops > 0
         on_bar_too = self.trainer.progress_bar_callback is not None
