@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -171,6 +172,16 @@ class ObservationEncoder(nn.Module):
         self.count.copy_(new_count)
 
 
+def sample_categorical(log_probs: torch.Tensor) -> torch.Tensor:
+    """One draw per row of the categorical distributions ``log_probs`` ``[..., n]`` (normalized): indices ``[..., 1]``.
+
+    ``torch.multinomial(probs, 1)``'s own algorithm (argmax of probs / Exp(1) noise): the same draws from the same
+    generator state, without the validity checks that make it wait for a GPU twice per call.
+    """
+    probs = log_probs.exp()
+    return probs.div_(torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
+
+
 class CategoricalHead(nn.Module):
     """Logits over ``n`` discrete actions."""
 
@@ -180,10 +191,7 @@ class CategoricalHead(nn.Module):
 
     def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs = F.log_softmax(self.logits(features), dim=-1)
-        # torch.multinomial(probs, 1)'s own algorithm (argmax of probs / Exp(1) noise): the same draws from the
-        # same generator state, without the validity checks that make it wait for a GPU twice per call.
-        probs = log_probs.exp()
-        action = probs.div_(torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
+        action = sample_categorical(log_probs)
         return action.squeeze(-1), log_probs.gather(-1, action).squeeze(-1)
 
     def mode(self, features: torch.Tensor) -> torch.Tensor:
@@ -194,6 +202,46 @@ class CategoricalHead(nn.Module):
         log_prob = log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         return log_prob, entropy
+
+
+class MultiCategoricalHead(nn.Module):
+    """Independent categoricals over the sub-actions of a ``MultiDiscrete`` space with ``nvec`` choices each.
+
+    One linear layer gives the concatenated logits of all sub-actions; the log-probability and entropy of an
+    action are the sums over its sub-actions. Actions are ``[B, len(nvec)]`` (int64).
+
+    Example:
+        >>> head = MultiCategoricalHead(8, [3, 2])
+        >>> action, log_prob = head.sample(torch.zeros(5, 8))
+        >>> action.shape, log_prob.shape
+        (torch.Size([5, 2]), torch.Size([5]))
+    """
+
+    def __init__(self, in_features: int, nvec: list[int]) -> None:
+        super().__init__()
+        self.nvec = [int(n) for n in nvec]
+        self.logits = orthogonal_linear(in_features, sum(self.nvec), 0.01)
+
+    def _log_probs(self, features: torch.Tensor) -> list[torch.Tensor]:
+        return [F.log_softmax(logits, dim=-1) for logits in self.logits(features).split(self.nvec, dim=-1)]
+
+    @staticmethod
+    def _summed_log_prob(log_probs: list[torch.Tensor], action: torch.Tensor) -> torch.Tensor:
+        columns = action.long().split(1, dim=-1)
+        return torch.cat([lp.gather(-1, a) for lp, a in zip(log_probs, columns, strict=True)], -1).sum(-1)
+
+    def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_probs = self._log_probs(features)
+        action = torch.cat([sample_categorical(lp) for lp in log_probs], -1)
+        return action, self._summed_log_prob(log_probs, action)
+
+    def mode(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.stack([logits.argmax(-1) for logits in self.logits(features).split(self.nvec, dim=-1)], -1)
+
+    def log_prob_entropy(self, features: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_probs = self._log_probs(features)
+        entropy = torch.stack([-(lp.exp() * lp).sum(-1) for lp in log_probs], -1).sum(-1)
+        return self._summed_log_prob(log_probs, action), entropy
 
 
 class GaussianHead(nn.Module):
@@ -252,22 +300,38 @@ class TanhGaussianHead(nn.Module):
         return torch.tanh(self._mean_log_std(features)[0])
 
 
-ActionHead = CategoricalHead | GaussianHead
+ActionHead = CategoricalHead | MultiCategoricalHead | GaussianHead
 
 
 def make_action_head(space: gym.Space, in_features: int, log_std_init: float = 0.0) -> ActionHead:
-    """A categorical head for ``Discrete`` actions, a Gaussian head for ``Box`` actions.
+    """A categorical head for ``Discrete`` actions, independent categoricals for 1-D ``MultiDiscrete`` actions, a
+    Gaussian head for 1-D ``Box`` actions.
 
     Raises:
-        ValueError: for other action spaces, naming the space.
+        ValueError: for other action spaces (and ``MultiDiscrete`` ones that are multi-dimensional or start
+            elsewhere than 0), naming the space and a fix.
     """
     if isinstance(space, gym.spaces.Discrete):
         return CategoricalHead(in_features, int(space.n))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        if space.nvec.ndim != 1:
+            raise ValueError(
+                f"Action space {space} has a {space.nvec.ndim}-D nvec {space.nvec.shape}; the policy supports 1-D "
+                "MultiDiscrete actions. Flatten them with a gymnasium ActionWrapper whose action_space is "
+                "MultiDiscrete(nvec.flatten()) and whose action() reshapes to nvec.shape."
+            )
+        if np.any(space.start != 0):
+            raise ValueError(
+                f"Action space {space} starts at {space.start.tolist()}; the policy's sub-actions start at 0. Shift "
+                "them with a gymnasium ActionWrapper whose action_space is MultiDiscrete(nvec) and whose action() "
+                "adds start."
+            )
+        return MultiCategoricalHead(in_features, space.nvec.tolist())
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
         return GaussianHead(in_features, space.shape[0], log_std_init)
     raise ValueError(
-        f"Action space {space} is not supported: expected Discrete or a 1-D Box. For MultiDiscrete or "
-        "multi-dimensional Box actions, flatten or discretize them with a gymnasium wrapper."
+        f"Action space {space} is not supported: expected Discrete or a 1-D Box (or a 1-D MultiDiscrete). For "
+        "multi-dimensional Box actions, flatten them with a gymnasium wrapper."
     )
 
 

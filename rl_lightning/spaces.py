@@ -25,7 +25,7 @@ def space_to_dict(space: gym.spaces.Space) -> dict[str, Any]:
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, gym.spaces.MultiDiscrete):
-        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist()}
+        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(), "start": space.start.tolist()}
     if isinstance(space, gym.spaces.MultiBinary):
         return {"type": "MultiBinary", "n": space.n if isinstance(space.n, int) else list(space.n)}
     raise ValueError(f"Space {space} is not supported; expected Box, Discrete, MultiDiscrete or MultiBinary.")
@@ -45,7 +45,7 @@ def space_from_dict(data: SpaceLike) -> gym.spaces.Space:
     if kind == "Discrete":
         return gym.spaces.Discrete(data["n"], start=data.get("start", 0))
     if kind == "MultiDiscrete":
-        return gym.spaces.MultiDiscrete(data["nvec"])
+        return gym.spaces.MultiDiscrete(data["nvec"], start=data.get("start"))
     if kind == "MultiBinary":
         return gym.spaces.MultiBinary(data["n"])
     raise ValueError(f"Cannot read a space from {data!r}; expected a dict written by space_to_dict.")

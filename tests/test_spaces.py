@@ -21,6 +21,8 @@ SPACES = {
     "discrete": gym.spaces.Discrete(5),
     "discrete-start": gym.spaces.Discrete(3, start=-1),
     "multi-discrete": gym.spaces.MultiDiscrete([3, 4, 2]),
+    "multi-discrete-start": gym.spaces.MultiDiscrete([3, 4], start=[1, -2]),
+    "multi-discrete-2d": gym.spaces.MultiDiscrete([[2, 3], [4, 5]], start=[[0, 1], [2, 3]]),
     "multi-binary": gym.spaces.MultiBinary(4),
     "multi-binary-2d": gym.spaces.MultiBinary([2, 3]),
 }
@@ -40,6 +42,9 @@ def test_round_trip(space: gym.spaces.Space) -> None:
         np.testing.assert_array_equal(restored.high, space.high)
     if isinstance(space, gym.spaces.Discrete):
         assert restored.start == space.start
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        np.testing.assert_array_equal(restored.nvec, space.nvec)
+        np.testing.assert_array_equal(restored.start, space.start)
 
 
 def test_box_bounds_are_stored_compactly_when_uniform() -> None:

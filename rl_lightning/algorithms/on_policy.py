@@ -43,8 +43,8 @@ class OnPolicyModule(RLModule):
     It owns what they share:
 
     - **Networks.** An observation encoder (with running normalization, ``normalize_observations``), an actor MLP with
-      a categorical (``Discrete``) or diagonal Gaussian (``Box``) head, and a critic MLP, or one body for both
-      (``share_network``).
+      a categorical (``Discrete``), independent categoricals (``MultiDiscrete``) or diagonal Gaussian (``Box``) head,
+      and a critic MLP, or one body for both (``share_network``).
     - **Rollout preparation** (:meth:`prepare_batch`): state values of the batch's observations and next
       observations, then GAE(λ) advantages and value targets, bootstrapping from the next observation's value where
       an episode was truncated and from nothing where it terminated. ``gae_lambda=1`` gives Monte-Carlo returns
@@ -57,7 +57,7 @@ class OnPolicyModule(RLModule):
 
     Args:
         observation_space: the env's observation space.
-        action_space: the env's action space, ``Discrete`` or 1-D ``Box``.
+        action_space: the env's action space, ``Discrete``, 1-D ``MultiDiscrete`` or 1-D ``Box``.
         lr: the optimizer's learning rate.
         anneal_lr: decay the learning rate linearly to 0 over ``total_frames``.
         optimizer: ``"adam"`` or ``"rmsprop"``.
