@@ -183,23 +183,26 @@ def sample_categorical(log_probs: torch.Tensor) -> torch.Tensor:
 
 
 class CategoricalHead(nn.Module):
-    """Logits over ``n`` discrete actions."""
+    """Logits over ``n`` discrete actions, numbered from ``start`` (a ``Discrete(n, start)`` space's)."""
 
-    def __init__(self, in_features: int, n: int) -> None:
+    def __init__(self, in_features: int, n: int, start: int = 0) -> None:
         super().__init__()
         self.logits = orthogonal_linear(in_features, n, 0.01)
+        self.start = start
 
     def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs = F.log_softmax(self.logits(features), dim=-1)
         action = sample_categorical(log_probs)
-        return action.squeeze(-1), log_probs.gather(-1, action).squeeze(-1)
+        log_prob = log_probs.gather(-1, action).squeeze(-1)
+        return (action.squeeze(-1) + self.start if self.start else action.squeeze(-1)), log_prob
 
     def mode(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logits(features).argmax(-1)
+        action = self.logits(features).argmax(-1)
+        return action + self.start if self.start else action
 
     def log_prob_entropy(self, features: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_probs = F.log_softmax(self.logits(features), dim=-1)
-        log_prob = log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+        log_prob = log_probs.gather(-1, (action.long() - self.start).unsqueeze(-1)).squeeze(-1)
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         return log_prob, entropy
 
@@ -312,7 +315,7 @@ def make_action_head(space: gym.Space, in_features: int, log_std_init: float = 0
             elsewhere than 0), naming the space and a fix.
     """
     if isinstance(space, gym.spaces.Discrete):
-        return CategoricalHead(in_features, int(space.n))
+        return CategoricalHead(in_features, int(space.n), int(space.start))
     if isinstance(space, gym.spaces.MultiDiscrete):
         if space.nvec.ndim != 1:
             raise ValueError(

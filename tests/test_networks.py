@@ -104,3 +104,17 @@ def test_make_action_head() -> None:
         make_action_head(gym.spaces.MultiBinary(3), 8)
     with pytest.raises(ValueError, match=r"Action space Box\(.*\(2, 2\).*\) is not supported"):
         make_action_head(gym.spaces.Box(-1.0, 1.0, (2, 2)), 8)
+
+
+def test_a_discrete_space_starting_elsewhere_than_0_gets_its_own_action_numbers() -> None:
+    """``Discrete(3, start=-1)`` takes -1, 0 and 1: the head samples, picks and scores those, not 0, 1 and 2."""
+    torch.manual_seed(0)
+    head = make_action_head(gym.spaces.Discrete(3, start=-1), 4)
+    features = torch.randn(500, 4)
+    action, log_prob = head.sample(features)
+    assert set(action.tolist()) == {-1, 0, 1}
+    assert set(head.mode(features).tolist()) <= {-1, 0, 1}
+    again, _ = head.log_prob_entropy(features, action)
+    torch.testing.assert_close(again, log_prob)
+    logits = head.logits(features)
+    torch.testing.assert_close(log_prob, torch.log_softmax(logits, -1).gather(-1, (action + 1).unsqueeze(-1))[:, 0])
