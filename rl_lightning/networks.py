@@ -101,6 +101,22 @@ def forward_detached(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def to_env_scale(unit: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Actions in ``[-1, 1]`` mapped linearly onto a ``Box``'s bounds ``[low, high]``."""
+    return low + (unit + 1.0) * 0.5 * (high - low)
+
+
+def to_unit_scale(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_env_scale`: a ``Box``'s actions mapped onto ``[-1, 1]``."""
+    return 2.0 * (action - low) / (high - low) - 1.0
+
+
+def critic_values(critics: nn.ModuleList, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """The values ``[len(critics), B]`` of Q networks that take the features and the action concatenated."""
+    inputs = torch.cat([features, action], dim=-1)
+    return torch.stack([critic(inputs).squeeze(-1) for critic in critics])
+
+
 class ObservationEncoder(nn.Module):
     """Flattens ``Box`` observations (one-hot encodes ``Discrete`` ones), optionally normalizing them.
 

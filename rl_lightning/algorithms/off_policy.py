@@ -18,6 +18,7 @@ from rl_lightning._checks import check_choice, check_int, check_non_negative, ch
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UTDRHook
 from rl_lightning.data import RLDataModule
 from rl_lightning.module import RLModule
+from rl_lightning.networks import to_env_scale
 from rl_lightning.replay import PRIORITY_EPS, TRANSITION_KEYS, ReplayBuffer, max_priority_alpha
 from rl_lightning.spaces import SpaceLike
 
@@ -164,7 +165,7 @@ class OffPolicyModule(RLModule):
             low = torch.as_tensor(space.low, dtype=torch.float32, device=self.device)
             high = torch.as_tensor(space.high, dtype=torch.float32, device=self.device)
             unit = torch.rand((num_envs, *low.shape), device=self.device) * 2 - 1
-            return low + (unit + 1.0) * 0.5 * (high - low)
+            return to_env_scale(unit, low, high)
         raise ValueError(
             f"{type(self).__name__} has no uniform warm-up action for the action space {space}: set "
             "init_random_frames=0, or override random_action in a subclass."

@@ -20,8 +20,11 @@ from rl_lightning.networks import (
     ObservationEncoder,
     TanhGaussianHead,
     compile_networks,
+    critic_values,
     forward_detached,
     mlp,
+    to_env_scale,
+    to_unit_scale,
 )
 from rl_lightning.replay import NEXT_DISCOUNT, TD_ERROR, WEIGHT
 from rl_lightning.spaces import SpaceLike, check_action_space
@@ -171,16 +174,10 @@ class SAC(OffPolicyModule):
     # -- networks ------------------------------------------------------------------------------
 
     def _to_env_scale(self, action: torch.Tensor) -> torch.Tensor:
-        return self.action_low + (action + 1.0) * 0.5 * (self.action_high - self.action_low)
+        return to_env_scale(action, self.action_low, self.action_high)
 
     def _to_unit_scale(self, action: torch.Tensor) -> torch.Tensor:
-        return 2.0 * (action - self.action_low) / (self.action_high - self.action_low) - 1.0
-
-    @staticmethod
-    def _q(critics: nn.ModuleList, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Both critics' values ``[2, B]``."""
-        inputs = torch.cat([features, action], dim=-1)
-        return torch.stack([critic(inputs).squeeze(-1) for critic in critics])
+        return to_unit_scale(action, self.action_low, self.action_high)
 
     def policy(self, observation: torch.Tensor, deterministic: bool) -> torch.Tensor:
         features = self.actor_body(self.encoder(observation))
@@ -199,13 +196,13 @@ class SAC(OffPolicyModule):
 
         with torch.no_grad():
             next_action, next_log_prob = self.actor_head.sample(self.actor_body(next_features))
-            next_q = self._q(self.target_critics, next_features, next_action).min(0).values
+            next_q = critic_values(self.target_critics, next_features, next_action).min(0).values
             not_terminated = (~batch[keys.NEXT_TERMINATED]).squeeze(-1).float()
             target = batch[keys.NEXT_REWARD].squeeze(-1) + batch[NEXT_DISCOUNT].squeeze(-1) * not_terminated * (
                 next_q - alpha * next_log_prob
             )
 
-        q = self._q(self.critics, features, self._to_unit_scale(batch[keys.ACTION]))
+        q = critic_values(self.critics, features, self._to_unit_scale(batch[keys.ACTION]))
         td_error = q - target
         squared = 0.5 * (td_error**2).sum(0)
         if WEIGHT in batch.keys():  # prioritized replay: importance-sampling correction

@@ -17,7 +17,17 @@ from torch import nn
 from rl_lightning import keys
 from rl_lightning._checks import check_choice, check_int, check_non_negative, check_positive, hidden_sizes_or
 from rl_lightning.algorithms.off_policy import OffPolicyModule
-from rl_lightning.networks import ACTIVATIONS, Activation, ObservationEncoder, compile_networks, forward_detached, mlp
+from rl_lightning.networks import (
+    ACTIVATIONS,
+    Activation,
+    ObservationEncoder,
+    compile_networks,
+    critic_values,
+    forward_detached,
+    mlp,
+    to_env_scale,
+    to_unit_scale,
+)
 from rl_lightning.replay import NEXT_DISCOUNT, TD_ERROR, WEIGHT
 from rl_lightning.spaces import SpaceLike, check_action_space
 
@@ -184,16 +194,10 @@ class TD3(OffPolicyModule):
     # -- networks ------------------------------------------------------------------------------
 
     def _to_env_scale(self, action: torch.Tensor) -> torch.Tensor:
-        return self.action_low + (action + 1.0) * 0.5 * (self.action_high - self.action_low)
+        return to_env_scale(action, self.action_low, self.action_high)
 
     def _to_unit_scale(self, action: torch.Tensor) -> torch.Tensor:
-        return 2.0 * (action - self.action_low) / (self.action_high - self.action_low) - 1.0
-
-    @staticmethod
-    def _q(critics: nn.ModuleList, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """The critics' values ``[n_critics, B]`` of unit-scale actions."""
-        inputs = torch.cat([features, action], dim=-1)
-        return torch.stack([critic(inputs).squeeze(-1) for critic in critics])
+        return to_unit_scale(action, self.action_low, self.action_high)
 
     def policy(self, observation: torch.Tensor, deterministic: bool) -> torch.Tensor:
         action = self.actor(self.encoder(observation))
@@ -221,11 +225,11 @@ class TD3(OffPolicyModule):
                 noise = torch.randn_like(next_action) * self.target_policy_noise
                 noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
                 next_action = (next_action + noise).clamp(-1.0, 1.0)
-            next_q = self._q(self.target_critics, next_features, next_action).min(0).values
+            next_q = critic_values(self.target_critics, next_features, next_action).min(0).values
             not_terminated = (~batch[keys.NEXT_TERMINATED]).squeeze(-1).float()
             target = batch[keys.NEXT_REWARD].squeeze(-1) + batch[NEXT_DISCOUNT].squeeze(-1) * not_terminated * next_q
 
-        q = self._q(self.critics, features, self._to_unit_scale(batch[keys.ACTION]))
+        q = critic_values(self.critics, features, self._to_unit_scale(batch[keys.ACTION]))
         td_error = q - target
         squared = (td_error**2).sum(0)
         if WEIGHT in batch.keys():  # prioritized replay: importance-sampling correction
