@@ -11,7 +11,12 @@ SpaceLike = gym.spaces.Space | dict[str, Any]
 
 
 def space_to_dict(space: gym.spaces.Space) -> dict[str, Any]:
-    """Describes a ``Box``, ``Discrete``, ``MultiDiscrete`` or ``MultiBinary`` space with builtin types."""
+    """Describes a ``Box``, ``Discrete``, ``MultiDiscrete``, ``MultiBinary`` or ``Dict`` space with builtin types.
+
+    Example:
+        >>> space_to_dict(gym.spaces.Dict({"goal": gym.spaces.Discrete(3)}))
+        {'type': 'Dict', 'spaces': {'goal': {'type': 'Discrete', 'n': 3, 'start': 0}}}
+    """
     if isinstance(space, gym.spaces.Box):
         low, high = space.low, space.high
         uniform = bool(np.all(low == low.flat[0]) and np.all(high == high.flat[0]))
@@ -28,7 +33,12 @@ def space_to_dict(space: gym.spaces.Space) -> dict[str, Any]:
         return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(), "start": space.start.tolist()}
     if isinstance(space, gym.spaces.MultiBinary):
         return {"type": "MultiBinary", "n": space.n if isinstance(space.n, int) else list(space.n)}
-    raise ValueError(f"Space {space} is not supported; expected Box, Discrete, MultiDiscrete or MultiBinary.")
+    if isinstance(space, gym.spaces.Dict):
+        return {"type": "Dict", "spaces": {key: space_to_dict(sub) for key, sub in space.spaces.items()}}
+    raise ValueError(
+        f"Space {space} is not supported; expected Box, Discrete, MultiDiscrete, MultiBinary or Dict. Turn a Tuple "
+        "space into a Dict with a gymnasium ObservationWrapper, or flatten it with gymnasium.wrappers.FlattenObservation."
+    )
 
 
 def space_from_dict(data: SpaceLike) -> gym.spaces.Space:
@@ -48,6 +58,8 @@ def space_from_dict(data: SpaceLike) -> gym.spaces.Space:
         return gym.spaces.MultiDiscrete(data["nvec"], start=data.get("start"))
     if kind == "MultiBinary":
         return gym.spaces.MultiBinary(data["n"])
+    if kind == "Dict":
+        return gym.spaces.Dict({key: space_from_dict(sub) for key, sub in data["spaces"].items()})
     raise ValueError(f"Cannot read a space from {data!r}; expected a dict written by space_to_dict.")
 
 
