@@ -66,11 +66,23 @@ def test_a_space_passes_through() -> None:
 
 @pytest.mark.parametrize(
     "space",
-    [gym.spaces.Tuple([gym.spaces.Discrete(2)]), gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), gym.spaces.Text(4)],
+    [gym.spaces.Tuple([gym.spaces.Discrete(2)]), gym.spaces.Text(4)],
 )
 def test_unsupported_space(space: gym.spaces.Space) -> None:
-    with pytest.raises(ValueError, match="is not supported; expected Box, Discrete, MultiDiscrete or MultiBinary"):
+    with pytest.raises(ValueError, match="is not supported; expected Box, Discrete, MultiDiscrete, MultiBinary or Dict"):
         space_to_dict(space)
+
+
+def test_nested_dict_space_round_trip() -> None:
+    space = gym.spaces.Dict(
+        {
+            "image": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8),
+            "robot": gym.spaces.Dict({"pos": gym.spaces.Box(-1.0, 1.0, (2,)), "mode": gym.spaces.Discrete(3, start=1)}),
+        }
+    )
+    data = space_to_dict(space)
+    assert data["spaces"]["robot"]["spaces"]["mode"] == {"type": "Discrete", "n": 3, "start": 1}
+    assert space_from_dict(data) == space
 
 
 def test_unreadable_dict() -> None:
