@@ -1,5 +1,5 @@
-"""EnvPool as a gymnasium vector env with same-step autoreset, the contract the :class:`~rl_lightning.collector.Collector`
-relies on.
+"""EnvPool as a gymnasium vector env with same-step autoreset, the contract the
+:class:`~rl_lightning.collector.Collector` relies on.
 
 `EnvPool <https://github.com/sail-sg/envpool>`_ steps a batch of envs in a C++ thread pool. It autoresets on the
 *next* step (the step after an episode ends ignores its action and returns the reset observation); the collector
@@ -63,7 +63,7 @@ EXTRA_HINT = "pip install rl-lightning[envpool]"
 """How to install EnvPool, named by the error raised when it is missing."""
 
 TRAINING_ONLY_OPTIONS = {"episodic_life": False, "reward_clip": False, "zero_discount_on_life_loss": False}
-"""EnvPool Atari options that only training uses, and their values for evaluation (see :func:`evaluation_env_kwargs`)."""
+"""EnvPool Atari options that only training uses, and their values for evaluation (:func:`evaluation_env_kwargs`)."""
 
 _RESERVED = {
     "num_envs": "it is the num_envs argument (data.num_envs)",
@@ -205,9 +205,9 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
         self._pool: Any = None
         self._seed = self._draw_seed() if seed is None else self._check_seed(seed)
         self._fresh = False  # whether the pool was built with self._seed and has not been reset or stepped since
-        self._build()
-        self.single_observation_space = self._pool.observation_space
-        self.single_action_space = self._pool.action_space
+        pool = self._build()
+        self.single_observation_space = pool.observation_space
+        self.single_action_space = pool.action_space
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
 
@@ -222,18 +222,22 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
             )
         return int(seed)
 
-    def _build(self) -> None:
+    def _build(self) -> Any:
+        """(Re)builds the pool with env ``i`` seeded ``self._seed + i``; returns it."""
         if self._pool is not None:
             self._pool.close()
         self._pool = self._envpool.make(
             self.task_id, env_type="gymnasium", num_envs=self.num_envs, seed=self._seed, **self.env_kwargs
         )
         self._fresh = True
+        return self._pool
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Resets every env; with ``seed``, env ``i`` starts from seed ``seed + i`` (see the class docstring)."""
         if options is not None:
-            raise ValueError(f"EnvPoolVecEnv.reset takes no options, got {options!r}; reset all envs with options=None.")
+            raise ValueError(
+                f"EnvPoolVecEnv.reset takes no options, got {options!r}; reset all envs with options=None."
+            )
         if seed is not None:
             seed = self._check_seed(seed)
             if not (self._fresh and seed == self._seed):
