@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import MemoryMappedTensor, TensorDict, TensorDictBase
 
 from rl_lightning import keys
 from rl_lightning._checks import check_choice, check_int, check_non_negative, check_positive, check_range
@@ -46,6 +47,24 @@ TRANSITION_KEYS: tuple[Key, ...] = (
 """The keys ``extend`` needs in a batch; every other key of the batch is dropped."""
 STORED_KEYS: tuple[Key, ...] = (*TRANSITION_KEYS, NEXT_DISCOUNT)
 """The keys of a stored (and sampled) transition."""
+SHARED_MIN_BYTES = 1024
+"""Observations of at least this many bytes (all leaves of a Dict observation together) are stored once each, in a
+pool of slots that ``observation`` and ``("next", "observation")`` point at (see :class:`ReplayBuffer`)."""
+
+OBSERVATION_SLOT = "observation_slot"
+NEXT_OBSERVATION_SLOT = (keys.NEXT, "observation_slot")
+_SLOT_KEYS: tuple[Key, ...] = (OBSERVATION_SLOT, NEXT_OBSERVATION_SLOT)
+"""Per stored transition, where its observation and next observation are in the pool (int64)."""
+_POOL = "pool."
+"""The prefix of the pool's entries in a state dict."""
+_OBSERVATION_KEYS = (keys.OBSERVATION, keys.NEXT_OBSERVATION)
+_NEXT_SCALAR_KEYS: tuple[tuple[str, str], ...] = (
+    keys.NEXT_REWARD,
+    keys.NEXT_TERMINATED,
+    keys.NEXT_TRUNCATED,
+    keys.NEXT_DONE,
+    NEXT_DISCOUNT,
+)
 
 _BRANCHING = 16
 """Children per node of the sum tree below the root (measured best with ``benchmarks/replay_buffer.py``)."""
@@ -351,6 +370,24 @@ class ReplayBuffer:
     memory-mapped files in ``scratch_dir`` (tensordict's ``MemoryMappedTensor``), so a buffer may be larger than
     RAM. Sampled batches are copied to ``device``; the storage and the priorities stay on the CPU.
 
+    **Dict observations.** ``observation`` and ``("next", "observation")`` may be TensorDicts (a
+    ``gym.spaces.Dict``, nested or not): each leaf is stored in a tensor of its own and sampled back in the same
+    nested TensorDict, with its own shape and dtype (``observation_dtype`` applies to the floating leaves).
+
+    **Observations stored once.** Observations of :data:`SHARED_MIN_BYTES` or more (all leaves together: images)
+    live in a pool of observation slots, and each transition holds the slot of its observation and of its next
+    observation. In a collector batch the next observation of (env e, step t) is the observation of (e, t + 1)
+    unless the episode ended there, and the next observation of a batch's last step is the first observation of
+    the next batch: where the two are equal, bit for bit (checked on every batch, never assumed), both point at one
+    slot. A transition then costs one observation instead of two, plus one where an episode ends (its final
+    observation). A slot is written again only once nothing points at it: no stored transition, no n-step window
+    held back, not the last next observation of the previous batch. So every sample holds exactly the
+    observations of its transitions, as if both were stored per transition, across the ring's wrap-around and
+    checkpoints. The pool holds ``capacity + capacity // 16`` slots and two batches more, and grows by a quarter in
+    the rare case that more observations are alive (short episodes: one final observation each); slots never
+    used are never written, so they take no memory. Smaller observations are stored per transition, twice: a
+    slot index would cost about what it saves.
+
     **Stored transitions.** ``extend`` keeps only ``observation``, ``action`` and ``("next", "observation" /
     "reward" / "terminated" / "truncated" / "done")`` and adds ``("next", "discount")``. With ``n_step=1``
     that is ``gamma``. With ``n_step > 1`` every transition is stored as an n-step transition along its env's
@@ -376,10 +413,11 @@ class ReplayBuffer:
     over ``beta_steps`` calls to :meth:`sample`. New transitions get the largest priority seen so far.
 
     **Checkpoints.** :meth:`state_dict` holds only tensors, numbers, strings, lists and dicts (fit for
-    ``torch.load(weights_only=True)``) and the stored transitions themselves; with ``"memmap"`` storage they
-    are views of the mapped files (nothing is copied into RAM), which rl_lightning's checkpoint IO
-    (:class:`~rl_lightning.checkpoint.RLCheckpointIO`) writes into a directory beside the ``.ckpt``: each
-    checkpoint keeps its own snapshot, and loading one copies it back into this buffer's files.
+    ``torch.load(weights_only=True)``) and the stored transitions themselves (with the observation pool, its
+    entries named ``pool.<key>``); with ``"memmap"`` storage they are views of the mapped files (nothing is copied
+    into RAM), which rl_lightning's checkpoint IO (:class:`~rl_lightning.checkpoint.RLCheckpointIO`) writes into a
+    directory beside the ``.ckpt``: each checkpoint keeps its own snapshot, and loading one copies it back into this
+    buffer's files.
 
     Args:
         capacity: the most transitions the buffer holds.
@@ -396,9 +434,9 @@ class ReplayBuffer:
         gamma: discount factor of the n-step returns and of ``("next", "discount")``.
         device: where sampled batches are returned.
         observation_dtype: ``"float32"`` or ``"float64"``: the dtype floating observations (``observation`` and
-            ``("next", "observation")``) are stored and sampled as. float32 halves the memory of float64
-            observations (MuJoCo's) and changes nothing the networks see (they compute in float32); integer
-            observations are stored as they are.
+            ``("next", "observation")``, each floating leaf of a Dict observation) are stored and sampled as.
+            float32 halves the memory of float64 observations (MuJoCo's) and changes nothing the networks see
+            (they compute in float32); integer observations are stored as they are.
 
     Example:
         >>> buffer = ReplayBuffer(capacity=100, prioritized=True)
@@ -483,7 +521,6 @@ class ReplayBuffer:
         self._observation_dtype: torch.dtype = getattr(torch, observation_dtype)
 
         self._data: dict[Key, torch.Tensor] = {}  # per stored key, [capacity, ...]
-        self._memmap: TensorDictBase | None = None  # the memory-mapped tensordict behind _data
         self._cursor = 0  # next index written
         self._size = 0
         self._sample_calls = 0
@@ -492,6 +529,16 @@ class ReplayBuffer:
         # n-step: the last n_step - 1 raw transitions of each env, and which of them are not stored yet.
         self._carry: dict[Key, torch.Tensor] | None = None
         self._pending = torch.zeros(0, 0, dtype=torch.bool)
+        # The observation's leaves (() for a plain tensor, the nested keys of a Dict observation), from the first batch.
+        self._leaves: list[tuple[str, ...]] = []
+        self._shared = False  # observations in the pool of slots (large ones) rather than per transition
+        self._pool: dict[tuple[str, ...], torch.Tensor] = {}  # per leaf, [pool slots, ...]
+        self._pool_refs = torch.zeros(0, dtype=torch.int32)  # per slot: transitions, held-back windows, tails on it
+        self._pool_used = 0  # slots [0, _pool_used) were written at least once; those above never were
+        self._free = torch.zeros(0, dtype=torch.int64)  # a stack of the unreferenced slots below _pool_used
+        self._free_count = 0
+        self._tail: torch.Tensor | None = None  # per env, the slot of the last batch's last next observation
+        self._pool_dir: str | None = None  # the pool's folder in scratch_dir (memmap storage)
 
     def __len__(self) -> int:
         return self._size
@@ -520,39 +567,72 @@ class ReplayBuffer:
             The storage indices written, ``int64``, in the order of the flattened batch (env-major). With
             ``n_step > 1`` the transitions held back for the next call are not among them.
         """
-        present = set(batch.keys(include_nested=True, leaves_only=True))
+        present = set(batch.keys(include_nested=True))
         missing = [key for key in TRANSITION_KEYS if key not in present]
         if missing:
+            leaves = batch.keys(include_nested=True, leaves_only=True)
             raise ValueError(
-                f"The batch lacks the keys {missing} that a replay buffer stores (it has {sorted(map(str, present))}). "
+                f"The batch lacks the keys {missing} that a replay buffer stores (it has {sorted(map(str, leaves))}). "
                 "Pass a collector batch (see rl_lightning.keys), or add those entries."
             )
-        if batch.batch_dims not in (1, 2):
+        dims = batch.batch_dims
+        if dims not in (1, 2):
             raise ValueError(
                 f"batch_size={list(batch.batch_size)} is invalid: expected [num_envs, T] (a collector batch) or a "
                 "flat [N]. Reshape the batch to one of these."
             )
-        if batch.batch_dims == 1 and self.n_step > 1:
+        if dims == 1 and self.n_step > 1:
             raise ValueError(
                 f"A flat batch (batch_size={list(batch.batch_size)}) has no trajectories to sum n_step={self.n_step} "
                 "rewards along: pass the collector batch with batch dims [num_envs, T], or use n_step=1."
             )
-        raw = _on_cpu({key: batch.get(key).detach() for key in TRANSITION_KEYS})
-        for key in (keys.OBSERVATION, keys.NEXT_OBSERVATION):
-            if raw[key].is_floating_point() and raw[key].dtype != self._observation_dtype:
-                raw[key] = raw[key].to(self._observation_dtype)
+        observation = _leaves_of(batch.get(keys.OBSERVATION))
+        next_observation = _leaves_of(batch.get(keys.NEXT_OBSERVATION))
+        self._check_leaves(observation, next_observation)
+        tensors = {key: batch.get(key) for key in TRANSITION_KEYS if key not in _OBSERVATION_KEYS}
+        tensors.update({_join(keys.OBSERVATION, *leaf): value for leaf, value in observation.items()})
+        tensors.update({_join(*keys.NEXT_OBSERVATION, *leaf): value for leaf, value in next_observation.items()})
+        raw = _on_cpu({key: value.detach() for key, value in tensors.items()})
+        for key, value in raw.items():
+            if _is_observation(key) and value.is_floating_point() and value.dtype != self._observation_dtype:
+                raw[key] = value.to(self._observation_dtype)
         if self._data:
-            self._check_shapes({key: value.shape[batch.batch_dims :] for key, value in raw.items()})
-        if batch.batch_dims == 1 or self.n_step == 1:
-            flat = {key: value.flatten(0, batch.batch_dims - 1) for key, value in raw.items()}
+            self._check_shapes({key: value.shape[dims:] for key, value in raw.items()})
+        else:
+            self._leaves = list(observation)
+            row_bytes = sum(raw[_join(keys.OBSERVATION, *leaf)][(0,) * dims].nbytes for leaf in self._leaves)
+            self._shared = row_bytes >= SHARED_MIN_BYTES
+        first = None
+        if dims == 2 and self.n_step > 1 and keys.IS_INIT in present:
+            is_init = batch.get(keys.IS_INIT)
+            first = is_init[:, 0].reshape(len(is_init), -1).any(-1).to("cpu", torch.bool)
+        if dims == 2 and self.n_step > 1:
+            self._check_envs(batch.batch_size[0], first)
+        held = self._held_slots()
+        fresh = None
+        if self._shared:
+            obs = {leaf: raw.pop(_join(keys.OBSERVATION, *leaf)) for leaf in self._leaves}
+            nxt = {leaf: raw.pop(_join(*keys.NEXT_OBSERVATION, *leaf)) for leaf in self._leaves}
+            raw[OBSERVATION_SLOT], raw[NEXT_OBSERVATION_SLOT], fresh = self._store_observations(obs, nxt, dims)
+        if dims == 1 or self.n_step == 1:
+            flat = {key: value.flatten(0, dims - 1) for key, value in raw.items()}
             reward = flat[keys.NEXT_REWARD]
             flat[NEXT_DISCOUNT] = torch.full(reward.shape, self.gamma, dtype=_float_dtype(reward))
         else:
-            first = batch.get(keys.IS_INIT, None)
-            flat = self._n_step(raw, None if first is None else first[:, 0].reshape(len(first), -1).any(-1))
+            flat = self._n_step(raw, first)
         if not self._data:
-            self._allocate({key: (value.shape[1:], value.dtype) for key, value in flat.items()})
-        return self._write(flat)
+            self._data = self._new_storage(
+                {key: (value.shape[1:], value.dtype) for key, value in flat.items()}, self.capacity, "transitions"
+            )
+        index, written, overwritten = self._write(flat)
+        if fresh is not None:
+            # The slots now held (new transitions, windows and tail) count once more, those let go of once less;
+            # the ones nothing points at any more (and new ones nothing took) go back to the free stack.
+            self._count_refs(torch.cat([written, self._held_slots()]), 1)
+            released = torch.cat([overwritten, held])
+            self._count_refs(released, -1)
+            self._free_unreferenced(torch.cat([released, fresh]))
+        return index
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TensorDict:
         """Draws ``batch_size`` transitions (with replacement).
@@ -562,8 +642,9 @@ class ReplayBuffer:
             generator: a CPU ``torch.Generator`` for the draws (torch's global one when ``None``).
 
         Returns:
-            A TensorDict ``[batch_size]`` on ``device`` with the keys of :data:`STORED_KEYS`, ``"index"``
-            (:data:`INDEX`) and, when prioritized, ``"weight"`` (:data:`WEIGHT`).
+            A TensorDict ``[batch_size]`` on ``device`` with the keys of :data:`STORED_KEYS` (``observation`` and
+            ``("next", "observation")`` nested TensorDicts for Dict observations), ``"index"`` (:data:`INDEX`) and,
+            when prioritized, ``"weight"`` (:data:`WEIGHT`).
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is invalid: expected an integer >= 1.")
@@ -579,19 +660,41 @@ class ReplayBuffer:
         else:
             index = torch.randint(self._size, (batch_size,), generator=generator)
         self._sample_calls += 1
-        # Index each stored tensor and build the TensorDict once: generic TensorDict indexing costs more.
-        data = self._data
-        nxt = {key[1]: data[key].index_select(0, index) for key in STORED_KEYS if isinstance(key, tuple)}
-        out: dict[str, Any] = {
-            keys.OBSERVATION: data[keys.OBSERVATION].index_select(0, index),
-            keys.ACTION: data[keys.ACTION].index_select(0, index),
-            keys.NEXT: _new_tensordict(nxt, batch_size=torch.Size([batch_size])),
-            INDEX: index,
-        }
+        out = self._gather(index)
+        out[INDEX] = index
         if weight is not None:
             out[WEIGHT] = weight
         sample = _new_tensordict(out, batch_size=torch.Size([batch_size]))
         return sample if self.device.type == "cpu" else sample.to(self.device)
+
+    def _gather(self, index: torch.Tensor) -> dict[str, Any]:
+        """The stored transitions at ``index``: the entries of a sample (but ``"index"`` and ``"weight"``)."""
+        # Index each stored tensor and build the TensorDicts once: generic TensorDict indexing costs more.
+        data = self._data
+        size = torch.Size([len(index)])
+        if self._shared:
+            obs_slot = data[OBSERVATION_SLOT].index_select(0, index)
+            next_slot = data[NEXT_OBSERVATION_SLOT].index_select(0, index)
+            observation = _nest({leaf: pool.index_select(0, obs_slot) for leaf, pool in self._pool.items()}, size)
+            next_observation = _nest({leaf: pool.index_select(0, next_slot) for leaf, pool in self._pool.items()}, size)
+        elif self._leaves == [()]:
+            observation = data[keys.OBSERVATION].index_select(0, index)
+            next_observation = data[keys.NEXT_OBSERVATION].index_select(0, index)
+        else:
+            observation = _nest(
+                {leaf: data[_join(keys.OBSERVATION, *leaf)].index_select(0, index) for leaf in self._leaves}, size
+            )
+            next_observation = _nest(
+                {leaf: data[_join(*keys.NEXT_OBSERVATION, *leaf)].index_select(0, index) for leaf in self._leaves}, size
+            )
+        nxt: dict[str, Any] = {keys.OBSERVATION: next_observation}
+        for key in _NEXT_SCALAR_KEYS:
+            nxt[key[1]] = data[key].index_select(0, index)
+        return {
+            keys.OBSERVATION: observation,
+            keys.ACTION: data[keys.ACTION].index_select(0, index),
+            keys.NEXT: _new_tensordict(nxt, batch_size=size),
+        }
 
     def update_priority(self, index: torch.Tensor, priority: torch.Tensor) -> None:
         """Sets ``p_i = (|priority_i| + priority_eps) ** alpha`` for the storage indices ``index``.
@@ -656,18 +759,17 @@ class ReplayBuffer:
             "priority": None if self._tree is None else self._tree.leaves(self._size),
             "carry": None if self._carry is None else {_name(k): v.clone() for k, v in self._carry.items()},
             "pending": self._pending.clone(),
+            "tail": None if self._tail is None else self._tail.clone(),
+            "data": None,
         }
-        if self.storage == "memmap":
-            # Views of the mapped files (nothing is copied into RAM): rl_lightning's checkpoint IO writes large
-            # tensors into a directory beside the .ckpt, a snapshot that later transitions do not overwrite.
-            state["scratch_dir"] = self.scratch_dir
-            state["data"] = {_name(k): v[: self._size] for k, v in self._data.items()} if self._data else None
-        elif self._data:
-            # A view saves its whole storage: save the filled part as its own tensor unless that is all of it.
-            full = self._size == self.capacity
-            state["data"] = {_name(k): v if full else v[: self._size].clone() for k, v in self._data.items()}
-        else:
-            state["data"] = None
+        if self._data:
+            # Memmap: views of the mapped files (nothing is copied into RAM): rl_lightning's checkpoint IO writes large
+            # tensors into a directory beside the .ckpt, a snapshot that later transitions do not overwrite. Memory: a
+            # view saves its whole storage, so the filled part is saved as its own tensor unless that is all of it.
+            data = {_name(key): self._snapshot(value, self._size) for key, value in self._data.items()}
+            for leaf, pool in self._pool.items():
+                data[_POOL + _name(_join(keys.OBSERVATION, *leaf))] = self._snapshot(pool, self._pool_used)
+            state["data"] = data
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -678,22 +780,24 @@ class ReplayBuffer:
                     f"The replay-buffer state has {name}={state[name]!r}, but this buffer has "
                     f"{name}={getattr(self, name)!r}. Build the buffer with {name}={state[name]!r} to load it."
                 )
-        saved = None if state["data"] is None else state["data"][_name(keys.OBSERVATION)].dtype
-        if saved is not None and saved.is_floating_point and saved != self._observation_dtype:
+        data = state["data"] or {}
+        pool = {_key(name.removeprefix(_POOL)): value for name, value in data.items() if name.startswith(_POOL)}
+        transitions = {_key(name): value for name, value in data.items() if not name.startswith(_POOL)}
+        observations = pool or {key: value for key, value in transitions.items() if _first(key) == keys.OBSERVATION}
+        saved = next((value.dtype for value in observations.values() if value.is_floating_point()), None)
+        if saved is not None and saved != self._observation_dtype:
             stored = str(saved).removeprefix("torch.")
             raise ValueError(
                 f"The replay-buffer state stores observations as {stored}, but this buffer has observation_dtype="
                 f"{self.observation_dtype!r}. Build the buffer with observation_dtype={stored!r} (SAC: "
                 f"model.init_args.observation_dtype: {stored}) to load it."
             )
-        self._data, self._memmap = {}, None
-        if self.storage == "memmap" and state["data"] is None and state.get("allocated"):
-            # A checkpoint of an earlier version: the contents are in the buffer's directory as last written.
-            self._open_memmap(state["scratch_dir"])
-        elif state["data"] is not None:
-            data = {_key(name): value for name, value in state["data"].items()}
-            self._allocate({key: (value.shape[1:], value.dtype) for key, value in data.items()})
-            for key, value in data.items():
+        self._data, self._pool, self._shared = {}, {}, bool(pool)
+        self._leaves = [_as_tuple(key)[1:] for key in observations]
+        if transitions:
+            spec = {key: (value.shape[1:], value.dtype) for key, value in transitions.items()}
+            self._data = self._new_storage(spec, self.capacity, "transitions")
+            for key, value in transitions.items():
                 self._data[key][: len(value)] = value
         self._cursor = int(state["cursor"])
         self._size = int(state["size"])
@@ -704,6 +808,30 @@ class ReplayBuffer:
         carry = state["carry"]
         self._carry = None if carry is None else {_key(name): value.clone() for name, value in carry.items()}
         self._pending = state["pending"].clone()
+        self._tail = None if state["tail"] is None else state["tail"].clone()
+        self._pool_refs = torch.zeros(0, dtype=torch.int32)
+        self._free, self._free_count, self._pool_used = torch.zeros(0, dtype=torch.int64), 0, 0
+        if pool:
+            used = len(next(iter(pool.values())))
+            pool_spec = {_as_tuple(key)[1:]: (value.shape[1:], value.dtype) for key, value in pool.items()}
+            self._allocate_pool(pool_spec, max(used, self.capacity + self.capacity // 16))
+            for key, value in pool.items():
+                self._pool[_as_tuple(key)[1:]][:used] = value
+            self._pool_used = used
+            # Who points at which slot, and so which slots are free, follows from the slots the state holds.
+            held = [self._data[key][: self._size].reshape(-1) for key in _SLOT_KEYS]
+            self._count_refs(torch.cat([*held, self._held_slots()]), 1)
+            self._free_unreferenced(torch.arange(used))
+
+    def _check_envs(self, num_envs: int, first: torch.Tensor | None) -> None:
+        """Refuses a batch whose envs cannot continue the held-back n-step windows (before anything is written)."""
+        if self._carry is None or self._pending.shape[0] == num_envs or (first is not None and bool(first.all())):
+            return
+        raise ValueError(
+            f"The batch has {num_envs} envs, but the transitions held back for n_step={self.n_step} come "
+            f"from {self._pending.shape[0]}: consecutive batches must come from the same envs. Keep "
+            "num_envs fixed, or mark the batch's first step is_init (as the Collector does after a reset)."
+        )
 
     def _n_step(self, raw: dict[Key, torch.Tensor], first: torch.Tensor | None) -> dict[Key, torch.Tensor]:
         """Turns ``[num_envs, T]`` transitions, after the held-back ones, into complete n-step transitions.
@@ -717,7 +845,6 @@ class ReplayBuffer:
         eligible = torch.ones(num_envs, steps, dtype=torch.bool)
         closed: dict[Key, torch.Tensor] | None = None
         if self._carry is not None and first is not None:
-            first = first.to("cpu", torch.bool)
             carried = self._pending.shape[0]
             if carried == num_envs:
                 self._end_windows(first)
@@ -727,12 +854,6 @@ class ReplayBuffer:
                 closed = self._windows(self._carry, self._pending)
                 self._carry = None
         if self._carry is not None:
-            if self._pending.shape[0] != num_envs:
-                raise ValueError(
-                    f"The batch has {num_envs} envs, but the transitions held back for n_step={self.n_step} come "
-                    f"from {self._pending.shape[0]}: consecutive batches must come from the same envs. Keep "
-                    "num_envs fixed, or mark the batch's first step is_init (as the Collector does after a reset)."
-                )
             raw = {
                 key: torch.cat([self._carry[key], value.to(self._carry[key].dtype)], 1) for key, value in raw.items()
             }
@@ -772,85 +893,194 @@ class ReplayBuffer:
 
         env, t = emit.nonzero(as_tuple=True)
         last = t + used[env, t] - 1
-        out: dict[Key, torch.Tensor] = {
-            keys.OBSERVATION: raw[keys.OBSERVATION][env, t],
-            keys.ACTION: raw[keys.ACTION][env, t],
-            keys.NEXT_OBSERVATION: raw[keys.NEXT_OBSERVATION][env, last],
-            keys.NEXT_REWARD: returns[env, t].reshape(-1, *reward.shape[2:]),
-            keys.NEXT_TERMINATED: raw[keys.NEXT_TERMINATED][env, last],
-            keys.NEXT_TRUNCATED: raw[keys.NEXT_TRUNCATED][env, last],
-            keys.NEXT_DONE: raw[keys.NEXT_DONE][env, last],
-        }
+        # The observation and action of the window's first step; the next observation and flags of its last one.
+        out = {key: value[env, last] if _first(key) == keys.NEXT else value[env, t] for key, value in raw.items()}
+        out[keys.NEXT_REWARD] = returns[env, t].reshape(-1, *reward.shape[2:])
         discount = torch.full(used.shape, self.gamma, dtype=torch.float64).pow(used)[env, t]
         out[NEXT_DISCOUNT] = (
             discount.to(_float_dtype(reward)).reshape(-1, *[1] * (reward.dim() - 2)).expand(-1, *reward.shape[2:])
         )
         return out
 
-    def _allocate(self, spec: Mapping[Key, tuple[torch.Size, torch.dtype]]) -> None:
-        """Preallocates one ``[capacity, ...]`` tensor per key, in RAM or memory-mapped in ``scratch_dir``."""
+    def _store_observations(
+        self, obs: dict[tuple[str, ...], torch.Tensor], nxt: dict[tuple[str, ...], torch.Tensor], dims: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Writes a batch's observations into free pool slots, one slot for each next observation and one for each
+        observation that is not, bit for bit, the next observation before it (in its env's row: the final
+        observation of the step before, or the previous batch's last one: the tail). Makes the batch's last next
+        observations the new tail.
+
+        Returns:
+            The slots of the observations and of the next observations (the batch dims), and all slots taken.
+        """
+        if dims == 1:  # a flat batch: one row, with no tail (its env is unknown)
+            obs = {leaf: value.unsqueeze(0) for leaf, value in obs.items()}
+            nxt = {leaf: value.unsqueeze(0) for leaf, value in nxt.items()}
+        num_envs, steps = obs[self._leaves[0]].shape[:2]
+        rows = num_envs * steps
+        if not self._pool:
+            # Room for the live transitions, the new batch before the overwritten ones let go, and some episode ends.
+            self._allocate_pool(
+                {leaf: (value.shape[2:], value.dtype) for leaf, value in obs.items()},
+                self.capacity + self.capacity // 16 + 2 * rows + 2 * num_envs * self.n_step,
+            )
+        same = torch.ones(num_envs, steps - 1, dtype=torch.bool)
+        from_tail = torch.zeros(num_envs, dtype=torch.bool)
+        tail, self._tail = self._tail, None
+        if dims == 2 and tail is not None and len(tail) == num_envs:
+            from_tail = ~from_tail
+        for leaf in self._leaves:
+            same &= _same_rows(nxt[leaf][:, :-1], obs[leaf][:, 1:], dims=2)
+            if tail is not None and bool(from_tail.any()):
+                from_tail &= _same_rows(self._pool[leaf].index_select(0, tail), obs[leaf][:, 0], dims=1)
+        new = torch.cat([~from_tail.unsqueeze(1), ~same], 1)
+        count = int(new.sum())
+        slots = self._take_slots(count + rows)
+        next_slot = slots[count:].view(num_envs, steps)
+        obs_slot = torch.empty(num_envs, steps, dtype=torch.int64)
+        obs_slot[new] = slots[:count]
+        obs_slot[:, 1:][same] = next_slot[:, :-1][same]
+        if tail is not None and bool(from_tail.any()):
+            obs_slot[:, 0][from_tail] = tail[from_tail]
+        for leaf, pool in self._pool.items():
+            pool.index_copy_(0, slots[:count], obs[leaf][new].to(pool.dtype))
+            pool.index_copy_(0, next_slot.view(-1), nxt[leaf].reshape(rows, *pool.shape[1:]).to(pool.dtype))
+        if dims == 2:
+            self._tail = next_slot[:, -1].clone()
+            return obs_slot, next_slot, slots
+        return obs_slot.view(-1), next_slot.view(-1), slots
+
+    def _held_slots(self) -> torch.Tensor:
+        """The slots the held-back n-step windows and the tail point at (each once per pointer)."""
+        held = [] if self._tail is None else [self._tail]
+        if self._carry is not None and self._shared:
+            held += [self._carry[key].reshape(-1) for key in _SLOT_KEYS]
+        return torch.cat(held) if held else torch.zeros(0, dtype=torch.int64)
+
+    def _count_refs(self, slots: torch.Tensor, delta: int) -> None:
+        if len(slots):
+            self._pool_refs.index_add_(0, slots, torch.full((len(slots),), delta, dtype=torch.int32))
+
+    def _free_unreferenced(self, candidates: torch.Tensor) -> None:
+        """Pushes the ``candidates`` (slots not on the free stack) that nothing points at onto the free stack."""
+        candidates = torch.unique(candidates)
+        free = candidates[self._pool_refs.index_select(0, candidates) == 0]
+        self._free[self._free_count : self._free_count + len(free)] = free
+        self._free_count += len(free)
+
+    def _take_slots(self, count: int) -> torch.Tensor:
+        """``count`` slots nothing points at: the most recently freed first, then slots never used (the pool grows
+        when it has too few)."""
+        reused = min(count, self._free_count)
+        taken = self._free[self._free_count - reused : self._free_count].clone()
+        self._free_count -= reused
+        more = count - reused
+        if self._pool_used + more > len(self._pool_refs):
+            size = max(self._pool_used + more, len(self._pool_refs) * 5 // 4)
+            old = self._pool
+            self._allocate_pool({leaf: (value.shape[1:], value.dtype) for leaf, value in old.items()}, size)
+            for leaf, value in old.items():
+                self._pool[leaf][: self._pool_used] = value[: self._pool_used]
+        fresh = torch.arange(self._pool_used, self._pool_used + more)
+        self._pool_used += more
+        return torch.cat([taken, fresh])
+
+    def _allocate_pool(self, spec: Mapping[tuple[str, ...], tuple[torch.Size, torch.dtype]], size: int) -> None:
+        """(Re)allocates the pool with ``size`` slots, keeping the counts and the free stack of the slots it had."""
+        names = {_join(keys.OBSERVATION, *leaf): leaf for leaf in spec}
+        pool = self._new_storage({key: spec[leaf] for key, leaf in names.items()}, size, f"observations-{size}")
+        old_dir = self._pool_dir
+        self._pool = {leaf: pool[key] for key, leaf in names.items()}
+        self._pool_dir = f"observations-{size}"
+        refs = torch.zeros(size, dtype=torch.int32)
+        refs[: len(self._pool_refs)] = self._pool_refs
+        free = torch.zeros(size, dtype=torch.int64)
+        free[: self._free_count] = self._free[: self._free_count]
+        self._pool_refs, self._free = refs, free
+        if old_dir is not None and old_dir != self._pool_dir and self.scratch_dir is not None:
+            shutil.rmtree(Path(self.scratch_dir) / old_dir, ignore_errors=True)  # still mapped until released
+
+    def _new_storage(
+        self, spec: Mapping[Key, tuple[torch.Size, torch.dtype]], rows: int, folder: str
+    ) -> dict[Key, torch.Tensor]:
+        """One ``[rows, ...]`` tensor per key, in RAM or memory-mapped in ``scratch_dir/folder``. Neither takes
+        memory (nor disk) before its rows are written."""
         with torch.inference_mode(False):  # extend() may run under inference mode; the storage must not
             if self.storage == "memory":
-                self._data = {
-                    key: torch.empty(self.capacity, *shape, dtype=dtype) for key, (shape, dtype) in spec.items()
-                }
-                return
-            # Expanded zero tensors only give memmap_like the shapes: nothing of capacity size is allocated.
-            layout = TensorDict(
-                {
-                    key: torch.zeros((1, *shape), dtype=dtype).expand(self.capacity, *shape)
-                    for key, (shape, dtype) in spec.items()
-                },
-                batch_size=[self.capacity],
-            )
-            layout.memmap_like(prefix=self.scratch_dir, existsok=True)
-        assert self.scratch_dir is not None
-        self._open_memmap(self.scratch_dir)
+                return {key: torch.empty(rows, *shape, dtype=dtype) for key, (shape, dtype) in spec.items()}
+            assert self.scratch_dir is not None
+            directory = Path(self.scratch_dir) / folder
+            directory.mkdir(parents=True, exist_ok=True)
+            return {
+                # Plain tensor views of the mapped files: indexing them skips the tensor subclass's dispatch.
+                key: MemoryMappedTensor.empty(
+                    (rows, *shape), dtype=dtype, filename=str(directory / f"{_name(key)}.memmap")
+                ).as_subclass(torch.Tensor)
+                for key, (shape, dtype) in spec.items()
+            }
 
-    def _open_memmap(self, path: str) -> None:
-        try:
-            memmap = TensorDict.load_memmap(path)
-        except (OSError, ValueError, KeyError) as err:
+    def _snapshot(self, value: torch.Tensor, rows: int) -> torch.Tensor:
+        if self.storage == "memmap" or rows == len(value):
+            return value[:rows]
+        return value[:rows].clone()
+
+    def _check_leaves(
+        self, observation: Mapping[tuple[str, ...], torch.Tensor], next_observation: Mapping[tuple[str, ...], Any]
+    ) -> None:
+        if set(observation) != set(next_observation):
             raise ValueError(
-                f"Cannot open the memory-mapped replay buffer in scratch_dir={path!r} ({err}). The checkpoint's "
-                "buffer contents live in that directory: restore it there, or train from scratch."
-            ) from err
-        if memmap.batch_size != (self.capacity,):
-            raise ValueError(
-                f"The memory-mapped buffer in {path!r} has batch_size={list(memmap.batch_size)}, expected "
-                f"[{self.capacity}] (the capacity). Point scratch_dir at this buffer's own directory."
+                f"The batch's observation has the entries {_leaf_names(observation)}, but its ('next', 'observation') "
+                f"has {_leaf_names(next_observation)}: both must have the keys of the observation space."
             )
-        self._memmap = memmap
-        # Plain tensor views of the mapped files: indexing them skips the tensor subclass's dispatch.
-        self._data = {key: memmap.get(key).as_subclass(torch.Tensor) for key in STORED_KEYS}
+        if self._data and set(observation) != set(self._leaves):
+            raise ValueError(
+                f"The batch's observation has the entries {_leaf_names(observation)}, but the buffer stores "
+                f"{_leaf_names(self._leaves)} (from its first batch). Extend a buffer with the data of one env only."
+            )
+        dotted = [leaf for leaf in observation if any("." in part for part in leaf)]
+        if dotted:
+            raise ValueError(
+                f"The observation's Dict keys {_leaf_names(dotted)} contain '.', which the replay buffer's checkpoints "
+                "use to join nested keys. Rename them (e.g. with a gymnasium TransformObservation wrapper)."
+            )
 
     def _check_shapes(self, shapes: Mapping[Key, torch.Size]) -> None:
         for key, shape in shapes.items():
-            stored = self._data[key].shape[1:]
+            if key in self._data:
+                stored = self._data[key].shape[1:]
+            else:  # an observation leaf kept in the pool
+                stored = self._pool[_as_tuple(key)[2 if _first(key) == keys.NEXT else 1 :]].shape[1:]
             if shape != stored:
                 raise ValueError(
                     f"The batch's {key!r} has per-transition shape {list(shape)}, but the buffer stores {list(stored)} "
                     "(from its first batch). Extend a buffer with the data of one env only."
                 )
 
-    def _write(self, flat: Mapping[Key, torch.Tensor]) -> torch.Tensor:
+    def _write(self, flat: Mapping[Key, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Writes the transitions at the cursor. Returns their indices, and the observation slots of the transitions
+        written and of those they overwrote (empty unless the observations are in the pool)."""
         count = len(flat[keys.NEXT_REWARD])
         if count > self.capacity:  # the first ones would be overwritten by the last ones of the same batch
             flat = {key: value[count - self.capacity :] for key, value in flat.items()}
             count = self.capacity
         start = self._cursor
+        index = torch.arange(start, start + count) % self.capacity
+        written = overwritten = torch.zeros(0, dtype=torch.int64)
+        if self._shared:
+            old = index if self._size == self.capacity else index[index < self._size]
+            overwritten = torch.cat([self._data[key].index_select(0, old) for key in _SLOT_KEYS])
+            written = torch.cat([flat[key] for key in _SLOT_KEYS])
         first = min(count, self.capacity - start)  # written before the ring wraps
         for key, value in flat.items():
             stored = self._data[key]
             stored[start : start + first] = value[:first]
             if first < count:
                 stored[: count - first] = value[first:]
-        index = torch.arange(start, start + count) % self.capacity
         self._cursor = (start + count) % self.capacity
         self._size = min(self._size + count, self.capacity)
         if self._tree is not None and count:
             self._tree.update(index, torch.full((count,), self._max_priority, dtype=torch.float32))
-        return index
+        return index, written, overwritten
 
     def _sample_prioritized(
         self, batch_size: int, generator: torch.Generator | None
@@ -899,3 +1129,78 @@ def _on_cpu(tensors: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
     for device in set(on_gpu):
         torch.cuda.current_stream(device).synchronize()
     return moved
+
+
+def _first(key: Key) -> str:
+    return key if isinstance(key, str) else key[0]
+
+
+def _as_tuple(key: Key) -> tuple[str, ...]:
+    return (key,) if isinstance(key, str) else key
+
+
+def _join(*parts: str) -> Key:
+    """A key from its parts: a string for one part, a tuple for more (tensordict's convention)."""
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _is_observation(key: Key) -> bool:
+    return _first(key) == keys.OBSERVATION or _as_tuple(key)[:2] == keys.NEXT_OBSERVATION
+
+
+def _leaves_of(value: torch.Tensor | TensorDictBase) -> dict[tuple[str, ...], torch.Tensor]:
+    """The leaves of an observation by their nested key: ``{(): value}`` for a tensor."""
+    if not isinstance(value, TensorDictBase):
+        return {(): value}
+    leaves = {
+        _as_tuple(key): cast(torch.Tensor, leaf) for key, leaf in value.items(include_nested=True, leaves_only=True)
+    }
+    if not leaves:
+        raise ValueError(
+            "The batch's observation is a TensorDict without entries: a Dict observation space needs at least one key."
+        )
+    return leaves
+
+
+def _leaf_names(leaves: Iterable[tuple[str, ...]]) -> list[str]:
+    return sorted(".".join(leaf) if leaf else "<tensor>" for leaf in leaves)
+
+
+def _nest(leaves: Mapping[tuple[str, ...], torch.Tensor], batch_size: torch.Size) -> torch.Tensor | TensorDict:
+    """The observation of its leaves: the tensor itself, or nested TensorDicts ``batch_size``."""
+    if () in leaves:
+        return leaves[()]
+    tree: dict[str, Any] = {}
+    for leaf, value in leaves.items():
+        node = tree
+        for part in leaf[:-1]:
+            node = node.setdefault(part, {})
+        node[leaf[-1]] = value
+
+    def build(node: dict[str, Any]) -> TensorDict:
+        entries = {name: build(entry) if isinstance(entry, dict) else entry for name, entry in node.items()}
+        return _new_tensordict(entries, batch_size=batch_size)
+
+    return build(tree)
+
+
+def _same_rows(a: torch.Tensor, b: torch.Tensor, dims: int) -> torch.Tensor:
+    """Whether ``a`` and ``b`` (same shape) hold the same bits in each row of their first ``dims`` dims (bool)."""
+    a, b = a.flatten(dims), b.flatten(dims)
+    if a.is_floating_point() or a.dtype == torch.bool:  # bits, not values: NaN equals itself, -0.0 differs from 0.0
+        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        a, b = a.view(as_int), b.view(as_int)
+    if a.element_size() < 8 and all(_wide_view(x) for x in (a, b)):  # 8 bytes a compare (uint8 images)
+        a, b = a.view(torch.int64), b.view(torch.int64)
+    return (a == b).all(-1)
+
+
+def _wide_view(x: torch.Tensor) -> bool:
+    """Whether ``x`` can be viewed as int64 (its rows contiguous and 8-byte aligned)."""
+    ratio = 8 // x.element_size()
+    return (
+        x.stride(-1) == 1
+        and x.shape[-1] % ratio == 0
+        and all(stride % ratio == 0 for stride in x.stride()[:-1])
+        and x.storage_offset() % ratio == 0
+    )

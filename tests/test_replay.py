@@ -84,7 +84,7 @@ def transitions(
 def contents(buffer: ReplayBuffer) -> TensorDict:
     """The stored transitions, in storage order."""
     size = len(buffer)
-    return TensorDict({key: value[:size] for key, value in buffer._data.items()}, batch_size=[size])
+    return TensorDict(buffer._gather(torch.arange(size)), batch_size=[size])
 
 
 def ids(td: TensorDict) -> list[int]:
@@ -552,14 +552,14 @@ def test_memmap_storage_round_trip(tmp_path: Path) -> None:
     assert len(buffer) == 50
     files = sorted(str(path.relative_to(scratch)) for path in scratch.rglob("*.memmap"))
     assert files == [
-        "action.memmap",
-        "next/discount.memmap",
-        "next/done.memmap",
-        "next/observation.memmap",
-        "next/reward.memmap",
-        "next/terminated.memmap",
-        "next/truncated.memmap",
-        "observation.memmap",
+        "transitions/action.memmap",
+        "transitions/next.discount.memmap",
+        "transitions/next.done.memmap",
+        "transitions/next.observation.memmap",
+        "transitions/next.reward.memmap",
+        "transitions/next.terminated.memmap",
+        "transitions/next.truncated.memmap",
+        "transitions/observation.memmap",
     ]
     state = buffer.state_dict()
     assert state["data"]["observation"].data_ptr() == buffer._data[keys.OBSERVATION].data_ptr()  # a view, no copy
@@ -725,15 +725,6 @@ def test_load_state_dict_from_another_configuration() -> None:
         ReplayBuffer(capacity=20, prioritized=True).load_state_dict(state)
     with pytest.raises(ValueError, match=r"state has prioritized=True"):
         ReplayBuffer(capacity=10).load_state_dict(state)
-
-
-def test_memmap_state_of_an_earlier_version_without_its_directory(tmp_path: Path) -> None:
-    """Checkpoints written before buffers carried their contents name the directory that held them."""
-    buffer = ReplayBuffer(capacity=10, storage="memmap", scratch_dir=str(tmp_path / "a"))
-    buffer.extend(transitions(1, 4))
-    state = {**buffer.state_dict(), "data": None, "allocated": True, "scratch_dir": str(tmp_path / "gone")}
-    with pytest.raises(ValueError, match=r"Cannot open the memory-mapped replay buffer in scratch_dir=.*gone"):
-        ReplayBuffer(capacity=10, storage="memmap", scratch_dir=str(tmp_path / "b")).load_state_dict(state)
 
 
 def test_docstring_examples() -> None:
