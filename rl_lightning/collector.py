@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import cast
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -16,10 +16,58 @@ import torch
 from tensordict import TensorDict
 
 from rl_lightning import keys
+from rl_lightning.envs import EPISODE_STATISTICS_KEY
 
-Policy = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
-"""Maps a batch of observations ``[num_envs, *obs_shape]`` to at least ``{"action": ...}``; every entry it
-returns is stored in the batch under its key (e.g. ``action_log_prob``)."""
+Observation = torch.Tensor | TensorDict
+"""A batch of observations: a tensor ``[num_envs, *obs_shape]``, or for a ``Dict`` observation space a
+TensorDict ``batch_size=[num_envs]`` with one entry per key of the space (nested ``Dict`` → nested TensorDict)."""
+Policy = Callable[[Observation], Mapping[str, torch.Tensor]]
+"""Maps a batch of observations (see :data:`Observation`) to at least ``{"action": ...}``; every entry it returns is
+stored in the batch under its key (e.g. ``action_log_prob``)."""
+
+LeafPath = tuple[str, ...]
+
+
+def observation_leaves(space: gym.Space) -> list[tuple[LeafPath, tuple[int, ...], torch.dtype]]:
+    """``(path, shape, dtype)`` of each array an observation of ``space`` holds: one with path ``()`` for a flat
+    space, one per leaf of a (nested) ``Dict`` space, in the space's key order.
+
+    Example:
+        >>> space = gym.spaces.Dict({"goal": gym.spaces.Discrete(4), "pos": gym.spaces.Box(0, 1, (2,))})
+        >>> observation_leaves(space)
+        [(('goal',), (), torch.int64), (('pos',), (2,), torch.float32)]
+    """
+    if isinstance(space, gym.spaces.Dict):
+        return [
+            ((key, *path), shape, dtype)
+            for key, sub in space.spaces.items()
+            for path, shape, dtype in observation_leaves(sub)
+        ]
+    return [((), tuple(space.shape or ()), torch.from_numpy(np.zeros((), dtype=space.dtype)).dtype)]
+
+
+def _write(views: list[np.ndarray], paths: list[LeafPath], index: Any, observation: Any) -> None:
+    """Writes ``observation`` (an array, or nested dicts of arrays) into ``view[index]`` for each leaf's view."""
+    for path, view in zip(paths, views, strict=True):
+        view[index] = _leaf(observation, path)
+
+
+def as_observation(observation: Any, space: gym.Space) -> Observation:
+    """A vector env's observations (an array, or nested dicts of arrays for a ``Dict`` space) as what the policy
+    takes (see :data:`Observation`)."""
+    if not isinstance(space, gym.spaces.Dict):
+        return torch.from_numpy(np.asarray(observation))
+    leaves = [torch.from_numpy(np.asarray(_leaf(observation, path))) for path, _, _ in observation_leaves(space)]
+    result = TensorDict({}, batch_size=leaves[0].shape[:1])
+    for (path, _, _), leaf in zip(observation_leaves(space), leaves, strict=True):
+        result.set(path, leaf)
+    return result
+
+
+def _leaf(observation: Any, path: LeafPath) -> Any:
+    for key in path:
+        observation = observation[key]
+    return observation
 
 
 class _ActionAdapter:
@@ -169,6 +217,15 @@ class Collector:
         pin_memory: allocate each batch in page-locked memory, so that moving it (and each step's observations)
             to a GPU is an asynchronous copy (``.to(device, non_blocking=True)``) instead of a synchronous one.
             Needs CUDA.
+        episodes_from_info: take the return and length of each ended episode from the ``info["episode"]`` that
+            :class:`gymnasium.wrappers.RecordEpisodeStatistics` writes (``make_vec_env`` puts one below the
+            training wrappers, see :func:`~rl_lightning.envs.make_env`) instead of summing the rewards the envs
+            return: episodes that end without it (a life lost under ``EpisodicLife``) get no statistics (0), and
+            clipped or scaled training rewards do not change them.
+
+    A ``Dict`` observation space (possibly nested) gives ``observation`` and ``("next", "observation")`` as
+    TensorDicts ``[num_envs, T]`` with one entry per key (a ``Discrete`` leaf: int64 with shape ``[]``), and the
+    policy a TensorDict ``[num_envs]`` of each step's observations.
 
     Example:
         >>> from rl_lightning.envs import make_vec_env
@@ -187,6 +244,7 @@ class Collector:
         pixels: bool = False,
         env_id: str = "the environment",
         pin_memory: bool = False,
+        episodes_from_info: bool = False,
     ) -> None:
         if pin_memory and not torch.cuda.is_available():
             raise ValueError(
@@ -211,10 +269,11 @@ class Collector:
         self.steps_per_batch = steps_per_batch
         self.num_envs = envs.num_envs
         self._to_env = _ActionAdapter(envs.single_action_space)
-        obs_space = envs.single_observation_space
-        self._obs_shape = tuple(obs_space.shape or ())
-        self._obs_dtype = torch.from_numpy(np.zeros((), dtype=obs_space.dtype)).dtype
-        self._obs: np.ndarray | None = None
+        self.episodes_from_info = episodes_from_info
+        self._obs_space = envs.single_observation_space
+        self._obs_leaves = observation_leaves(self._obs_space)
+        self._obs_paths = [path for path, _, _ in self._obs_leaves]
+        self._obs: Any = None
         self._episode_return = np.zeros(self.num_envs, dtype=np.float64)
         self._episode_length = np.zeros(self.num_envs, dtype=np.int64)
         self._is_init = np.ones(self.num_envs, dtype=bool)  # whether each env's current observation starts an episode
@@ -240,6 +299,39 @@ class Collector:
     def _zeros(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype, pin_memory=self.pin_memory)
 
+    def _observations(self, n: int, steps: int) -> tuple[Observation, list[np.ndarray]]:
+        """An empty batch of observations ``[n, steps]`` (a tensor, or a TensorDict for a ``Dict`` space) and the
+        numpy views of its leaves, in the order of ``observation_leaves``."""
+        leaves = [self._empty((n, steps, *shape), dtype) for _, shape, dtype in self._obs_leaves]
+        views = [leaf.numpy() for leaf in leaves]
+        if not isinstance(self._obs_space, gym.spaces.Dict):
+            return leaves[0], views
+        batch = TensorDict({}, batch_size=[n, steps])
+        for path, leaf in zip(self._obs_paths, leaves, strict=True):
+            batch.set(path, leaf)
+        return batch, views
+
+    def _pinned(self, obs: Observation) -> Observation:
+        """A contiguous page-locked copy (a slice across ``[n, T]`` is strided, and its copy to the GPU is
+        asynchronous only if contiguous)."""
+        if isinstance(obs, torch.Tensor):
+            return self._empty(obs.shape, obs.dtype).copy_(obs)
+        return cast(TensorDict, obs.apply(lambda leaf: self._empty(leaf.shape, leaf.dtype).copy_(leaf)))
+
+    @staticmethod
+    def _episodes_from_info(
+        info: dict[str, Any], t: int, episode_return: torch.Tensor, episode_length: torch.Tensor
+    ) -> None:
+        """Writes the statistics of the episodes ``RecordEpisodeStatistics`` reports ended at step ``t``."""
+        final_info = info.get("final_info", {})
+        ended = final_info.get(f"_{EPISODE_STATISTICS_KEY}")
+        if ended is None:
+            return
+        stats = final_info[EPISODE_STATISTICS_KEY]
+        for i in np.flatnonzero(ended):
+            episode_return[i, t, 0] = float(stats["r"][i])
+            episode_length[i, t, 0] = int(stats["l"][i])
+
     @torch.inference_mode()
     def collect(self) -> TensorDict:
         """Steps the envs ``steps_per_batch`` times and returns the batch, ``batch_size=[num_envs, T]``."""
@@ -247,15 +339,15 @@ class Collector:
             self.reset()
         n, steps = self.num_envs, self.steps_per_batch
         empty, zeros = self._empty, self._zeros
-        obs = empty((n, steps, *self._obs_shape), self._obs_dtype)
-        next_obs = empty(obs.shape, obs.dtype)
+        obs, obs_views = self._observations(n, steps)
+        next_obs, next_views = self._observations(n, steps)
+        paths = self._obs_paths
         reward = empty((n, steps, 1), torch.float32)
         terminated = empty((n, steps, 1), torch.bool)
         truncated = empty((n, steps, 1), torch.bool)
         is_init = empty((n, steps, 1), torch.bool)
         episode_return = zeros((n, steps, 1), torch.float32)
         episode_length = zeros((n, steps, 1), torch.int64)
-        obs_np, next_obs_np = obs.numpy(), next_obs.numpy()
         reward_np, term_np, trunc_np, init_np = reward.numpy(), terminated.numpy(), truncated.numpy(), is_init.numpy()
         outputs: dict[str, torch.Tensor] = {}
         pixels: torch.Tensor | None = None
@@ -266,15 +358,15 @@ class Collector:
 
         current = self._obs
         for t in range(steps):
-            obs_np[:, t] = current
+            _write(obs_views, paths, (slice(None), t), current)
             init_np[:, t, 0] = self._is_init
             if pixels is not None:
                 # at t = 0 the frames rendered above to size the tensor are the current ones
                 for env, frame in enumerate(_rendered(self.envs) if t else frames):
                     pixels_np[env, t] = frame
             step_obs = obs[:, t]
-            if self.pin_memory:  # a slice across [n, T] is strided; its copy to the GPU is async only if contiguous
-                step_obs = empty(step_obs.shape, step_obs.dtype).copy_(step_obs)
+            if self.pin_memory:
+                step_obs = self._pinned(step_obs)
             out = self.policy(step_obs)
             if not outputs:
                 outputs = {k: empty((n, steps, *v.shape[1:]), v.dtype) for k, v in out.items()}
@@ -284,7 +376,7 @@ class Collector:
                 current, rew, term, trunc, info = self.envs.step(self._to_env(out[keys.ACTION]))
             except Exception as err:
                 raise self._fail(err, self.frames + t * n) from err
-            next_obs_np[:, t] = current
+            _write(next_views, paths, (slice(None), t), current)
             reward_np[:, t, 0] = rew
             term_np[:, t, 0] = term
             trunc_np[:, t, 0] = trunc
@@ -293,9 +385,12 @@ class Collector:
             done = self._is_init = term | trunc
             if done.any():
                 for i in np.flatnonzero(done):
-                    next_obs_np[i, t] = info["final_obs"][i]
-                    episode_return[i, t, 0] = self._episode_return[i]
-                    episode_length[i, t, 0] = self._episode_length[i]
+                    _write(next_views, paths, (i, t), info["final_obs"][i])
+                    if not self.episodes_from_info:
+                        episode_return[i, t, 0] = self._episode_return[i]
+                        episode_length[i, t, 0] = self._episode_length[i]
+                if self.episodes_from_info:
+                    self._episodes_from_info(info, t, episode_return, episode_length)
                 self._episode_return[done] = 0.0
                 self._episode_length[done] = 0
         self._obs = current
@@ -384,7 +479,7 @@ def evaluate(
         if render and frames is not None:
             frames.append(_render_first(envs))
             render = len(frames) < limit
-        action = policy(torch.from_numpy(np.asarray(current)))[keys.ACTION]
+        action = policy(as_observation(current, envs.single_observation_space))[keys.ACTION]
         try:
             current, rew, term, trunc, _ = envs.step(to_env(action))
         except Exception as err:

@@ -14,8 +14,17 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
 from rl_lightning._checks import check_int
-from rl_lightning.collector import Collector, Policy, close_envs, evaluate
-from rl_lightning.envs import Vectorization, WrapperSpec, check_rgb_array, make_env, make_vec_env
+from rl_lightning.collector import Collector, Observation, Policy, close_envs, evaluate
+from rl_lightning.envpool import evaluation_env_kwargs
+from rl_lightning.envs import (
+    VECTORIZATIONS,
+    Vectorization,
+    WrapperSpec,
+    check_observation_space,
+    check_rgb_array,
+    make_env,
+    make_vec_env,
+)
 from rl_lightning.spaces import space_to_dict
 
 LIGHTNING_WARNINGS_BY_DESIGN = (
@@ -68,8 +77,8 @@ class Agent(Protocol):
     frames: int
     """Env frames collected over all ranks (a resumed run's include those before its checkpoint)."""
 
-    def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
-        """Maps observations ``[num_envs, ...]`` to ``{"action": ..., ...}``."""
+    def act(self, observation: Observation, deterministic: bool = False) -> dict[str, torch.Tensor]:
+        """Maps observations ``[num_envs, ...]`` (a TensorDict for a ``Dict`` space) to ``{"action": ..., ...}``."""
 
 
 def _as_is(item: Any) -> Any:
@@ -121,10 +130,27 @@ class RLDataModule(pl.LightningDataModule):
         num_envs: envs per rank, stepped together by one policy call.
         frames_per_batch: env frames per collector batch on each rank (Lightning's per-device convention).
         total_frames: frame budget of the whole run, all ranks together; the run stops when it is spent.
-        frame_skip: env frames per agent step (each action repeated, rewards summed); frames count env frames.
-        vectorization: ``"sync"`` steps the envs in this process, ``"async"`` in one subprocess per env.
-        wrappers: gymnasium wrappers applied to each env, innermost first: import paths or
-            ``{"class_path": ..., "init_args": {...}}``.
+        frame_skip: env frames per agent step (each action repeated, rewards summed, by
+            :class:`~rl_lightning.envs.FrameSkip` below the wrappers); frames count env frames, i.e. agent steps
+            times ``frame_skip``. A frame skip done by a wrapper (``gymnasium.wrappers.AtariPreprocessing``'s
+            ``frame_skip=4``) is not seen: frames then count agent steps, as stable-baselines3's and CleanRL's
+            Atari budgets do (10M agent steps = 40M emulator frames).
+        vectorization: ``"sync"`` steps the envs in this process, ``"async"`` in one subprocess per env,
+            ``"envpool"`` in EnvPool's thread pool (the ``envpool`` extra; ids as EnvPool names them, e.g.
+            ``"Pong-v5"``, with its preprocessing set through ``env_kwargs``; it takes no ``wrappers``,
+            ``train_wrappers``, ``frame_skip`` or ``pixels``; its training-only options, such as ``episodic_life``
+            and ``reward_clip``, are turned off for evaluation by
+            :func:`~rl_lightning.envpool.evaluation_env_kwargs`).
+        wrappers: gymnasium wrappers applied to each env, training and evaluation, innermost first: import paths
+            or ``{"class_path": ..., "init_args": {...}}``.
+        train_wrappers: gymnasium wrappers applied after ``wrappers`` to the training envs only, never to the
+            evaluation envs: e.g. :class:`~rl_lightning.envs.EpisodicLife` and ``gymnasium.wrappers.ClipReward``, so
+            that they shape training while ``val/episode_return`` reports the games' own returns. The training
+            curves ``rollout/episode_return`` and ``rollout/episode_length`` stay those of whole episodes as
+            ``wrappers`` shape them (read from a ``RecordEpisodeStatistics`` below the training wrappers, see
+            :func:`~rl_lightning.envs.make_env`); they must not change the observation or action space.
+        env_kwargs: keyword arguments of ``gym.make`` (or of EnvPool's ``make``), e.g. ``{"frameskip": 1,
+            "repeat_action_probability": 0.0}`` for ``ALE/Pong-v5`` under ``AtariPreprocessing``.
         seed: seeds the training envs (``seed + rank * 1000 + env index``) and each validation/test round's envs
             (:func:`evaluation_seed` of the seed, the rank and the round, ``+ env index``); ``None`` leaves them
             unseeded.
@@ -156,6 +182,8 @@ class RLDataModule(pl.LightningDataModule):
         eval_envs: int = 10,
         pixels: bool = False,
         stats_window: int = 100,
+        train_wrappers: list[WrapperSpec] | None = None,
+        env_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_int("num_envs", num_envs, hint="It is the envs stepped together on each rank, e.g. 8.")
@@ -179,8 +207,20 @@ class RLDataModule(pl.LightningDataModule):
                 f"total_frames={total_frames} is below frames_per_batch={frames_per_batch}: the budget would not "
                 "fill one batch. Raise total_frames or lower frames_per_batch."
             )
-        if vectorization not in ("sync", "async"):
-            raise ValueError(f"vectorization={vectorization!r} is invalid: expected 'sync' or 'async'.")
+        if vectorization not in VECTORIZATIONS:
+            raise ValueError(
+                f"vectorization={vectorization!r} is invalid: expected one of {', '.join(map(repr, VECTORIZATIONS))}."
+            )
+        if env_kwargs is not None and not isinstance(env_kwargs, dict):
+            raise ValueError(
+                f"env_kwargs={env_kwargs!r} is invalid: expected a mapping of gym.make's keyword arguments, e.g. "
+                "{'frameskip': 1}, or null."
+            )
+        if vectorization == "envpool" and pixels:
+            raise ValueError(
+                "pixels=True renders frames with gymnasium's render_mode='rgb_array', which vectorization='envpool' "
+                "does not provide. Use vectorization 'sync' or 'async' to store rendered frames."
+            )
         self.save_hyperparameters()
         self.env_id = env_id
         self.num_envs = num_envs
@@ -189,6 +229,8 @@ class RLDataModule(pl.LightningDataModule):
         self.frame_skip = frame_skip
         self.vectorization: Vectorization = vectorization
         self.wrappers = wrappers
+        self.train_wrappers = train_wrappers
+        self.env_kwargs = env_kwargs
         self.seed = seed
         self.eval_episodes = eval_episodes
         self.eval_envs_count = min(eval_envs, eval_episodes)
@@ -198,15 +240,53 @@ class RLDataModule(pl.LightningDataModule):
         self.stats_window = stats_window
         self.pixels_shape: tuple[int, ...] | None = None
         """``[H, W, 3]`` of the rendered frames with ``pixels=True``."""
+        self.observation_space: gym.Space
+        self.action_space: gym.Space
+        self.observation_space, self.action_space = self._probe_spaces()
+        check_observation_space(self.observation_space, env_id)
         if pixels:
-            self.pixels_shape = check_rgb_array(env_id, wrappers, frame_skip, "RLDataModule(pixels=True)")
-
-        probe = make_env(env_id, wrappers, frame_skip)
-        self.observation_space: gym.Space = probe.observation_space
-        self.action_space: gym.Space = probe.action_space
-        probe.close()
+            self.pixels_shape = check_rgb_array(
+                env_id, wrappers, frame_skip, "RLDataModule(pixels=True)", env_kwargs=env_kwargs
+            )
         self._collector: Collector | None = None
         self._eval_envs: gym.vector.VectorEnv | None = None
+
+    def _probe_spaces(self) -> tuple[gym.Space, gym.Space]:
+        """The observation and action spaces of one env; with ``train_wrappers``, checked to be those of the
+        evaluation envs too."""
+        if self.vectorization == "envpool":
+            probe = make_vec_env(
+                self.env_id,
+                1,
+                self.wrappers,
+                self.frame_skip,
+                "envpool",
+                env_kwargs=self.env_kwargs,
+                train_wrappers=self.train_wrappers,
+            )
+            spaces = probe.single_observation_space, probe.single_action_space
+            probe.close()
+            return spaces
+        env = make_env(self.env_id, self.wrappers, self.frame_skip, env_kwargs=self.env_kwargs)
+        spaces = env.observation_space, env.action_space
+        env.close()
+        if self.train_wrappers:
+            env = make_env(
+                self.env_id,
+                self.wrappers,
+                self.frame_skip,
+                env_kwargs=self.env_kwargs,
+                train_wrappers=self.train_wrappers,
+            )
+            training = env.observation_space, env.action_space
+            env.close()
+            if training != spaces:
+                raise ValueError(
+                    f"train_wrappers={self.train_wrappers} change the spaces of env {self.env_id!r} from "
+                    f"(observation, action) {spaces} to {training}; evaluation, which runs without them, would not "
+                    "fit the policy. Move the wrappers that change a space to wrappers."
+                )
+        return spaces
 
     # -- spaces, linked into the model by the CLI -------------------------------------------------------
 
@@ -280,7 +360,7 @@ class RLDataModule(pl.LightningDataModule):
     def policy(self) -> Policy:
         return self.module.act
 
-    def deterministic_policy(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def deterministic_policy(self, obs: Observation) -> dict[str, torch.Tensor]:
         return self.module.act(obs, deterministic=True)
 
     @property
@@ -288,22 +368,59 @@ class RLDataModule(pl.LightningDataModule):
         if self._collector is None:
             render_mode = "rgb_array" if self.pixels else None
             envs = make_vec_env(
-                self.env_id, self.num_envs, self.wrappers, self.frame_skip, self.vectorization, render_mode=render_mode
+                self.env_id,
+                self.num_envs,
+                self.wrappers,
+                self.frame_skip,
+                self.vectorization,
+                render_mode=render_mode,
+                env_kwargs=self.env_kwargs,
+                train_wrappers=self.train_wrappers,
             )
             # Page-locked batches when the module trains on a GPU: the batch's copy there (RLModule.training_step)
             # and each step's observations (the policy) are then asynchronous copies.
             pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-            self._collector = Collector(envs, self.policy, self.steps_per_batch, self.pixels, self.env_id, pin)
+            self._collector = Collector(
+                envs,
+                self.policy,
+                self.steps_per_batch,
+                self.pixels,
+                self.env_id,
+                pin,
+                episodes_from_info=bool(self.train_wrappers),
+            )
             self._collector.reset(seed=self.training_env_seed)
         return self._collector
 
     @property
     def eval_envs(self) -> gym.vector.VectorEnv:
         if self._eval_envs is None:
-            self._eval_envs = make_vec_env(
-                self.env_id, self.eval_envs_count, self.wrappers, self.frame_skip, self.vectorization
-            )
+            self._eval_envs = self.make_eval_envs(self.eval_envs_count)
         return self._eval_envs
+
+    def make_eval_envs(
+        self, num_envs: int, render_mode: str | None = None, vectorization: Vectorization | None = None
+    ) -> gym.vector.VectorEnv:
+        """New evaluation envs: the data's env id, ``env_kwargs``, ``frame_skip`` and ``wrappers``, without the
+        ``train_wrappers`` (the caller closes them).
+
+        Args:
+            num_envs: envs stepped together.
+            render_mode: e.g. ``"rgb_array"`` to record videos.
+            vectorization: ``None`` for the data's own.
+        """
+        vectorization = vectorization or self.vectorization
+        # EnvPool's training-only options (episodic_life, reward_clip) are env options, not train_wrappers.
+        env_kwargs = evaluation_env_kwargs(self.env_kwargs) if vectorization == "envpool" else self.env_kwargs
+        return make_vec_env(
+            self.env_id,
+            num_envs,
+            self.wrappers,
+            self.frame_skip,
+            vectorization,
+            render_mode=render_mode,
+            env_kwargs=env_kwargs,
+        )
 
     # -- Lightning hooks -----------------------------------------------------------------------------
 

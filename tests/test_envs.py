@@ -137,5 +137,7 @@ def test_make_vec_env_steps(vectorization: Any, cls: type) -> None:
 
 
 def test_make_vec_env_rejects_unknown_vectorization() -> None:
-    with pytest.raises(ValueError, match=r"vectorization='threads' is not supported; use 'sync' or 'async'"):
+    with pytest.raises(
+        ValueError, match=r"vectorization='threads' is not supported; use one of 'sync', 'async', 'envpool'"
+    ):
         make_vec_env("CartPole-v1", num_envs=2, vectorization="threads")  # type: ignore[arg-type]
