@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.vector import AutoresetMode
 
-from rl_lightning.envs import FrameSkip, make_env, make_vec_env, resolve_wrappers
+from rl_lightning import keys
+from rl_lightning.collector import Collector
+from rl_lightning.data import RLDataModule
+from rl_lightning.envs import EpisodicLife, FrameSkip, make_env, make_vec_env, resolve_wrappers
+from tests.conftest import tiny_ppo_run
 
 
 @pytest.mark.parametrize("env_id", ["NoSuchEnv-v9", "CartPole-v99", "no_such_module:NoSuchEnv-v0"])
@@ -141,3 +150,138 @@ def test_make_vec_env_rejects_unknown_vectorization() -> None:
         ValueError, match=r"vectorization='threads' is not supported; use one of 'sync', 'async', 'envpool'"
     ):
         make_vec_env("CartPole-v1", num_envs=2, vectorization="threads")  # type: ignore[arg-type]
+
+
+def test_env_kwargs_go_to_gym_make() -> None:
+    envs = make_vec_env("CartPole-v1", num_envs=2, env_kwargs={"max_episode_steps": 3}, seed=0)
+    try:
+        truncated = [envs.step(np.array([0, 1]))[3] for _ in range(3)]
+    finally:
+        envs.close()
+    assert not truncated[0].any() and not truncated[1].any() and truncated[2].all()
+    with pytest.raises(ValueError, match=r"env_kwargs=\{'no_such_option': 1\} do not fit env 'CartPole-v1'"):
+        make_env("CartPole-v1", env_kwargs={"no_such_option": 1})
+
+
+def test_ale_ids_import_ale_py_by_themselves() -> None:
+    # A fresh interpreter: nothing has imported ale_py (which registers the ALE/ ids) before make_env.
+    code = (
+        "import sys; from rl_lightning.envs import make_env; assert 'ale_py' not in sys.modules; "
+        "env = make_env('ALE/Pong-v5', env_kwargs={'frameskip': 1, 'repeat_action_probability': 0.0}); "
+        "print(env.observation_space.shape, env.unwrapped._frameskip)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "(210, 160, 3) 1"
+
+
+def test_ale_ids_without_ale_py_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ale_py", None)  # import ale_py now raises ImportError
+    with pytest.raises(ModuleNotFoundError, match=re.escape("pip install 'rl-lightning[atari]'")):
+        make_env("ALE/Pong-v5")
+
+
+def lives_and_frame(env: gym.Env) -> tuple[int, int]:
+    ale = env.unwrapped.ale  # type: ignore[attr-defined]
+    return int(ale.lives()), int(ale.getEpisodeFrameNumber())
+
+
+def test_episodic_life_ends_episodes_at_life_loss_and_resets_only_when_the_game_is_over() -> None:
+    env = EpisodicLife(make_env("ALE/Breakout-v5", env_kwargs={"repeat_action_probability": 0.0}))
+    env.reset(seed=0)
+    assert lives_and_frame(env) == (5, 0)
+    rng = np.random.default_rng(0)
+    for lives_left in (4, 3, 2, 1):
+        while True:
+            _, _, terminated, truncated, _ = env.step(int(rng.integers(4)))
+            if terminated or truncated:
+                break
+        assert terminated and not truncated
+        lives, frame = lives_and_frame(env)
+        assert lives == lives_left and not env.game_over
+        env.reset()  # a lost life: the game goes on, one no-op step later
+        assert lives_and_frame(env) == (lives_left, frame + 4)
+    while not env.step(int(rng.integers(4)))[2]:
+        pass
+    assert env.game_over and lives_and_frame(env)[0] == 0
+    env.reset()  # the game is over: a real reset
+    assert lives_and_frame(env) == (5, 0)
+    env.close()
+    with pytest.raises(ValueError, match="EpisodicLife reads the lives of an Atari game"):
+        EpisodicLife(gym.make("CartPole-v1"))
+
+
+def half_reward() -> dict[str, Any]:
+    """A training wrapper that scales CartPole's rewards (1 -> 0.5)."""
+    return {"class_path": "gymnasium.wrappers.ClipReward", "init_args": {"max_reward": 0.5}}
+
+
+def test_train_wrappers_shape_training_envs_only_and_leave_episode_statistics_raw() -> None:
+    data = RLDataModule(
+        "CartPole-v1",
+        num_envs=2,
+        frames_per_batch=128,
+        total_frames=128,
+        train_wrappers=[half_reward()],
+        eval_episodes=2,
+        eval_envs=2,
+    )
+    collector = Collector(data.make_eval_envs(2), lambda obs: {"action": torch.zeros(len(obs), dtype=torch.int64)}, 64)
+    evaluation = collector.collect()  # the evaluation envs: raw rewards
+    collector.envs.close()
+    assert (evaluation[keys.NEXT_REWARD] == 1.0).all()
+    envs = make_vec_env("CartPole-v1", 2, train_wrappers=[half_reward()])
+    training = Collector(envs, collector.policy, 64, episodes_from_info=True).collect()
+    envs.close()
+    assert (training[keys.NEXT_REWARD] == 0.5).all()
+    done = training[keys.NEXT_DONE]
+    assert done.sum() >= 4
+    # The statistics of each ended episode are the raw return (1 per step) and the length.
+    assert torch.equal(training[keys.NEXT_EPISODE_RETURN][done], training[keys.NEXT_EPISODE_LENGTH][done].float())
+    assert (training[keys.NEXT_EPISODE_LENGTH][done] >= 8).all()
+    assert not training[keys.NEXT_EPISODE_RETURN][~done].any()
+
+
+def test_a_reward_scaling_train_wrapper_does_not_change_rollout_episode_return(tmp_path: Path) -> None:
+    trainer, module, data = tiny_ppo_run(tmp_path, data={"train_wrappers": [half_reward()]})
+    trainer.fit(module, datamodule=data)
+    mean_return, mean_length, episodes = module.episode_stats.compute().tolist()
+    assert episodes >= 10 and mean_length > 8
+    assert mean_return == pytest.approx(mean_length)  # CartPole's raw reward, not the training wrapper's 0.5
+
+
+def test_episodic_life_as_a_train_wrapper_reports_whole_games() -> None:
+    envs = make_vec_env(
+        "ALE/Breakout-v5",
+        2,
+        env_kwargs={"repeat_action_probability": 0.0},
+        train_wrappers=["rl_lightning.envs.EpisodicLife"],
+    )
+    rng = torch.Generator().manual_seed(0)
+    collector = Collector(
+        envs, lambda obs: {"action": torch.randint(0, 4, (len(obs),), generator=rng)}, 400, episodes_from_info=True
+    )
+    collector.reset(seed=0)
+    batch = collector.collect()
+    envs.close()
+    done = batch[keys.NEXT_DONE][..., 0]
+    games = batch[keys.NEXT_EPISODE_LENGTH][..., 0] > 0
+    assert games.sum() >= 2 and (games & done).equal(games)
+    assert done.sum() >= 5 * games.sum()  # every game ends 5 training episodes, one per life
+    # A game's length counts its agent steps across its lives, the no-op step after each of 4 lost lives included;
+    # the first game of each env starts at the reset before t = 0.
+    for env in range(2):
+        ends = games[env].nonzero()[:, 0].tolist()
+        starts = [-1, *ends[:-1]]
+        lengths = batch[keys.NEXT_EPISODE_LENGTH][env, ends, 0].tolist()
+        assert lengths == [end - start + 4 for start, end in zip(starts, ends, strict=True)]
+
+
+def test_envpool_refuses_gymnasium_side_options() -> None:
+    with pytest.raises(ValueError, match=r"vectorization='envpool' does not take wrappers=\['gymnasium"):
+        make_vec_env("CartPole-v1", 2, ["gymnasium.wrappers.RecordEpisodeStatistics"], vectorization="envpool")
+    with pytest.raises(ValueError, match="vectorization='envpool' does not take frame_skip=2"):
+        make_vec_env("CartPole-v1", 2, frame_skip=2, vectorization="envpool")
+    with pytest.raises(ValueError, match="vectorization='envpool' does not take train_wrappers"):
+        RLDataModule("CartPole-v1", 2, 8, 8, vectorization="envpool", train_wrappers=[half_reward()])
+    with pytest.raises(ValueError, match="pixels=True renders frames"):
+        RLDataModule("CartPole-v1", 2, 8, 8, vectorization="envpool", pixels=True)
