@@ -169,7 +169,8 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
     **Seeds.** EnvPool seeds its envs when it builds them, so ``reset(seed=s)`` builds the pool again with env ``i``
     seeded ``s + i`` (EnvPool's per-env seeds), except right after construction with the same seed:
     ``reset(seed=s)`` always starts the same episodes. ``reset()`` without a seed resets every env and continues
-    its random stream. ``seed=None`` at construction draws a seed from fresh entropy.
+    its random stream. ``seed=None`` at construction draws a seed from fresh entropy. EnvPool's seeds are int32:
+    a seed from ``2**31 - num_envs`` up is reduced modulo ``2**31 - num_envs + 1``.
 
     Args:
         env_id: a gymnasium env id EnvPool provides (see :func:`envpool_task_id`).
@@ -203,7 +204,7 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
         self.render_mode = None
         self._ids = np.arange(num_envs, dtype=np.int32)
         self._pool: Any = None
-        self._seed = self._draw_seed() if seed is None else self._check_seed(seed)
+        self._seed = self._draw_seed() if seed is None else self._int32_seed(seed)
         self._fresh = False  # whether the pool was built with self._seed and has not been reset or stepped since
         pool = self._build()
         self.single_observation_space = pool.observation_space
@@ -212,15 +213,15 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
 
     def _draw_seed(self) -> int:
-        return int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0] % (2**31 - self.num_envs))
+        return self._int32_seed(int(np.random.SeedSequence().generate_state(1, dtype=np.uint32)[0]))
 
-    def _check_seed(self, seed: int) -> int:
-        if not 0 <= seed <= 2**31 - self.num_envs:
-            raise ValueError(
-                f"seed={seed} is out of range for EnvPool: env i is seeded seed + i as an int32, so seed must be in "
-                f"[0, {2**31 - self.num_envs}] for {self.num_envs} envs."
-            )
-        return int(seed)
+    def _int32_seed(self, seed: int) -> int:
+        """``seed`` where ``seed + i`` fits EnvPool's int32 seeds for every env: itself below ``2**31 - num_envs``,
+        else reduced modulo ``2**31 - num_envs + 1`` (gymnasium takes any seed >= 0, e.g. the uint32 seeds a resumed
+        run reseeds its envs with)."""
+        if seed < 0:
+            raise ValueError(f"seed={seed} is negative; seeds are integers >= 0 (as gymnasium's), or None.")
+        return int(seed) % (2**31 - self.num_envs + 1)
 
     def _build(self) -> Any:
         """(Re)builds the pool with env ``i`` seeded ``self._seed + i``; returns it."""
@@ -239,7 +240,7 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
                 f"EnvPoolVecEnv.reset takes no options, got {options!r}; reset all envs with options=None."
             )
         if seed is not None:
-            seed = self._check_seed(seed)
+            seed = self._int32_seed(seed)
             if not (self._fresh and seed == self._seed):
                 self._seed = seed
                 self._build()

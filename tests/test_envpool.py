@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from rl_lightning.checkpoint import RLCheckpointIO
 from rl_lightning.collector import Collector
 from rl_lightning.envpool import EnvPoolVecEnv, envpool_task_id, evaluation_env_kwargs, make_envpool_vec_env
+from tests.conftest import quiet_trainer, tiny_ppo_run
+from tests.probe import SaveRankState
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="envpool is not installed (the extra)"),
@@ -162,6 +167,7 @@ def test_per_env_seeds_are_reproducible() -> None:
     assert not np.array_equal(other[2], unseeded[2])
     one = make_envpool_vec_env("CartPole-v1", 1, seed=9)
     assert np.array_equal(one.reset(seed=9)[0][0], first[2])
+    assert np.array_equal(one.reset(seed=2**31 + 9)[0][0], first[2])  # beyond int32: modulo 2**31 - num_envs + 1
     one.close()
 
 
@@ -198,7 +204,7 @@ def test_ids_and_refusals() -> None:
         EnvPoolVecEnv("CartPole-v1", 8, env_kwargs={"batch_size": 4})
     with pytest.raises(ValueError, match="num_envs argument"):
         EnvPoolVecEnv("CartPole-v1", 2, env_kwargs={"num_envs": 4})
-    with pytest.raises(ValueError, match=r"seed=-1 is out of range.*\[0, 2147483646\]"):
+    with pytest.raises(ValueError, match=r"seed=-1 is negative; seeds are integers >= 0"):
         EnvPoolVecEnv("CartPole-v1", 2, seed=-1)
     assert evaluation_env_kwargs({"episodic_life": True, "reward_clip": True, "num_threads": 2}) == {
         "episodic_life": False,
@@ -213,3 +219,43 @@ def test_missing_envpool_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "envpool", None)  # makes `import envpool` raise ImportError
     with pytest.raises(ImportError, match=r"pip install rl-lightning\[envpool\]"):
         make_envpool_vec_env("CartPole-v1", 2)
+
+
+class _RecordEnvs(SaveRankState):
+    """Also keeps the type of the training envs the collector stepped."""
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.envs_type = type(trainer.datamodule._collector.envs)
+
+
+def test_ppo_fits_through_rl_data_module_on_envpool_and_resumes(tmp_path: Path) -> None:
+    """RLDataModule(vectorization="envpool"): a real fit of PPO on CartPole-v1 with validation, reproducible from
+    data.seed (EnvPool rebuilt with the per-rank seed), then resumed from its last checkpoint."""
+    data = {"vectorization": "envpool", "num_envs": 4, "frames_per_batch": 256, "total_frames": 2048, "seed": 5}
+    runs = []
+    for attempt in range(2):
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / f"ckpt{attempt}", save_last=True)
+        trainer, model, datamodule = tiny_ppo_run(
+            tmp_path / f"run{attempt}", data=data, enable_checkpointing=True, callbacks=[checkpoint]
+        )
+        trainer.fit(model, datamodule=datamodule)
+        assert model.frames == 2048 and np.isfinite(float(trainer.callback_metrics["val/episode_return"]))
+        assert datamodule._collector is None  # the envs were closed at teardown
+        runs.append(model)
+    for key, value in runs[0].state_dict().items():  # the same seed, the same EnvPool episodes, the same updates
+        assert torch.equal(runs[1].state_dict()[key], value), key
+
+    saved = tmp_path / "ckpt0" / "last.ckpt"
+    probe = _RecordEnvs(str(tmp_path / "start"), at_start=True)
+    _, resumed, datamodule = tiny_ppo_run(tmp_path / "resume", data={**data, "total_frames": 3072})
+    callbacks = [probe, ModelCheckpoint(dirpath=tmp_path / "ckpt0", save_last=True)]
+    quiet_trainer(tmp_path / "resume", callbacks=callbacks, enable_checkpointing=True, val_check_interval=2).fit(
+        resumed, datamodule=datamodule, ckpt_path=saved
+    )
+    at_start = torch.load(tmp_path / "start" / "rank0.pt", weights_only=True)
+    checkpoint_state = RLCheckpointIO().load_checkpoint(saved)
+    assert at_start["frames"] == checkpoint_state["rl_lightning"]["frames"] == 2048
+    for name, value in checkpoint_state["state_dict"].items():
+        assert torch.equal(at_start["params"][name], value), name
+    assert probe.envs_type is EnvPoolVecEnv
+    assert resumed.frames == 3072 and resumed.updates > runs[0].updates
