@@ -532,6 +532,7 @@ class ReplayBuffer:
         # The observation's leaves (() for a plain tensor, the nested keys of a Dict observation), from the first batch.
         self._leaves: list[tuple[str, ...]] = []
         self._shared = False  # observations in the pool of slots (large ones) rather than per transition
+        self._shared_min_bytes = SHARED_MIN_BYTES
         self._pool: dict[tuple[str, ...], torch.Tensor] = {}  # per leaf, [pool slots, ...]
         self._pool_refs = torch.zeros(0, dtype=torch.int32)  # per slot: transitions, held-back windows, tails on it
         self._pool_used = 0  # slots [0, _pool_used) were written at least once; those above never were
@@ -601,7 +602,7 @@ class ReplayBuffer:
         else:
             self._leaves = list(observation)
             row_bytes = sum(raw[_join(keys.OBSERVATION, *leaf)][(0,) * dims].nbytes for leaf in self._leaves)
-            self._shared = row_bytes >= SHARED_MIN_BYTES
+            self._shared = row_bytes >= self._shared_min_bytes
         first = None
         if dims == 2 and self.n_step > 1 and keys.IS_INIT in present:
             is_init = batch.get(keys.IS_INIT)
@@ -1186,7 +1187,8 @@ def _nest(leaves: Mapping[tuple[str, ...], torch.Tensor], batch_size: torch.Size
 
 def _same_rows(a: torch.Tensor, b: torch.Tensor, dims: int) -> torch.Tensor:
     """Whether ``a`` and ``b`` (same shape) hold the same bits in each row of their first ``dims`` dims (bool)."""
-    a, b = a.flatten(dims), b.flatten(dims)
+    width = math.prod(a.shape[dims:])
+    a, b = a.reshape(*a.shape[:dims], width), b.reshape(*b.shape[:dims], width)
     if a.is_floating_point() or a.dtype == torch.bool:  # bits, not values: NaN equals itself, -0.0 differs from 0.0
         as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
         a, b = a.view(as_int), b.view(as_int)

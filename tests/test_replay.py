@@ -9,7 +9,7 @@ import pickle
 import shutil
 import sysconfig
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import pytest
@@ -776,3 +776,339 @@ def test_sac_n_step_replay_never_joins_two_episodes_across_a_resume(tmp_path: Pa
     # A window shorter than 3 steps ends its episode: at a termination or truncation, or where the resume cut it.
     short = used < 3
     assert stored[keys.NEXT_DONE][short].all()
+
+
+# --- observations stored once, Dict observations -----------------------------------------------------------------
+
+
+class EpisodeEnvs:
+    """Hand-made collector batches ``[num_envs, T]`` whose observations encode (env, episode, step).
+
+    Each env runs episodes of 2 to 7 steps (lengths vary with env and episode; ``lengths`` overrides them),
+    terminated on even episodes and truncated on odd ones. The final observation of an episode encodes its last
+    step + 1, never the reset observation (the next episode's step 0). ``reset`` starts a new episode in every env,
+    as a collector does after a resume (``is_init`` on the batch's first step). Observations are ``[4, 16, 16]``
+    uint8 images (1 KiB: stored once, in the pool), or with ``dict_obs`` a nested Dict observation around that image.
+    """
+
+    def __init__(self, num_envs: int, dict_obs: bool = False, lengths: int | None = None) -> None:
+        self.num_envs, self.dict_obs, self.lengths = num_envs, dict_obs, lengths
+        self.episode = [0] * num_envs
+        self.step = [0] * num_envs
+
+    def length(self, env: int, episode: int) -> int:
+        return self.lengths or 2 + (3 * env + 5 * episode) % 6
+
+    @staticmethod
+    def image(env: int, episode: int, step: int) -> torch.Tensor:
+        image = torch.full((4, 16, 16), (env * 37 + episode * 11 + step * 3) % 251, dtype=torch.uint8)
+        image[0, 0, :3] = torch.tensor([env, episode, step], dtype=torch.uint8)
+        return image
+
+    def observation(self, env: int, episode: int, step: int) -> dict[str, Any]:
+        return {
+            "pixels": self.image(env, episode, step),
+            "state": {"ids": torch.tensor([env, episode, step], dtype=torch.float64)},
+            "step": torch.tensor(step),  # a Discrete leaf: int64 []
+        }
+
+    def batch(self, steps: int, reset: bool = False) -> TensorDict:
+        if reset:
+            self.episode = [episode + 1 for episode in self.episode]
+            self.step = [0] * self.num_envs
+        rows: list[list[dict[str, Any]]] = []
+        for env in range(self.num_envs):
+            row = []
+            for _ in range(steps):
+                episode, step = self.episode[env], self.step[env]
+                done = step + 1 == self.length(env, episode)
+                row.append(
+                    {
+                        "obs": self.observation(env, episode, step),
+                        "next_obs": self.observation(env, episode, step + 1),
+                        "action": torch.tensor([env, episode, step], dtype=torch.float32),
+                        "is_init": torch.tensor([step == 0]),
+                        "reward": torch.tensor([float(step + 1)]),
+                        "terminated": torch.tensor([done and episode % 2 == 0]),
+                        "truncated": torch.tensor([done and episode % 2 == 1]),
+                    }
+                )
+                self.episode[env], self.step[env] = (episode + 1, 0) if done else (episode, step + 1)
+            rows.append(row)
+
+        def stack(name: str) -> Any:
+            return torch.stack([torch.stack([step[name] for step in row]) for row in rows])
+
+        def observations(name: str) -> Any:
+            td = TensorDict(
+                {
+                    k: torch.stack([torch.stack([step[name][k] for step in row]) for row in rows])
+                    for k in ("pixels", "step")
+                }
+                | {
+                    "state": {
+                        "ids": torch.stack([torch.stack([step[name]["state"]["ids"] for step in row]) for row in rows])
+                    }
+                },
+                batch_size=[self.num_envs, steps],
+            )
+            return td if self.dict_obs else td["pixels"]
+
+        terminated, truncated = stack("terminated"), stack("truncated")
+        return TensorDict(
+            {
+                keys.OBSERVATION: observations("obs"),
+                keys.ACTION: stack("action"),
+                keys.IS_INIT: stack("is_init"),
+                keys.NEXT: {
+                    keys.OBSERVATION: observations("next_obs"),
+                    keys.REWARD: stack("reward"),
+                    keys.TERMINATED: terminated,
+                    keys.TRUNCATED: truncated,
+                    keys.DONE: terminated | truncated,
+                },
+            },
+            batch_size=[self.num_envs, steps],
+        )
+
+
+def pixels_of(td: TensorDict, key: Any) -> torch.Tensor:
+    value = td.get(key)
+    return value["pixels"] if isinstance(value, TensorDict) else value
+
+
+def check_transitions(sample: TensorDict, gamma: float) -> None:
+    """Every transition's next observation is its own episode's, m steps on (m from the discount), and each Dict leaf
+    encodes the same (env, episode, step) as the image."""
+    obs, nxt = pixels_of(sample, keys.OBSERVATION), pixels_of(sample, keys.NEXT_OBSERVATION)
+    env, episode, step = obs[:, 0, 0, :3].long().unbind(-1)
+    next_env, next_episode, next_step = nxt[:, 0, 0, :3].long().unbind(-1)
+    assert torch.equal(env, next_env) and torch.equal(episode, next_episode), "a next observation of another episode"
+    used = (next_step - step).tolist()
+    discount = sample[NEXT_DISCOUNT].squeeze(-1).tolist()
+    for m, d in zip(used, discount, strict=True):
+        assert m >= 1 and math.isclose(d, gamma**m, rel_tol=1e-6), (m, d)
+    assert torch.equal(sample[keys.ACTION].long(), obs[:, 0, 0, :3].long())
+    for td in (sample[keys.OBSERVATION], sample[keys.NEXT_OBSERVATION]):
+        if isinstance(td, TensorDict):
+            ids = td["pixels"][:, 0, 0, :3].long()
+            assert td["state", "ids"].dtype == torch.float32  # observation_dtype applies to floating leaves
+            assert torch.equal(td["state", "ids"].long(), ids) and torch.equal(td["step"], ids[:, 2])
+            assert td["step"].dtype == torch.int64 and td["step"].shape == (len(ids),)
+
+
+def naive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buffers built from here on store every observation per transition, twice (the naive layout)."""
+    monkeypatch.setattr(replay, "SHARED_MIN_BYTES", math.inf)
+
+
+def fill_both(
+    shared: ReplayBuffer, reference: ReplayBuffer, envs: list[EpisodeEnvs], steps: list[int], reset_at: int = -1
+) -> None:
+    for i, length in enumerate(steps):
+        batch = envs[0].batch(length, reset=i == reset_at)
+        assert torch.equal(batch.get(keys.ACTION), envs[1].batch(length, reset=i == reset_at).get(keys.ACTION))
+        assert torch.equal(shared.extend(batch), reference.extend(batch.clone()))
+
+
+def check_pool(buffer: ReplayBuffer) -> None:
+    """The pool's bookkeeping: each slot's count is what points at it, and no slot in use is on the free stack."""
+    assert buffer._shared
+    refs = torch.zeros_like(buffer._pool_refs)
+    held = [buffer._data[key][: len(buffer)].reshape(-1) for key in replay._SLOT_KEYS]
+    slots = torch.cat([*held, buffer._held_slots()])
+    refs.index_add_(0, slots, torch.ones_like(slots, dtype=torch.int32))
+    assert torch.equal(refs, buffer._pool_refs)
+    free = buffer._free[: buffer._free_count]
+    assert len(free.unique()) == len(free) and (refs[free] == 0).all()
+    assert (refs[: buffer._pool_used] == 0).sum() == len(free)  # every unreferenced slot is free again
+
+
+@pytest.mark.parametrize(
+    ("n_step", "prioritized", "storage", "dict_obs"),
+    [(1, False, "memory", False), (3, True, "memmap", True), (1, True, "memmap", False), (3, False, "memory", True)],
+)
+def test_shared_observations_sample_exactly_what_the_naive_layout_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_step: int, prioritized: bool, storage: str, dict_obs: bool
+) -> None:
+    """Batches of 3 envs with episodes of 2-7 steps and batches of 1-6 steps into a 40-transition ring (wrapping many
+    times), a reset of every env in between, and a checkpoint round trip: the buffer that stores each observation
+    once samples the same transitions as the one storing both observations per transition, value for value."""
+
+    def make(name: str) -> ReplayBuffer:
+        store = cast(Literal["memory", "memmap"], storage)
+        return ReplayBuffer(
+            capacity=40, storage=store, scratch_dir=str(tmp_path / name), prioritized=prioritized, n_step=n_step,
+            gamma=0.5,
+        )  # fmt: skip
+
+    shared = make("shared")
+    with monkeypatch.context() as patch:
+        naive(patch)
+        reference = make("naive")
+        restored = make("restored")
+    envs = [EpisodeEnvs(3, dict_obs), EpisodeEnvs(3, dict_obs)]
+    fill_both(shared, reference, envs, [5, 4, 6, 1, 5, 3, 6, 2, 5], reset_at=4)
+    assert shared._shared and not reference._shared
+    check_pool(shared)
+    # The checkpoint: state_dict -> torch.save -> torch.load(weights_only=True) -> load_state_dict.
+    path = tmp_path / "buffer.pt"
+    if storage == "memmap":
+        RLCheckpointIO(external_bytes=256).save_checkpoint({"buffer": shared.state_dict()}, path)
+        state = RLCheckpointIO().load_checkpoint(path)["buffer"]
+    else:
+        torch.save(shared.state_dict(), path)
+        state = torch.load(path, weights_only=True)
+    restored = make("restored")
+    restored.load_state_dict(state)
+    check_pool(restored)
+    for i, length in enumerate([4, 6, 3, 5, 5, 2, 6]):
+        batch = envs[0].batch(length, reset=i == 3)
+        envs[1].batch(length, reset=i == 3)
+        index = shared.extend(batch)
+        assert torch.equal(index, reference.extend(batch.clone()))
+        assert torch.equal(index, restored.extend(batch.clone()))
+        for buffer in (shared, restored):
+            check_pool(buffer)
+            assert buffer._pool_used <= 40 + 40 // 16 + 2 * 18 + 6 * n_step  # no growth: far from two per transition
+            for seed in range(3):
+                a = reference.sample(16, generator=torch.Generator().manual_seed(seed))
+                b = buffer.sample(16, generator=torch.Generator().manual_seed(seed))
+                assert set(a.keys(True)) == set(b.keys(True))
+                for key in a.keys(True, True):
+                    assert a.get(key).dtype == b.get(key).dtype and torch.equal(a.get(key), b.get(key)), key
+                check_transitions(b, gamma=0.5)
+            check_transitions(contents(buffer), gamma=0.5)
+
+
+def test_the_pool_grows_when_most_transitions_end_an_episode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-step episodes: every next observation is a final one, so the pool needs two slots per transition, more
+    than it starts with. It grows, and keeps every observation of the stored transitions."""
+    for storage in ("memory", "memmap"):
+        store = cast(Literal["memory", "memmap"], storage)
+        shared = ReplayBuffer(capacity=64, storage=store, scratch_dir=str(tmp_path / storage))
+        with monkeypatch.context() as patch:
+            naive(patch)
+            reference = ReplayBuffer(capacity=64)
+        envs = [EpisodeEnvs(2, lengths=1), EpisodeEnvs(2, lengths=1)]
+        fill_both(shared, reference, envs, [8] * 12)
+        check_pool(shared)
+        assert len(shared._pool_refs) > 64 + 64 // 16 + 2 * 16 + 4  # grew
+        assert shared._pool_used <= 2 * 64 + 2 * 16 + 4
+        if storage == "memmap":  # the old pool's files are gone
+            assert shared._pool_dir is not None
+            assert sorted(path.name for path in (tmp_path / storage).iterdir()) == [shared._pool_dir, "transitions"]
+        a = reference.sample(64, generator=torch.Generator().manual_seed(0))
+        b = shared.sample(64, generator=torch.Generator().manual_seed(0))
+        assert (a == b).all()
+        check_transitions(b, gamma=0.99)
+
+
+def test_long_episodes_store_about_one_observation_per_transition() -> None:
+    """Episodes of 50 steps, batches of 4 envs x 8 steps, a 400-transition ring filled 3 times: about one
+    observation per transition (plus the final ones and a batch's tail), half the naive layout's two."""
+    buffer = ReplayBuffer(capacity=400, n_step=3)
+    envs = EpisodeEnvs(4, lengths=50)
+    for _ in range(40):
+        buffer.extend(envs.batch(8))
+    check_pool(buffer)
+    live = int((buffer._pool_refs > 0).sum())
+    assert live <= 400 + 400 // 50 + 4 * 3 + 4, live  # transitions, episode ends, held-back windows, tail
+    assert buffer._pool_used <= 400 + 400 // 16 + 2 * 32 + 2 * 4 * 3  # never grew, and no slot was wasted
+    check_transitions(contents(buffer), gamma=0.99)
+
+
+def test_flat_batches_share_observations_where_they_are_equal(monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = ReplayBuffer(capacity=30)
+    with monkeypatch.context() as patch:
+        naive(patch)
+        reference = ReplayBuffer(capacity=30)
+    envs = EpisodeEnvs(2)
+    for _ in range(5):
+        batch = envs.batch(4).reshape(-1)
+        assert torch.equal(shared.extend(batch), reference.extend(batch))
+    check_pool(shared)
+    assert (contents(shared) == contents(reference)).all()
+    assert shared._tail is None  # a flat batch says nothing of its env's next batch
+
+
+def test_dict_observations_stored_per_leaf() -> None:
+    """Small Dict observations (below SHARED_MIN_BYTES: stored per transition) come back as nested TensorDicts with
+    their leaves' shapes and dtypes (floating leaves as observation_dtype), through n-step windows and a checkpoint."""
+
+    def batch(start: int) -> TensorDict:
+        td = transitions(2, 6, start=start, terminated=((1, 2),))
+        ident = td[keys.OBSERVATION][..., 0]
+        for key, offset in ((keys.OBSERVATION, 0.0), (keys.NEXT_OBSERVATION, 0.5)):
+            value = ident + offset
+            td.set(
+                key,
+                TensorDict(
+                    {"pos": {"xy": value.double().unsqueeze(-1).expand(2, 6, 2)}, "goal": (2 * value).long()}, [2, 6]
+                ),
+            )
+        return td
+
+    buffer = ReplayBuffer(capacity=50, n_step=2, gamma=0.5)
+    buffer.extend(batch(0))
+    assert not buffer._shared
+    assert set(buffer._data) >= {("observation", "pos", "xy"), ("next", "observation", "goal")}
+    restored = ReplayBuffer(capacity=50, n_step=2, gamma=0.5)
+    restored.load_state_dict(pickle.loads(pickle.dumps(buffer.state_dict())))
+    for replica in (buffer, restored):
+        replica.extend(batch(6))
+    stored, again = contents(buffer), contents(restored)
+    assert (stored == again).all()
+    obs, nxt = stored[keys.OBSERVATION], stored[keys.NEXT_OBSERVATION]
+    assert isinstance(obs, TensorDict) and obs.batch_size == (len(buffer),)
+    assert obs["pos", "xy"].dtype == torch.float32 and obs["pos", "xy"].shape == (len(buffer), 2)
+    assert obs["goal"].dtype == torch.int64 and obs["goal"].shape == (len(buffer),)
+    # n-step: the next observation is the window's last (m = 1 or 2 steps on), in every leaf.
+    used = (nxt["pos", "xy"][:, 0] - 0.5 - obs["pos", "xy"][:, 0]).long() + 1
+    assert set(used.tolist()) <= {1, 2} and (used == 1).any() and (used == 2).any()
+    torch.testing.assert_close(stored[NEXT_DISCOUNT].squeeze(-1), 0.5 ** used.float())
+    assert torch.equal(nxt["goal"], (2 * nxt["pos", "xy"][:, 0]).long())
+    sample = buffer.sample(8, generator=torch.Generator().manual_seed(0))
+    assert isinstance(sample[keys.NEXT_OBSERVATION], TensorDict) and sample[
+        "next", "observation", "pos", "xy"
+    ].shape == (8, 2)
+
+
+def test_bad_dict_observations(monkeypatch: pytest.MonkeyPatch) -> None:
+    envs = EpisodeEnvs(2, dict_obs=True)
+    buffer = ReplayBuffer(capacity=20, observation_dtype="float64")
+    buffer.extend(envs.batch(3))
+    assert buffer._shared
+    wrong_keys = envs.batch(3)
+    wrong_keys[keys.OBSERVATION] = wrong_keys[keys.OBSERVATION].exclude("step")
+    with pytest.raises(ValueError, match=r"observation has the entries \['pixels', 'state.ids'\], but its \('next'"):
+        buffer.extend(wrong_keys)
+    wrong_keys[keys.NEXT_OBSERVATION] = wrong_keys[keys.NEXT_OBSERVATION].exclude("step")
+    with pytest.raises(ValueError, match=r"buffer stores \['pixels', 'state.ids', 'step'\]"):
+        buffer.extend(wrong_keys)
+    wrong_shape = envs.batch(3)
+    for key in (keys.OBSERVATION, keys.NEXT_OBSERVATION):
+        wrong_shape[key]["state", "ids"] = torch.zeros(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"\('observation', 'state', 'ids'\) has per-transition shape \[4\].*stores \[3\]"
+    ):
+        buffer.extend(wrong_shape)
+    check_pool(buffer)  # the refused batches changed nothing
+    with pytest.raises(ValueError, match=r"stores observations as float64.*observation_dtype='float32'"):
+        ReplayBuffer(capacity=20).load_state_dict(buffer.state_dict())
+    dotted = envs.batch(2)
+    for key in (keys.OBSERVATION, keys.NEXT_OBSERVATION):
+        dotted[key]["a.b"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"Dict keys \['a.b'\] contain '.'"):
+        ReplayBuffer(capacity=20).extend(dotted)
+
+
+def test_n_step_refusal_leaves_the_pool_untouched() -> None:
+    buffer = ReplayBuffer(capacity=20, n_step=3)
+    buffer.extend(EpisodeEnvs(2).batch(4))
+    before = (buffer._pool_refs.clone(), buffer._free_count, buffer._pool_used, buffer._tail)
+    with pytest.raises(ValueError, match=r"3 envs.*from 2"):
+        buffer.extend(EpisodeEnvs(3).batch(4).exclude(keys.IS_INIT))
+    assert torch.equal(before[0], buffer._pool_refs) and before[1:3] == (buffer._free_count, buffer._pool_used)
+    assert buffer._tail is before[3]
+    check_pool(buffer)
