@@ -228,6 +228,8 @@ class _RecordEnvs(SaveRankState):
         self.envs_type = type(trainer.datamodule._collector.envs)
 
 
+# The resumed run writes no checkpoints: Lightning notes that the ModelCheckpoint which wrote last.ckpt is absent.
+@pytest.mark.filterwarnings("ignore:.*callbacks used to create the checkpoint need to be provided.*")
 def test_ppo_fits_through_rl_data_module_on_envpool_and_resumes(tmp_path: Path) -> None:
     """RLDataModule(vectorization="envpool"): a real fit of PPO on CartPole-v1 with validation, reproducible from
     data.seed (EnvPool rebuilt with the per-rank seed), then resumed from its last checkpoint."""
@@ -248,8 +250,7 @@ def test_ppo_fits_through_rl_data_module_on_envpool_and_resumes(tmp_path: Path) 
     saved = tmp_path / "ckpt0" / "last.ckpt"
     probe = _RecordEnvs(str(tmp_path / "start"), at_start=True)
     _, resumed, datamodule = tiny_ppo_run(tmp_path / "resume", data={**data, "total_frames": 3072})
-    callbacks = [probe, ModelCheckpoint(dirpath=tmp_path / "ckpt0", save_last=True)]
-    quiet_trainer(tmp_path / "resume", callbacks=callbacks, enable_checkpointing=True, val_check_interval=2).fit(
+    quiet_trainer(tmp_path / "resume", callbacks=[probe], val_check_interval=2).fit(
         resumed, datamodule=datamodule, ckpt_path=saved
     )
     at_start = torch.load(tmp_path / "start" / "rank0.pt", weights_only=True)
