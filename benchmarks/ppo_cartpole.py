@@ -76,9 +76,10 @@ from torch import nn
 from rl_lightning import PPO
 from rl_lightning.collector import evaluate
 from rl_lightning.data import evaluation_seed
+from rl_lightning.encoders import FlatEncoder
 from rl_lightning.envs import make_env, make_vec_env
 from rl_lightning.functional import explained_variance, generalized_advantage_estimate
-from rl_lightning.networks import ACTIVATIONS, ObservationEncoder, make_action_head, mlp
+from rl_lightning.networks import ACTIVATIONS, make_action_head, mlp
 
 CONFIG = ROOT / "configs" / "ppo.yaml"
 
@@ -116,7 +117,7 @@ class Agent(nn.Module):
 
     def __init__(self, obs_space, action_space, hidden_sizes: list[int], activation: str) -> None:
         super().__init__()
-        self.encoder = ObservationEncoder(obs_space)
+        self.encoder = FlatEncoder(obs_space)
         self.actor_body = mlp(self.encoder.out_features, hidden_sizes, activation)
         self.head = make_action_head(action_space, hidden_sizes[-1])
         self.critic = mlp(self.encoder.out_features, hidden_sizes, activation, out_features=1, out_gain=1.0)

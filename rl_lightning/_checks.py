@@ -64,10 +64,12 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
 
 
 def hidden_sizes_or(sizes: Sequence[int] | None, default: list[int]) -> list[int]:
-    """``sizes`` as a list (``default`` when ``None``); raises ``ValueError`` unless it holds positive sizes."""
+    """``sizes`` as a list (``default`` when ``None``); raises ``ValueError`` unless it holds positive sizes. An empty
+    list means no hidden layer: the heads read the encoder's features (a CNN's, for images) directly."""
     result = list(default if sizes is None else sizes)
-    if not result or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in result):
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in result):
         raise ValueError(
-            f"hidden_sizes={result} is invalid: expected a non-empty list of positive integer sizes, e.g. [64, 64]."
+            f"hidden_sizes={result} is invalid: expected a list of positive integer sizes, e.g. [64, 64] ([] for no "
+            "hidden layer)."
         )
     return result

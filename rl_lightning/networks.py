@@ -1,4 +1,4 @@
-"""Network building blocks: observation encoding (with running normalization), MLPs and action heads.
+"""Network building blocks: MLPs, action heads, target-network helpers (observation encoders: ``encoders.py``).
 
 Networks take and return plain tensors: the collector calls the policy once per env step, where building
 a TensorDict per call would cost more than the forward pass of a small MLP.
@@ -117,77 +117,6 @@ def critic_values(critics: nn.ModuleList, features: torch.Tensor, action: torch.
     return torch.stack([critic(inputs).squeeze(-1) for critic in critics])
 
 
-class ObservationEncoder(nn.Module):
-    """Flattens ``Box`` observations (one-hot encodes ``Discrete`` ones), optionally normalizing them.
-
-    Normalization uses running mean and variance over every observation seen in training, kept in buffers
-    (so they are checkpointed) and updated with :meth:`update`, which merges statistics across ranks when
-    given a ``reduce`` function.
-    """
-
-    mean: torch.Tensor
-    var: torch.Tensor
-    count: torch.Tensor
-
-    def __init__(self, space: gym.Space, normalize: bool = False, clip: float = 10.0) -> None:
-        super().__init__()
-        if isinstance(space, gym.spaces.Box):
-            self.discrete_n = 0
-            self.obs_shape: tuple[int, ...] = tuple(space.shape)
-            self.out_features = math.prod(space.shape)
-        elif isinstance(space, gym.spaces.Discrete):
-            self.discrete_n = int(space.n)
-            self.obs_shape = ()
-            self.out_features = self.discrete_n
-        else:
-            raise ValueError(
-                f"Observation space {space} is not supported by the MLP networks; expected a Box or Discrete "
-                "space. Flatten it with a wrapper such as gymnasium.wrappers.FlattenObservation."
-            )
-        self.normalize = normalize
-        self.clip = clip
-        self.register_buffer("mean", torch.zeros(self.out_features, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(self.out_features, dtype=torch.float64))
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-
-    def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """Observation (batch dims first) → flat float features, without normalization."""
-        if self.discrete_n:
-            return F.one_hot(obs.long().reshape(-1), self.discrete_n).float()
-        return obs.reshape(obs.shape[0], -1).float()
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = self.encode(obs)
-        if self.normalize:
-            x = ((x - self.mean.float()) * torch.rsqrt(self.var.float() + 1e-8)).clamp(-self.clip, self.clip)
-        return x
-
-    @torch.no_grad()
-    def update(self, obs: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        """Merges the statistics of a batch of observations (any batch dims) into the running ones.
-
-        Args:
-            obs: observations ``[..., *obs_shape]``.
-            reduce: a function summing a tensor across ranks (``trainer.strategy.reduce`` with
-                ``reduce_op="sum"``), so every rank ends with the same statistics.
-        """
-        x = self.encode(obs.reshape(-1, *self.obs_shape)).double()
-        stats = torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])])
-        if reduce is not None:
-            stats = reduce(stats)
-        n = self.out_features
-        total, total_sq, count = stats[:n], stats[n : 2 * n], stats[-1]
-        batch_mean = total / count
-        batch_var = (total_sq / count - batch_mean**2).clamp_min(0.0)
-        new_count = self.count + count
-        delta = batch_mean - self.mean
-        self.mean += delta * count / new_count
-        self.var.copy_(
-            (self.var * self.count + batch_var * count + delta**2 * self.count * count / new_count) / new_count
-        )
-        self.count.copy_(new_count)
-
-
 def sample_categorical(log_probs: torch.Tensor) -> torch.Tensor:
     """One draw per row of the categorical distributions ``log_probs`` ``[..., n]`` (normalized): indices ``[..., 1]``.
 
@@ -263,6 +192,42 @@ class MultiCategoricalHead(nn.Module):
         return self._summed_log_prob(log_probs, action), entropy
 
 
+class BernoulliHead(nn.Module):
+    """Independent Bernoulli draws over the ``n`` bits of a ``MultiBinary(n)`` space (actions ``[B, n]``, int64 0/1).
+
+    The log-probability and entropy of an action are the sums over its bits.
+
+    Example:
+        >>> head = BernoulliHead(8, 3)
+        >>> action, log_prob = head.sample(torch.zeros(5, 8))
+        >>> action.shape, log_prob.shape, torch.allclose(log_prob, torch.full((5,), 3 * math.log(0.5)))
+        (torch.Size([5, 3]), torch.Size([5]), True)
+    """
+
+    def __init__(self, in_features: int, n: int) -> None:
+        super().__init__()
+        self.logits = orthogonal_linear(in_features, n, 0.01)
+
+    @staticmethod
+    def _log_prob(logits: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        # log sigmoid(l) for a 1, log sigmoid(-l) = log(1 - sigmoid(l)) for a 0
+        return F.logsigmoid(torch.where(action.bool(), logits, -logits)).sum(-1)
+
+    def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(features)
+        action = (torch.rand_like(logits) < torch.sigmoid(logits)).long()
+        return action, self._log_prob(logits, action)
+
+    def mode(self, features: torch.Tensor) -> torch.Tensor:
+        return (self.logits(features) > 0).long()
+
+    def log_prob_entropy(self, features: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(features)
+        probs = torch.sigmoid(logits)
+        entropy = -(probs * F.logsigmoid(logits) + (1 - probs) * F.logsigmoid(-logits)).sum(-1)
+        return self._log_prob(logits, action), entropy
+
+
 class GaussianHead(nn.Module):
     """A diagonal Gaussian with a state-independent, learned log standard deviation."""
 
@@ -319,12 +284,12 @@ class TanhGaussianHead(nn.Module):
         return torch.tanh(self._mean_log_std(features)[0])
 
 
-ActionHead = CategoricalHead | MultiCategoricalHead | GaussianHead
+ActionHead = CategoricalHead | MultiCategoricalHead | BernoulliHead | GaussianHead
 
 
 def make_action_head(space: gym.Space, in_features: int, log_std_init: float = 0.0) -> ActionHead:
-    """A categorical head for ``Discrete`` actions, independent categoricals for 1-D ``MultiDiscrete`` actions, a
-    Gaussian head for 1-D ``Box`` actions.
+    """A categorical head for ``Discrete`` actions, independent categoricals for 1-D ``MultiDiscrete`` actions,
+    independent Bernoullis for 1-D ``MultiBinary`` actions, a Gaussian head for 1-D ``Box`` actions.
 
     Raises:
         ValueError: for other action spaces (and ``MultiDiscrete`` ones that are multi-dimensional or start
@@ -346,11 +311,19 @@ def make_action_head(space: gym.Space, in_features: int, log_std_init: float = 0
                 "adds start."
             )
         return MultiCategoricalHead(in_features, space.nvec.tolist())
+    if isinstance(space, gym.spaces.MultiBinary):
+        if len(space.shape) != 1:
+            raise ValueError(
+                f"Action space {space} has shape {space.shape}; the policy supports 1-D MultiBinary actions. Flatten "
+                "them with a gymnasium ActionWrapper whose action_space is MultiBinary(prod(n)) and whose action() "
+                "reshapes."
+            )
+        return BernoulliHead(in_features, space.shape[0])
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 1:
         return GaussianHead(in_features, space.shape[0], log_std_init)
     raise ValueError(
-        f"Action space {space} is not supported: expected Discrete or a 1-D Box (or a 1-D MultiDiscrete). For "
-        "multi-dimensional Box actions, flatten them with a gymnasium wrapper."
+        f"Action space {space} is not supported: expected Discrete, a 1-D Box, a 1-D MultiDiscrete or a 1-D "
+        "MultiBinary. For multi-dimensional Box actions, flatten them with a gymnasium wrapper."
     )
 
 

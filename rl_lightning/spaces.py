@@ -37,7 +37,8 @@ def space_to_dict(space: gym.spaces.Space) -> dict[str, Any]:
         return {"type": "Dict", "spaces": {key: space_to_dict(sub) for key, sub in space.spaces.items()}}
     raise ValueError(
         f"Space {space} is not supported; expected Box, Discrete, MultiDiscrete, MultiBinary or Dict. Turn a Tuple "
-        "space into a Dict with a gymnasium ObservationWrapper, or flatten it with gymnasium.wrappers.FlattenObservation."
+        "space into a Dict with a gymnasium ObservationWrapper, or flatten it with "
+        "gymnasium.wrappers.FlattenObservation."
     )
 
 

@@ -119,6 +119,6 @@ class DictTargetEnv(gym.Env):
         return self._draw(), reward, False, self.t >= self.episode_length, {}
 
 
-gym.register("PixelTarget-v0", entry_point=PixelTargetEnv)
-gym.register("PixelTargetContinuous-v0", entry_point=PixelTargetEnv, kwargs={"continuous": True})
-gym.register("DictTarget-v0", entry_point=DictTargetEnv)
+gym.register("PixelTarget-v0", entry_point=f"{__name__}:PixelTargetEnv")
+gym.register("PixelTargetContinuous-v0", entry_point=f"{__name__}:PixelTargetEnv", kwargs={"continuous": True})
+gym.register("DictTarget-v0", entry_point=f"{__name__}:DictTargetEnv")

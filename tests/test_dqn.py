@@ -279,7 +279,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"exploration_frames": -1}, r"exploration_frames=-1 is invalid: expected an integer >= 0. Use 0 to explore"),
     ({"exploration_frames": 1e5}, r"exploration_frames=100000.0 is invalid: expected an integer >= 0"),
     ({"loss": "l1"}, r"loss='l1' is invalid: expected 'huber' or 'mse'"),
-    ({"hidden_sizes": []}, r"hidden_sizes=\[\] is invalid: expected a non-empty list of positive integer sizes"),
+    ({"hidden_sizes": [0]}, r"hidden_sizes=\[0\] is invalid: expected a list of positive integer sizes"),
     ({"activation": "sigmoid"}, r"activation='sigmoid' is invalid: expected 'elu' or 'gelu'"),
     ({"tau": 0.0}, r"tau=0.0 is invalid: expected a value in \(0.0, 1.0\]"),
     ({"target_update_interval": 0}, r"target_update_interval=0 is invalid: expected an integer >= 1"),

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.distributions import Categorical, Normal
 
-from rl_lightning.networks import CategoricalHead, GaussianHead, ObservationEncoder, make_action_head
+from rl_lightning.encoders import FlatEncoder
+from rl_lightning.networks import BernoulliHead, CategoricalHead, GaussianHead, make_action_head
 
 OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, (3,))
 
@@ -27,7 +28,7 @@ def observation_batches() -> list[torch.Tensor]:
 def test_running_statistics_match_numpy(ranks: int) -> None:
     # With ranks=2 the reduce function doubles the sums and the count, as summing the statistics of two
     # ranks that saw the same data would: the mean and variance must not change.
-    encoder = ObservationEncoder(OBS_SPACE, normalize=True)
+    encoder = FlatEncoder(OBS_SPACE, normalize=True)
     reduce = (lambda stats: stats * ranks) if ranks > 1 else None
     seen = []
     for batch in observation_batches():
@@ -40,14 +41,14 @@ def test_running_statistics_match_numpy(ranks: int) -> None:
 
 
 def test_normalized_observations() -> None:
-    encoder = ObservationEncoder(OBS_SPACE, normalize=True, clip=1.5)
+    encoder = FlatEncoder(OBS_SPACE, normalize=True, clip=1.5)
     batches = observation_batches()
     for batch in batches:
         encoder.update(batch)
     obs = batches[0]
     expected = ((obs.double() - encoder.mean) / torch.sqrt(encoder.var + 1e-8)).clamp(-1.5, 1.5).float()
     torch.testing.assert_close(encoder(obs), expected)
-    assert ObservationEncoder(OBS_SPACE, normalize=False)(obs).equal(obs)
+    assert FlatEncoder(OBS_SPACE, normalize=False)(obs).equal(obs)
 
 
 @pytest.mark.parametrize("batch", [(6,), (1,)])
@@ -100,8 +101,9 @@ def test_gaussian_head_initial_log_std() -> None:
 def test_make_action_head() -> None:
     assert isinstance(make_action_head(gym.spaces.Discrete(3), 8), CategoricalHead)
     assert isinstance(make_action_head(gym.spaces.Box(-1.0, 1.0, (2,)), 8), GaussianHead)
-    with pytest.raises(ValueError, match=r"Action space MultiBinary\(3\) is not supported: expected Discrete or a 1-D"):
-        make_action_head(gym.spaces.MultiBinary(3), 8)
+    assert isinstance(make_action_head(gym.spaces.MultiBinary(3), 8), BernoulliHead)
+    with pytest.raises(ValueError, match=r"MultiBinary\(\(2, 2\)\) has shape \(2, 2\); the policy supports 1-D"):
+        make_action_head(gym.spaces.MultiBinary([2, 2]), 8)
     with pytest.raises(ValueError, match=r"Action space Box\(.*\(2, 2\).*\) is not supported"):
         make_action_head(gym.spaces.Box(-1.0, 1.0, (2, 2)), 8)
 
@@ -118,3 +120,21 @@ def test_a_discrete_space_starting_elsewhere_than_0_gets_its_own_action_numbers(
     torch.testing.assert_close(again, log_prob)
     logits = head.logits(features)
     torch.testing.assert_close(log_prob, torch.log_softmax(logits, -1).gather(-1, (action + 1).unsqueeze(-1))[:, 0])
+
+
+def test_bernoulli_head_matches_torch_distributions() -> None:
+    """Log-probabilities and entropies of independent bits equal torch's Bernoulli summed over the bits, and samples
+    follow the probabilities."""
+    torch.manual_seed(0)
+    head = BernoulliHead(4, 3)
+    features = torch.randn(20000, 4) * 50  # logits far from 0: probabilities spread over (0, 1)
+    logits = head.logits(features)
+    reference = torch.distributions.Bernoulli(logits=logits)
+    action, log_prob = head.sample(features)
+    assert action.dtype == torch.int64 and set(action.unique().tolist()) <= {0, 1}
+    torch.testing.assert_close(log_prob, reference.log_prob(action.float()).sum(-1))
+    scored, entropy = head.log_prob_entropy(features, action)
+    torch.testing.assert_close(scored, log_prob)
+    torch.testing.assert_close(entropy, reference.entropy().sum(-1))
+    torch.testing.assert_close(action.float().mean(0), reference.probs.mean(0), atol=0.02, rtol=0)
+    assert torch.equal(head.mode(features), (reference.probs > 0.5).long())

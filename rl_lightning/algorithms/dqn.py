@@ -15,8 +15,9 @@ from torch.nn import functional as F
 from rl_lightning import keys
 from rl_lightning._checks import check_choice, check_int, check_positive, check_range, hidden_sizes_or
 from rl_lightning.algorithms.off_policy import OffPolicyModule
+from rl_lightning.encoders import CNNSpec
 from rl_lightning.module import RLModule
-from rl_lightning.networks import ACTIVATIONS, Activation, DuelingHead, ObservationEncoder, compile_networks, mlp
+from rl_lightning.networks import ACTIVATIONS, Activation, DuelingHead, compile_networks, mlp
 from rl_lightning.replay import NEXT_DISCOUNT, TD_ERROR, WEIGHT
 from rl_lightning.spaces import SpaceLike, check_action_space
 
@@ -63,8 +64,11 @@ class DQN(OffPolicyModule):
         double_dqn: the online network picks the next action and the target network evaluates it (Double DQN).
         dueling: a dueling head, ``Q = V + A - mean(A)``, instead of a linear one.
         loss: ``"huber"`` (smooth L1 with delta 1, as stable-baselines3) or ``"mse"`` (squared TD error).
-        hidden_sizes: hidden layer sizes of the Q network (``None``: ``[64, 64]``).
+        hidden_sizes: hidden layer sizes of the Q network (``None``: ``[64, 64]``). ``[]``: none, the heads read the
+            encoder's features.
         activation: activation of the hidden layers.
+        cnn: the CNN of image observations (:class:`~rl_lightning.encoders.CNNSpec`: channels, kernel_sizes, strides,
+            features, layout); ``None`` is the Nature DQN CNN. Unused without image observations.
         max_grad_norm: clip the Q network's gradient norm to this (``None``: no clipping).
         compile: ``torch.compile`` the Q networks (policy and loss).
         nonfinite: an update with NaN or inf gradients stops the run with a message (``"raise"``) or is skipped
@@ -106,6 +110,7 @@ class DQN(OffPolicyModule):
         loss: Literal["huber", "mse"] = "huber",
         hidden_sizes: list[int] | None = None,
         activation: Activation = "relu",
+        cnn: CNNSpec | None = None,
         max_grad_norm: float | None = 10.0,
         compile: bool = False,
         nonfinite: Literal["raise", "skip"] = "raise",
@@ -149,11 +154,13 @@ class DQN(OffPolicyModule):
         assert isinstance(space, gym.spaces.Discrete)  # checked above
         self.action_start = int(space.start)
 
-        self.encoder = ObservationEncoder(self.observation_space)
+        self.encoder, self.target_encoder = self.make_encoders(cnn)
         n = int(space.n)
         if dueling:
             body = mlp(self.encoder.out_features, hidden_sizes, activation)
-            self.q_network = nn.Sequential(*body, DuelingHead(hidden_sizes[-1], n))
+            self.q_network = nn.Sequential(
+                *body, DuelingHead(hidden_sizes[-1] if hidden_sizes else self.encoder.out_features, n)
+            )
         else:
             self.q_network = mlp(self.encoder.out_features, hidden_sizes, activation, out_features=n)
         self.target_q_network = copy.deepcopy(self.q_network).requires_grad_(False)
@@ -179,7 +186,7 @@ class DQN(OffPolicyModule):
         return torch.where(explore, self.random_action(action.shape[0]), action)
 
     def target_networks(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.q_network, self.target_q_network)]
+        return [(self.encoder, self.target_encoder), (self.q_network, self.target_q_network)]
 
     # -- the loss --------------------------------------------------------------------------------
 
@@ -189,10 +196,9 @@ class DQN(OffPolicyModule):
         q = q_values.gather(-1, action).squeeze(-1)
 
         with torch.no_grad():
-            next_features = self.encoder(batch[keys.NEXT_OBSERVATION])
-            next_q_values = self.target_q_network(next_features)
+            next_q_values = self.target_q_network(self.target_encoder(batch[keys.NEXT_OBSERVATION]))
             # Double DQN: the online network picks the action, the target network evaluates it.
-            chooser = self.q_network(next_features) if self.double_dqn else next_q_values
+            chooser = self.q_network(self.encoder(batch[keys.NEXT_OBSERVATION])) if self.double_dqn else next_q_values
             next_q = next_q_values.gather(-1, chooser.argmax(-1, keepdim=True)).squeeze(-1)
             not_terminated = (~batch[keys.NEXT_TERMINATED]).squeeze(-1).float()
             target = batch[keys.NEXT_REWARD].squeeze(-1) + batch[NEXT_DISCOUNT].squeeze(-1) * not_terminated * next_q
@@ -208,7 +214,7 @@ class DQN(OffPolicyModule):
         return TensorDict({"loss_qvalue": per_sample.mean(), "q_mean": q.detach().mean()}, batch_size=[])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.q_network.parameters(), lr=self.lr, fused=True)
+        return torch.optim.Adam([*self.encoder.parameters(), *self.q_network.parameters()], lr=self.lr, fused=True)
 
     # -- logging ---------------------------------------------------------------------------------
 

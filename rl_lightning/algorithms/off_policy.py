@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import abstractmethod
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from rl_lightning import keys
 from rl_lightning._checks import check_choice, check_int, check_non_negative, check_positive, check_range
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook, UTDRHook
 from rl_lightning.data import RLDataModule
+from rl_lightning.encoders import CNNSpec, Encoder, make_encoder
 from rl_lightning.module import RLModule
 from rl_lightning.networks import to_env_scale
 from rl_lightning.replay import PRIORITY_EPS, TRANSITION_KEYS, ReplayBuffer, max_priority_alpha
@@ -148,6 +150,16 @@ class OffPolicyModule(RLModule):
             gamma=gamma,
             observation_dtype=observation_dtype,
         )
+
+    def make_encoders(self, cnn: CNNSpec | None) -> tuple[Encoder, Encoder]:
+        """The observation encoder (:func:`~rl_lightning.encoders.make_encoder`) and its target copy, which the target
+        updates move with the target networks (a CNN's parameters; a flat encoder has none).
+
+        The critics (DQN: the Q network) train the encoder; an actor reads its features detached, as in pixel SAC
+        (Yarats et al., 2021), so the actor's loss never changes what the critics see.
+        """
+        encoder = make_encoder(self.observation_space, cnn=cnn)
+        return encoder, copy.deepcopy(encoder).requires_grad_(False)
 
     # -- acting ------------------------------------------------------------------------------------------
 

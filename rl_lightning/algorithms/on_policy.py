@@ -19,9 +19,10 @@ from rl_lightning._checks import (
     hidden_sizes_or,
 )
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook
+from rl_lightning.encoders import CNNSpec, make_encoder
 from rl_lightning.functional import explained_variance, generalized_advantage_estimate
 from rl_lightning.module import RLModule
-from rl_lightning.networks import ACTIVATIONS, Activation, ObservationEncoder, compile_networks, make_action_head, mlp
+from rl_lightning.networks import ACTIVATIONS, Activation, compile_networks, make_action_head, mlp
 from rl_lightning.spaces import SpaceLike
 
 Optimizer = Literal["adam", "rmsprop"]
@@ -42,9 +43,11 @@ class OnPolicyModule(RLModule):
 
     It owns what they share:
 
-    - **Networks.** An observation encoder (with running normalization, ``normalize_observations``), an actor MLP with
-      a categorical (``Discrete``), independent categoricals (``MultiDiscrete``) or diagonal Gaussian (``Box``) head,
-      and a critic MLP, or one body for both (``share_network``).
+    - **Networks.** An observation encoder shared by actor and critic (:func:`~rl_lightning.encoders.make_encoder`: a
+      CNN for images, one encoder per key for ``Dict`` observations, running normalization of vectors with
+      ``normalize_observations``), an actor MLP with a categorical (``Discrete``), independent categoricals
+      (``MultiDiscrete``), independent Bernoullis (``MultiBinary``) or diagonal Gaussian (``Box``) head, and a critic
+      MLP, or one body for both (``share_network``).
     - **Rollout preparation** (:meth:`prepare_batch`): state values of the batch's observations and next
       observations, then GAE(λ) advantages and value targets, bootstrapping from the next observation's value where
       an episode was truncated and from nothing where it terminated. ``gae_lambda=1`` gives Monte-Carlo returns
@@ -57,7 +60,7 @@ class OnPolicyModule(RLModule):
 
     Args:
         observation_space: the env's observation space.
-        action_space: the env's action space, ``Discrete``, 1-D ``MultiDiscrete`` or 1-D ``Box``.
+        action_space: the env's action space, ``Discrete``, 1-D ``MultiDiscrete``, 1-D ``MultiBinary`` or 1-D ``Box``.
         lr: the optimizer's learning rate.
         anneal_lr: decay the learning rate linearly to 0 over ``total_frames``.
         optimizer: ``"adam"`` or ``"rmsprop"``.
@@ -68,8 +71,11 @@ class OnPolicyModule(RLModule):
         entropy_coef: weight of the entropy bonus.
         normalize_advantage: normalize the advantages of each update's transitions (PPO: a minibatch, A2C: the batch).
         max_grad_norm: clip the global gradient norm to this value (``None``: no clipping).
-        hidden_sizes: hidden layer sizes of the actor and critic MLPs.
+        hidden_sizes: hidden layer sizes of the actor and critic MLPs. ``[]``: none, the heads read the encoder's
+            features.
         activation: activation of the hidden layers.
+        cnn: the CNN of image observations (:class:`~rl_lightning.encoders.CNNSpec`: channels, kernel_sizes, strides,
+            features, layout); ``None`` is the Nature DQN CNN. Unused without image observations.
         share_network: one MLP body for actor and critic (two heads) instead of two separate MLPs.
         normalize_observations: normalize observations with running statistics (updated after each batch).
         log_std_init: initial log standard deviation of the Gaussian policy (``Box`` actions).
@@ -104,6 +110,7 @@ class OnPolicyModule(RLModule):
         max_grad_norm: float | None,
         hidden_sizes: list[int] | None,
         activation: Activation,
+        cnn: CNNSpec | None,
         share_network: bool,
         normalize_observations: bool,
         log_std_init: float,
@@ -138,13 +145,14 @@ class OnPolicyModule(RLModule):
         self.share_network = share_network
         self.normalize_observations = normalize_observations
 
-        self.encoder = ObservationEncoder(self.observation_space, normalize=normalize_observations)
+        self.encoder = make_encoder(self.observation_space, normalize_observations, cnn)
         features = self.encoder.out_features
         self.actor_body = mlp(features, hidden_sizes, activation)
-        self.head = make_action_head(self.action_space, hidden_sizes[-1], log_std_init)
+        body_features = hidden_sizes[-1] if hidden_sizes else features
+        self.head = make_action_head(self.action_space, body_features, log_std_init)
         self.critic: nn.Module
         if share_network:
-            self.critic = mlp(hidden_sizes[-1], [], activation, out_features=1, out_gain=1.0)
+            self.critic = mlp(body_features, [], activation, out_features=1, out_gain=1.0)
         else:
             self.critic = mlp(features, hidden_sizes, activation, out_features=1, out_gain=1.0)
         if compile:

@@ -12,6 +12,7 @@ from rl_lightning import keys
 from rl_lightning._checks import check_int, check_positive
 from rl_lightning.algorithms.on_policy import TRAIN_KEYS, OnPolicyModule, Optimizer
 from rl_lightning.data import RLDataModule
+from rl_lightning.encoders import CNNSpec
 from rl_lightning.networks import Activation
 from rl_lightning.spaces import SpaceLike
 
@@ -25,7 +26,8 @@ class PPO(OnPolicyModule):
 
     Args:
         observation_space: the env's observation space (linked from the data by the CLI).
-        action_space: the env's action space, ``Discrete`` or 1-D ``Box`` (linked from the data by the CLI).
+        action_space: the env's action space, ``Discrete``, 1-D ``MultiDiscrete`` or ``MultiBinary``, or 1-D ``Box``
+            (linked from the data by the CLI).
         lr: the optimizer's learning rate.
         anneal_lr: decay the learning rate linearly to 0 over ``total_frames``.
         optimizer: ``"adam"`` or ``"rmsprop"``.
@@ -42,8 +44,11 @@ class PPO(OnPolicyModule):
         max_grad_norm: clip the global gradient norm to this value (``None``: no clipping).
         target_kl: stop a batch's remaining epochs once an epoch's mean approximate KL exceeds this
             (agreed across ranks); ``None`` disables it.
-        hidden_sizes: hidden layer sizes of the actor and critic MLPs.
+        hidden_sizes: hidden layer sizes of the actor and critic MLPs. ``[]``: none, the heads read the encoder's
+            features.
         activation: activation of the hidden layers.
+        cnn: the CNN of image observations (:class:`~rl_lightning.encoders.CNNSpec`: channels, kernel_sizes, strides,
+            features, layout); ``None`` is the Nature DQN CNN. Unused without image observations.
         share_network: one MLP body for actor and critic (two heads) instead of two separate MLPs.
         normalize_observations: normalize observations with running statistics (updated after each batch).
         log_std_init: initial log standard deviation of the Gaussian policy (``Box`` actions).
@@ -79,6 +84,7 @@ class PPO(OnPolicyModule):
         target_kl: float | None = None,
         hidden_sizes: list[int] | None = None,
         activation: Activation = "tanh",
+        cnn: CNNSpec | None = None,
         share_network: bool = False,
         normalize_observations: bool = False,
         log_std_init: float = 0.0,
@@ -106,6 +112,7 @@ class PPO(OnPolicyModule):
             max_grad_norm=max_grad_norm,
             hidden_sizes=hidden_sizes,
             activation=activation,
+            cnn=cnn,
             share_network=share_network,
             normalize_observations=normalize_observations,
             log_std_init=log_std_init,

@@ -14,10 +14,10 @@ from torch import nn
 from rl_lightning import keys
 from rl_lightning._checks import check_choice, check_finite, check_positive, hidden_sizes_or
 from rl_lightning.algorithms.off_policy import OffPolicyModule
+from rl_lightning.encoders import CNNSpec
 from rl_lightning.networks import (
     ACTIVATIONS,
     Activation,
-    ObservationEncoder,
     TanhGaussianHead,
     compile_networks,
     critic_values,
@@ -68,8 +68,11 @@ class SAC(OffPolicyModule):
         init_alpha: initial temperature.
         auto_alpha: tune the temperature towards ``target_entropy``.
         target_entropy: entropy target; ``None`` gives ``-dim(A)``.
-        hidden_sizes: hidden layer sizes of the actor and the Q networks.
+        hidden_sizes: hidden layer sizes of the actor and the Q networks. ``[]``: none, the heads read the encoder's
+            features.
         activation: activation of the hidden layers.
+        cnn: the CNN of image observations (:class:`~rl_lightning.encoders.CNNSpec`: channels, kernel_sizes, strides,
+            features, layout); ``None`` is the Nature DQN CNN. Unused without image observations.
         max_grad_norm: clip the gradient norm of the actor, the critics and the temperature each to this
             (``None``: no clipping).
         compile: ``torch.compile`` the MLPs (policy and losses); see ``benchmarks/README.md`` for its effect.
@@ -113,6 +116,7 @@ class SAC(OffPolicyModule):
         target_entropy: float | None = None,
         hidden_sizes: list[int] | None = None,
         activation: Activation = "relu",
+        cnn: CNNSpec | None = None,
         max_grad_norm: float | None = None,
         compile: bool = False,
         nonfinite: Literal["raise", "skip"] = "raise",
@@ -159,10 +163,10 @@ class SAC(OffPolicyModule):
         self.register_buffer("action_low", torch.as_tensor(space.low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(space.high, dtype=torch.float32))
 
-        self.encoder = ObservationEncoder(self.observation_space)
+        self.encoder, self.target_encoder = self.make_encoders(cnn)
         features = self.encoder.out_features
         self.actor_body = mlp(features, hidden_sizes, activation)
-        self.actor_head = TanhGaussianHead(hidden_sizes[-1], action_dim)
+        self.actor_head = TanhGaussianHead(hidden_sizes[-1] if hidden_sizes else features, action_dim)
         self.critics = nn.ModuleList(
             [mlp(features + action_dim, hidden_sizes, activation, out_features=1) for _ in range(2)]
         )
@@ -185,18 +189,19 @@ class SAC(OffPolicyModule):
         return self._to_env_scale(unit)
 
     def target_networks(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.critics, self.target_critics)]
+        return [(self.encoder, self.target_encoder), (self.critics, self.target_critics)]
 
     # -- the loss --------------------------------------------------------------------------------
 
     def loss(self, batch: TensorDict) -> TensorDict:
         features = self.encoder(batch[keys.OBSERVATION])
-        next_features = self.encoder(batch[keys.NEXT_OBSERVATION])
         alpha = self.log_alpha.exp()
 
         with torch.no_grad():
-            next_action, next_log_prob = self.actor_head.sample(self.actor_body(next_features))
-            next_q = critic_values(self.target_critics, next_features, next_action).min(0).values
+            next_observation = batch[keys.NEXT_OBSERVATION]
+            next_action, next_log_prob = self.actor_head.sample(self.actor_body(self.encoder(next_observation)))
+            next_q = critic_values(self.target_critics, self.target_encoder(next_observation), next_action)
+            next_q = next_q.min(0).values
             not_terminated = (~batch[keys.NEXT_TERMINATED]).squeeze(-1).float()
             target = batch[keys.NEXT_REWARD].squeeze(-1) + batch[NEXT_DISCOUNT].squeeze(-1) * not_terminated * (
                 next_q - alpha * next_log_prob
@@ -211,9 +216,9 @@ class SAC(OffPolicyModule):
         if self.replay_buffer.prioritized:  # ReplayBufferTrainer turns these into priorities
             batch.set(TD_ERROR, td_error.detach().abs().mean(0))
 
-        action, log_prob = self.actor_head.sample(self.actor_body(features))
+        action, log_prob = self.actor_head.sample(self.actor_body(features.detach()))
         # The actor's gradient must not reach the critics: evaluate them with detached parameters.
-        q_pi = self._q_detached(features, action).min(0).values
+        q_pi = self._q_detached(features.detach(), action).min(0).values
         loss_actor = (alpha.detach() * log_prob - q_pi).mean()
 
         losses = {
@@ -237,7 +242,7 @@ class SAC(OffPolicyModule):
         temperature: the same updates as three optimizers, in one fused step."""
         groups = [
             {"params": [*self.actor_body.parameters(), *self.actor_head.parameters()], "lr": self.actor_lr},
-            {"params": list(self.critics.parameters()), "lr": self.critic_lr},
+            {"params": [*self.encoder.parameters(), *self.critics.parameters()], "lr": self.critic_lr},
         ]
         if self.auto_alpha:
             groups.append({"params": [self.log_alpha], "lr": self.alpha_lr})

@@ -17,10 +17,10 @@ from torch import nn
 from rl_lightning import keys
 from rl_lightning._checks import check_choice, check_int, check_non_negative, check_positive, hidden_sizes_or
 from rl_lightning.algorithms.off_policy import OffPolicyModule
+from rl_lightning.encoders import CNNSpec
 from rl_lightning.networks import (
     ACTIVATIONS,
     Activation,
-    ObservationEncoder,
     compile_networks,
     critic_values,
     forward_detached,
@@ -82,8 +82,11 @@ class TD3(OffPolicyModule):
         target_noise_clip: the target policy noise is clipped to ``[-target_noise_clip, target_noise_clip]``.
         exploration_noise: standard deviation of the Gaussian noise added to the actor's actions when collecting
             (unit scale ``[-1, 1]``; the noisy action is clipped to the bounds); 0 collects deterministically.
-        hidden_sizes: hidden layer sizes of the actor and the critics (``None``: ``[400, 300]``).
+        hidden_sizes: hidden layer sizes of the actor and the critics (``None``: ``[400, 300]``). ``[]``: none, the
+            heads read the encoder's features.
         activation: activation of the hidden layers.
+        cnn: the CNN of image observations (:class:`~rl_lightning.encoders.CNNSpec`: channels, kernel_sizes, strides,
+            features, layout); ``None`` is the Nature DQN CNN. Unused without image observations.
         max_grad_norm: clip the gradient norm of the actor and of the critics each to this (``None``: no
             clipping).
         compile: ``torch.compile`` the MLPs (policy and losses); see ``benchmarks/README.md`` for its effect.
@@ -96,7 +99,7 @@ class TD3(OffPolicyModule):
         >>> model.act(torch.zeros(4, 3), deterministic=True)["action"].shape
         torch.Size([4, 1])
         >>> [type(target).__name__ for _, target in model.target_networks()]
-        ['Sequential', 'ModuleList']
+        ['FlatEncoder', 'Sequential', 'ModuleList']
     """
 
     n_critics: int = 2
@@ -131,6 +134,7 @@ class TD3(OffPolicyModule):
         exploration_noise: float = 0.1,
         hidden_sizes: list[int] | None = None,
         activation: Activation = "relu",
+        cnn: CNNSpec | None = None,
         max_grad_norm: float | None = None,
         compile: bool = False,
         nonfinite: Literal["raise", "skip"] = "raise",
@@ -180,7 +184,7 @@ class TD3(OffPolicyModule):
         self.register_buffer("action_low", torch.as_tensor(space.low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(space.high, dtype=torch.float32))
 
-        self.encoder = ObservationEncoder(self.observation_space)
+        self.encoder, self.target_encoder = self.make_encoders(cnn)
         features = self.encoder.out_features
         self.actor = mlp(features, hidden_sizes, activation, out_features=action_dim).append(nn.Tanh())
         self.critics = nn.ModuleList(
@@ -206,7 +210,11 @@ class TD3(OffPolicyModule):
         return self._to_env_scale(action)
 
     def target_networks(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.actor, self.target_actor), (self.critics, self.target_critics)]
+        return [
+            (self.encoder, self.target_encoder),
+            (self.actor, self.target_actor),
+            (self.critics, self.target_critics),
+        ]
 
     # -- the loss --------------------------------------------------------------------------------
 
@@ -217,9 +225,9 @@ class TD3(OffPolicyModule):
 
     def loss(self, batch: TensorDict) -> TensorDict:
         features = self.encoder(batch[keys.OBSERVATION])
-        next_features = self.encoder(batch[keys.NEXT_OBSERVATION])
 
         with torch.no_grad():
+            next_features = self.target_encoder(batch[keys.NEXT_OBSERVATION])
             next_action = self.target_actor(next_features)
             if self.target_policy_noise > 0:  # target policy smoothing
                 noise = torch.randn_like(next_action) * self.target_policy_noise
@@ -244,7 +252,7 @@ class TD3(OffPolicyModule):
         # drops those zeros, so Adam leaves the actor alone between its updates either way.
         with torch.set_grad_enabled(torch.is_grad_enabled() and (trains_actor or self._distributed)):
             # The actor's gradient must not reach the critics: evaluate the first critic with detached parameters.
-            inputs = torch.cat([features, self.actor(features)], dim=-1)
+            inputs = torch.cat([features.detach(), self.actor(features.detach())], dim=-1)
             loss_actor = -forward_detached(self.critics[0], inputs).mean()
         if not trains_actor:  # reported (the logged mean stays the actor objective's), trains nothing
             loss_actor = loss_actor * 0.0 + loss_actor.detach() if loss_actor.requires_grad else loss_actor
@@ -268,7 +276,7 @@ class TD3(OffPolicyModule):
         as two optimizers (the actor's skipped between its updates), in one fused step."""
         groups = [
             {"params": list(self.actor.parameters()), "lr": self.actor_lr},
-            {"params": list(self.critics.parameters()), "lr": self.critic_lr},
+            {"params": [*self.encoder.parameters(), *self.critics.parameters()], "lr": self.critic_lr},
         ]
         return torch.optim.Adam(groups, fused=True)
 
@@ -304,8 +312,11 @@ class DDPG(TD3):
         tau: Polyak coefficient of the target updates, after every update (1 copies the online networks).
         exploration_noise: standard deviation of the Gaussian noise added to the actor's actions when collecting
             (unit scale ``[-1, 1]``; the noisy action is clipped to the bounds); 0 collects deterministically.
-        hidden_sizes: hidden layer sizes of the actor and the critic (``None``: ``[400, 300]``).
+        hidden_sizes: hidden layer sizes of the actor and the critic (``None``: ``[400, 300]``). ``[]``: none, the
+            heads read the encoder's features.
         activation: activation of the hidden layers.
+        cnn: the CNN of image observations (:class:`~rl_lightning.encoders.CNNSpec`: channels, kernel_sizes, strides,
+            features, layout); ``None`` is the Nature DQN CNN. Unused without image observations.
         max_grad_norm: clip the gradient norm of the actor and of the critic each to this (``None``: no clipping).
         compile: ``torch.compile`` the MLPs (policy and losses); see ``benchmarks/README.md`` for its effect.
         nonfinite: an update with NaN or inf gradients stops the run with a message (``"raise"``) or is skipped
@@ -345,6 +356,7 @@ class DDPG(TD3):
         exploration_noise: float = 0.1,
         hidden_sizes: list[int] | None = None,
         activation: Activation = "relu",
+        cnn: CNNSpec | None = None,
         max_grad_norm: float | None = None,
         compile: bool = False,
         nonfinite: Literal["raise", "skip"] = "raise",
@@ -374,6 +386,7 @@ class DDPG(TD3):
             exploration_noise=exploration_noise,
             hidden_sizes=hidden_sizes,
             activation=activation,
+            cnn=cnn,
             max_grad_norm=max_grad_norm,
             compile=compile,
             nonfinite=nonfinite,
