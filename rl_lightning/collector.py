@@ -1,7 +1,8 @@
 """Steps vector envs with a policy and returns one TensorDict per batch (the data contract of ``keys``).
 
 The hot path writes into tensors preallocated once per batch (through numpy views, the cheapest way to
-copy env output) and calls the policy once per step for all envs. No TensorDict is built per step.
+copy env output) and calls the policy once per step for all envs. No TensorDict is built per step, except the
+view of a step's observations that the policy gets for a ``Dict`` observation space (an index into the batch's).
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ def as_observation(observation: Any, space: gym.Space) -> Observation:
     takes (see :data:`Observation`)."""
     if not isinstance(space, gym.spaces.Dict):
         return torch.from_numpy(np.asarray(observation))
-    leaves = [torch.from_numpy(np.asarray(_leaf(observation, path))) for path, _, _ in observation_leaves(space)]
+    paths = [path for path, _, _ in observation_leaves(space)]
+    leaves = [torch.from_numpy(np.asarray(_leaf(observation, path))) for path in paths]
     result = TensorDict({}, batch_size=leaves[0].shape[:1])
-    for (path, _, _), leaf in zip(observation_leaves(space), leaves, strict=True):
+    for path, leaf in zip(paths, leaves, strict=True):
         result.set(path, leaf)
     return result
 

@@ -153,6 +153,7 @@ def test_dict_observations_never_mix_episodes(vectorization: Any) -> None:
     finally:
         envs.close()
 
+    assert batch[keys.OBSERVATION, "nested", "image"].dtype == torch.uint8  # images stay uint8
     episode, step = decode(batch[keys.OBSERVATION])
     next_episode, next_step = decode(batch[keys.NEXT_OBSERVATION])
     done = batch[keys.NEXT_DONE][..., 0]

@@ -285,3 +285,17 @@ def test_envpool_refuses_gymnasium_side_options() -> None:
         RLDataModule("CartPole-v1", 2, 8, 8, vectorization="envpool", train_wrappers=[half_reward()])
     with pytest.raises(ValueError, match="pixels=True renders frames"):
         RLDataModule("CartPole-v1", 2, 8, 8, vectorization="envpool", pixels=True)
+
+
+def test_data_module_takes_envpool_vectorization() -> None:
+    pytest.importorskip("envpool")
+    data = RLDataModule("CartPole-v1", num_envs=2, frames_per_batch=32, total_frames=32, vectorization="envpool")
+    assert data.observation_space.shape == (4,) and data.action_space == gym.spaces.Discrete(2)
+    envs = data.make_eval_envs(2)
+    try:
+        assert envs.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
+        batch = Collector(envs, lambda obs: {"action": torch.zeros(len(obs), dtype=torch.int64)}, 32).collect()
+    finally:
+        envs.close()
+    done = batch[keys.NEXT_DONE]
+    assert done.any() and (batch[keys.NEXT_EPISODE_LENGTH][done] > 0).all()
