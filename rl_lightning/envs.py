@@ -141,6 +141,8 @@ def make_env(
     length of the whole episode as ``wrappers`` shape it: reward clipping and episodic life, applied only to
     training, do not change them (the collector reads them, see ``Collector(episodes_from_info=True)``). Like
     stable-baselines3's ``Monitor``, except that lengths count agent steps (after ``frame_skip`` and ``wrappers``).
+    An episode that a training wrapper cuts short (a ``TimeLimit`` among them) is not reported: the game it cut
+    did not end.
 
     Args:
         env_id: a registered gymnasium id.
