@@ -16,6 +16,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+import rl_lightning.toy_envs  # noqa: F401  (registers PixelTarget-v0 and DictTarget-v0)
 from rl_lightning import SAC, RLDataModule, keys, replay
 from rl_lightning.checkpoint import RLCheckpointIO
 from rl_lightning.collector import Collector
@@ -635,6 +636,40 @@ def test_collector_batches(env_id: str) -> None:
     if discrete:
         assert sample[keys.NEXT_TERMINATED].any()
     n_step.update_priority(sample[INDEX], torch.rand(64))
+
+
+@pytest.mark.parametrize("env_id", ["PixelTarget-v0", "DictTarget-v0"])
+def test_collector_batches_of_images_and_dict_observations(env_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real collector batches of rl_lightning's toy envs (36x36x1 uint8 images: stored once, in the pool; a nested
+    Dict observation with a Discrete leaf: stored per leaf): the buffer holds the batches' own transitions, and with
+    3-step windows and priorities it samples exactly what the naive layout samples."""
+    envs = make_vec_env(env_id, num_envs=3, seed=0)
+    collector = Collector(envs, lambda obs: {keys.ACTION: torch.randint(4, (3,))}, steps_per_batch=6)
+    collector.reset(seed=0)
+    batches = [collector.collect() for _ in range(6)]  # episodes of 8 steps
+    envs.close()
+
+    one_step = ReplayBuffer(capacity=40)
+    with monkeypatch.context() as patch:
+        naive(patch)
+        reference = ReplayBuffer(capacity=60, n_step=3, prioritized=True)
+    n_step = ReplayBuffer(capacity=60, n_step=3, prioritized=True)
+    for batch in batches:
+        one_step.extend(batch)
+        assert torch.equal(n_step.extend(batch), reference.extend(batch))
+    assert one_step._shared == n_step._shared == (env_id == "PixelTarget-v0") and not reference._shared
+    flat = cast(TensorDict, torch.cat([batch.reshape(-1) for batch in batches]))[-40:]
+    order = torch.cat([torch.arange(28, 40), torch.arange(28)])  # storage index of each of the last 40
+    stored = contents(one_step)
+    for key in (keys.OBSERVATION, keys.NEXT_OBSERVATION, keys.ACTION, keys.NEXT_REWARD, keys.NEXT_TRUNCATED):
+        assert (stored.get(key)[order] == flat.get(key)).all(), key
+    if one_step._shared:
+        check_pool(one_step)
+        assert int((one_step._pool_refs > 0).sum()) <= 40 + 40 // 8 + 3  # one per transition, episode ends, tail
+    for seed in range(3):
+        a = reference.sample(32, generator=torch.Generator().manual_seed(seed))
+        b = n_step.sample(32, generator=torch.Generator().manual_seed(seed))
+        assert (a == b).all()
 
 
 # --- bad input --------------------------------------------------------------------------------------------------
