@@ -556,7 +556,6 @@ class ReplayBuffer:
         progress = min(1.0, self._sample_calls / self.beta_steps)
         return self.beta + progress * (self.beta_final - self.beta)
 
-    @torch.no_grad()
     def extend(self, batch: TensorDictBase) -> torch.Tensor:
         """Stores the transitions of a collector batch.
 
@@ -568,6 +567,12 @@ class ReplayBuffer:
             The storage indices written, ``int64``, in the order of the flattened batch (env-major). With
             ``n_step > 1`` the transitions held back for the next call are not among them.
         """
+        # The buffer's own tensors (storage, held-back windows, slot counts) are changed in place by later calls, so
+        # none may be an inference tensor, even when extend runs under inference mode (the collector's batches may).
+        with torch.no_grad(), torch.inference_mode(False):
+            return self._extend(batch)
+
+    def _extend(self, batch: TensorDictBase) -> torch.Tensor:
         present = set(batch.keys(include_nested=True))
         missing = [key for key in TRANSITION_KEYS if key not in present]
         if missing:

@@ -1138,6 +1138,22 @@ def test_bad_dict_observations(monkeypatch: pytest.MonkeyPatch) -> None:
         ReplayBuffer(capacity=20).extend(dotted)
 
 
+def test_shared_buffer_extended_under_inference_mode() -> None:
+    """The collector makes inference tensors: n-step windows closed by a reset and the pool's counts, all made under
+    inference mode, keep working outside it."""
+    buffer = ReplayBuffer(capacity=30, n_step=3, prioritized=True)
+    envs = EpisodeEnvs(2)
+    with torch.inference_mode():
+        buffer.extend(envs.batch(4))
+        buffer.extend(envs.batch(4, reset=True))
+    buffer.extend(envs.batch(4, reset=True))
+    buffer.extend(envs.batch(4))
+    check_pool(buffer)
+    sample = buffer.sample(8)
+    buffer.update_priority(sample[INDEX], torch.ones(8))
+    check_transitions(contents(buffer), gamma=0.99)
+
+
 def test_n_step_refusal_leaves_the_pool_untouched() -> None:
     buffer = ReplayBuffer(capacity=20, n_step=3)
     buffer.extend(EpisodeEnvs(2).batch(4))
