@@ -56,6 +56,7 @@ NEXT_OBSERVATION_SLOT = (keys.NEXT, "observation_slot")
 _SLOT_KEYS: tuple[Key, ...] = (OBSERVATION_SLOT, NEXT_OBSERVATION_SLOT)
 """Per stored transition, where its observation and next observation are in the pool (int64)."""
 _POOL = "pool."
+_NO_SLOTS = torch.zeros(0, dtype=torch.int64)
 """The prefix of the pool's entries in a state dict."""
 _OBSERVATION_KEYS = (keys.OBSERVATION, keys.NEXT_OBSERVATION)
 _NEXT_SCALAR_KEYS: tuple[tuple[str, str], ...] = (
@@ -569,9 +570,12 @@ class ReplayBuffer:
         """
         # The buffer's own tensors (storage, held-back windows, slot counts) are changed in place by later calls, so
         # none may be an inference tensor, even when extend runs under inference mode (the collector's batches may).
-        with torch.no_grad(), torch.inference_mode(False):
-            return self._extend(batch)
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                return self._extend(batch)
+        return self._extend(batch)
 
+    @torch.no_grad()
     def _extend(self, batch: TensorDictBase) -> torch.Tensor:
         present = set(batch.keys(include_nested=True))
         missing = [key for key in TRANSITION_KEYS if key not in present]
@@ -600,7 +604,7 @@ class ReplayBuffer:
         tensors.update({_join(*keys.NEXT_OBSERVATION, *leaf): value for leaf, value in next_observation.items()})
         raw = _on_cpu({key: value.detach() for key, value in tensors.items()})
         for key, value in raw.items():
-            if _is_observation(key) and value.is_floating_point() and value.dtype != self._observation_dtype:
+            if value.is_floating_point() and value.dtype != self._observation_dtype and _is_observation(key):
                 raw[key] = value.to(self._observation_dtype)
         if self._data:
             self._check_shapes({key: value.shape[dims:] for key, value in raw.items()})
@@ -614,9 +618,9 @@ class ReplayBuffer:
             first = is_init[:, 0].reshape(len(is_init), -1).any(-1).to("cpu", torch.bool)
         if dims == 2 and self.n_step > 1:
             self._check_envs(batch.batch_size[0], first)
-        held = self._held_slots()
-        fresh = None
+        fresh = held = None
         if self._shared:
+            held = self._held_slots()
             obs = {leaf: raw.pop(_join(keys.OBSERVATION, *leaf)) for leaf in self._leaves}
             nxt = {leaf: raw.pop(_join(*keys.NEXT_OBSERVATION, *leaf)) for leaf in self._leaves}
             raw[OBSERVATION_SLOT], raw[NEXT_OBSERVATION_SLOT], fresh = self._store_observations(obs, nxt, dims)
@@ -631,7 +635,7 @@ class ReplayBuffer:
                 {key: (value.shape[1:], value.dtype) for key, value in flat.items()}, self.capacity, "transitions"
             )
         index, written, overwritten = self._write(flat)
-        if fresh is not None:
+        if fresh is not None and held is not None:
             # The slots now held (new transitions, windows and tail) count once more, those let go of once less;
             # the ones nothing points at any more (and new ones nothing took) go back to the free stack.
             self._count_refs(torch.cat([written, self._held_slots()]), 1)
@@ -961,7 +965,7 @@ class ReplayBuffer:
         held = [] if self._tail is None else [self._tail]
         if self._carry is not None and self._shared:
             held += [self._carry[key].reshape(-1) for key in _SLOT_KEYS]
-        return torch.cat(held) if held else torch.zeros(0, dtype=torch.int64)
+        return torch.cat(held) if held else _NO_SLOTS
 
     def _count_refs(self, slots: torch.Tensor, delta: int) -> None:
         if len(slots):
@@ -1071,7 +1075,7 @@ class ReplayBuffer:
             count = self.capacity
         start = self._cursor
         index = torch.arange(start, start + count) % self.capacity
-        written = overwritten = torch.zeros(0, dtype=torch.int64)
+        written = overwritten = _NO_SLOTS
         if self._shared:
             old = index if self._size == self.capacity else index[index < self._size]
             overwritten = torch.cat([self._data[key].index_select(0, old) for key in _SLOT_KEYS])
