@@ -48,7 +48,11 @@ def observation_leaves(space: gym.Space) -> list[tuple[LeafPath, tuple[int, ...]
 
 
 def _write(views: list[np.ndarray], paths: list[LeafPath], index: Any, observation: Any) -> None:
-    """Writes ``observation`` (an array, or nested dicts of arrays) into ``view[index]`` for each leaf's view."""
+    """Writes ``observation`` (an array, or nested dicts of arrays) into ``view[index]`` for each leaf's view; a
+    flat observation (one leaf, path ``()``) is written directly, the cheapest way."""
+    if len(views) == 1 and not paths[0]:
+        views[0][index] = observation
+        return
     for path, view in zip(paths, views, strict=True):
         view[index] = _leaf(observation, path)
 
