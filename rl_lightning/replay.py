@@ -1021,13 +1021,15 @@ class ReplayBuffer:
             assert self.scratch_dir is not None
             directory = Path(self.scratch_dir) / folder
             directory.mkdir(parents=True, exist_ok=True)
-            return {
-                # Plain tensor views of the mapped files: indexing them skips the tensor subclass's dispatch.
-                key: MemoryMappedTensor.empty(
-                    (rows, *shape), dtype=dtype, filename=str(directory / f"{_name(key)}.memmap")
-                ).as_subclass(torch.Tensor)
-                for key, (shape, dtype) in spec.items()
-            }
+            storage = {}
+            for key, (shape, dtype) in spec.items():
+                file = directory / f"{_name(key)}.memmap"
+                # A file of an earlier buffer (another run, or this one before load_state_dict) is unlinked, not
+                # overwritten: whatever still maps it (the state being loaded) keeps reading its contents.
+                file.unlink(missing_ok=True)
+                memmap = MemoryMappedTensor.empty((rows, *shape), dtype=dtype, filename=str(file))
+                storage[key] = memmap.as_subclass(torch.Tensor)  # a plain view: indexing skips the subclass's dispatch
+            return storage
 
     def _snapshot(self, value: torch.Tensor, rows: int) -> torch.Tensor:
         if self.storage == "memmap" or rows == len(value):

@@ -584,6 +584,21 @@ def test_memmap_storage_round_trip(tmp_path: Path) -> None:
     assert reference.extend(transitions(1, 4, start=200)).tolist() == restored.extend(transitions(1, 4)).tolist()
 
 
+def test_memmap_buffer_reloads_its_own_state_and_replaces_old_files(tmp_path: Path) -> None:
+    """A state whose contents are views of this buffer's own files loads back into it, and a new buffer in a directory
+    that holds another buffer's files replaces them (shared observations and per-transition ones alike)."""
+    for envs in (EpisodeEnvs(2), None):
+        buffer = ReplayBuffer(capacity=30, storage="memmap", scratch_dir=str(tmp_path), n_step=2)
+        for start in range(0, 20, 4):
+            buffer.extend(transitions(2, 4, start=start) if envs is None else envs.batch(4))
+        saved = contents(buffer).clone()
+        buffer.load_state_dict(buffer.state_dict())
+        assert (contents(buffer) == saved).all()
+        again = ReplayBuffer(capacity=30, storage="memmap", scratch_dir=str(tmp_path), n_step=2)
+        again.extend(EpisodeEnvs(2, lengths=50).batch(4))
+        assert len(again) == 6 and (contents(buffer) == saved).all()  # 2 envs x 3 complete 2-step windows
+
+
 def test_empty_buffer_state_round_trips(tmp_path: Path) -> None:
     for storage in ("memory", "memmap"):
         buffer = ReplayBuffer(capacity=5, storage=storage, scratch_dir=str(tmp_path))
