@@ -363,7 +363,10 @@ class RLModule(pl.LightningModule, ABC):
         }
         if self.nonfinite == "skip":
             metrics["train/skipped_updates"] = float(self.skipped_updates)
-        mean_return, mean_length, averaged = self.episode_stats.compute().tolist()  # gathers the ranks' windows
+        # No episode ended yet on any rank (a count all ranks agree on): nothing to average, and no gather to join.
+        averaged = 0.0
+        if self.episodes:
+            mean_return, mean_length, averaged = self.episode_stats.compute().tolist()  # gathers the ranks' windows
         if averaged:
             metrics["rollout/episode_return"] = mean_return
             metrics["rollout/episode_length"] = mean_length
