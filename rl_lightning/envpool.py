@@ -62,6 +62,11 @@ from gymnasium.vector import AutoresetMode
 EXTRA_HINT = "pip install rl-lightning[envpool]"
 """How to install EnvPool, named by the error raised when it is missing."""
 
+EPISODE_STATISTICS_KEY = "episode"
+"""The ``info["final_info"]`` entry with the return and length of each whole game (gymnasium's
+``RecordEpisodeStatistics`` format: ``{"r": returns, "l": lengths}``, ``"_episode"`` marks the envs whose game ended),
+what ``Collector(episodes_from_info=True)`` reads."""
+
 TRAINING_ONLY_OPTIONS = {"episodic_life": False, "reward_clip": False, "zero_discount_on_life_loss": False}
 """EnvPool Atari options that only training uses, and their values for evaluation (:func:`evaluation_env_kwargs`)."""
 
@@ -166,6 +171,13 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
     ``max_episode_steps``) are kept apart. The other ``info`` entries are EnvPool's for the step taken (for an env
     that ended, its last step, e.g. ``elapsed_step`` is the episode length).
 
+    On steps where an episode ended, ``info["final_info"]["episode"]`` holds the return and length (in steps) of
+    each env's whole game, in the format of gymnasium's ``RecordEpisodeStatistics``, and ``"_episode"`` marks the
+    envs whose game ended there. For Atari a game ends at game over or truncation, not at a life lost under
+    ``episodic_life``, and its return sums EnvPool's ``info["reward"]``, the reward before ``reward_clip``; for
+    other tasks a game is an episode. ``Collector(episodes_from_info=True)`` logs these instead of the training
+    rewards' sums.
+
     **Seeds.** EnvPool seeds its envs when it builds them, so ``reset(seed=s)`` builds the pool again with env ``i``
     seeded ``s + i`` (EnvPool's per-env seeds), except right after construction with the same seed:
     ``reset(seed=s)`` always starts the same episodes. ``reset()`` without a seed resets every env and continues
@@ -203,6 +215,8 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
         self.num_envs = num_envs
         self.render_mode = None
         self._ids = np.arange(num_envs, dtype=np.int32)
+        self._game_return = np.zeros(num_envs, dtype=np.float64)
+        self._game_length = np.zeros(num_envs, dtype=np.int64)
         self._pool: Any = None
         self._seed = self._draw_seed() if seed is None else self._int32_seed(seed)
         self._fresh = False  # whether the pool was built with self._seed and has not been reset or stepped since
@@ -245,6 +259,8 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
                 self._seed = seed
                 self._build()
         self._fresh = False
+        self._game_return[:] = 0.0
+        self._game_length[:] = 0
         obs, info = self._pool.reset()
         return obs, _public_info(info)
 
@@ -260,6 +276,13 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
             )
         info = _public_info(info)
         done = terminated | truncated
+        if "lives" in info:  # Atari: a game ends at game over, and info["reward"] is the reward before reward_clip
+            self._game_return += info["reward"]
+            game_over = info["terminated"].astype(bool) | truncated
+        else:
+            self._game_return += reward
+            game_over = done
+        self._game_length += 1
         if done.any():
             ended = np.flatnonzero(done).astype(np.int32)
             final = _take(obs, ended)
@@ -270,6 +293,10 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
             for k, i in enumerate(ended):
                 final_obs[i] = _row(final, k)
             info["final_obs"], info["_final_obs"] = final_obs, done
+            games = {"r": self._game_return.copy(), "l": self._game_length.copy()}
+            info["final_info"] = {EPISODE_STATISTICS_KEY: games, f"_{EPISODE_STATISTICS_KEY}": game_over}
+            self._game_return[game_over] = 0.0
+            self._game_length[game_over] = 0
         return obs, reward, terminated, truncated, info
 
     def close_extras(self, **kwargs: Any) -> None:

@@ -145,6 +145,60 @@ def test_breakout_lives_terminate_and_the_limit_truncates() -> None:
     assert first.shape == (4, 84, 84) and first.dtype == np.uint8
 
 
+def test_whole_game_statistics_count_raw_rewards_over_all_lives() -> None:
+    """With episodic_life and reward_clip, Collector(episodes_from_info=True) reports each whole game (game over or
+    truncation) with its unclipped return, as EnvPool's info["reward"] and info["terminated"] tell, and nothing at a
+    lost life."""
+    import envpool
+
+    # FIRE, RIGHTFIRE: Space Invaders scores 5-30 a hit (clipped to 1) and loses a first life after about 180 steps
+    kwargs = {"episodic_life": True, "reward_clip": True, "max_episode_steps": 200, "num_threads": 2}
+    actions, steps = [1, 4], 210
+    envs = make_envpool_vec_env("ALE/SpaceInvaders-v5", 2, seed=2, env_kwargs=kwargs)
+    collector = Collector(envs, constant_policy(actions), steps_per_batch=steps, episodes_from_info=True)
+    batch = collector.collect()
+    envs.close()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pool = envpool.make("SpaceInvaders-v5", env_type="gymnasium", num_envs=2, seed=2, **kwargs)
+    pool.reset()
+    games: list[list[tuple[float, int]]] = [[], []]
+    clipped_returns = []
+    raw_return, length, clipped = np.zeros(2), np.zeros(2, dtype=np.int64), np.zeros(2)
+    after_done = np.zeros(2, dtype=bool)
+    for _ in range(2 * steps):
+        _, reward, term, trunc, info = pool.step(np.array(actions))
+        for i in range(2):
+            if after_done[i]:  # EnvPool's autoreset step, which the adapter hides
+                continue
+            raw_return[i] += info["reward"][i]
+            clipped[i] += reward[i]
+            length[i] += 1
+            if trunc[i] or info["terminated"][i]:
+                games[i].append((float(raw_return[i]), int(length[i])))
+                clipped_returns.append(clipped[i])
+                raw_return[i], length[i], clipped[i] = 0.0, 0, 0.0
+        after_done = term | trunc
+
+    lives_lost = 0
+    for i in range(2):
+        ended = batch["next", "done"][i, :, 0]
+        reported = batch["next", "episode_length"][i, :, 0] > 0
+        lives_lost += int((ended & ~reported).sum())
+        got = list(
+            zip(
+                batch["next", "episode_return"][i, reported, 0].tolist(),
+                batch["next", "episode_length"][i, reported, 0].tolist(),
+                strict=True,
+            )
+        )
+        assert got and got == games[i][: len(got)]
+    assert lives_lost > 0  # episodes (lives) that ended without a game's statistics
+    raw_returns = [r for g in games for r, _ in g]
+    assert all(r > c for r, c in zip(raw_returns, clipped_returns, strict=True))  # unclipped
+
+
 def test_pong_batch_is_uint8_channels_first() -> None:
     envs = make_envpool_vec_env("ALE/Pong-v5", 2, seed=0, env_kwargs={"num_threads": 2})
     assert envs.single_observation_space.shape == (4, 84, 84)
