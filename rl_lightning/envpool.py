@@ -39,8 +39,10 @@ Pass EnvPool's options as ``env_kwargs`` (e.g. ``{"repeat_action_probability": 0
 come closer to gymnasium's). ``episodic_life`` and ``reward_clip`` are options of the EnvPool env, not wrappers, so
 one env cannot have them for training and not for evaluation: build the evaluation envs with
 :func:`evaluation_env_kwargs`, which turns the training-only options off, so that evaluation reports raw returns
-of whole games. With ``episodic_life=True`` a lost life is a termination, and ``rollout/episode_return`` counts one
-life.
+of whole games. With ``episodic_life=True`` a lost life is a termination (values do not bootstrap across it); the
+training statistics of whole games on raw rewards are in ``info["final_info"]["episode"]`` (see
+:class:`EnvPoolVecEnv`), which ``Collector(episodes_from_info=True)`` logs instead of the sum of each life's
+clipped rewards.
 
 Example:
     >>> envs = make_envpool_vec_env("CartPole-v1", num_envs=2, seed=0)  # doctest: +SKIP
