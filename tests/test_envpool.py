@@ -36,6 +36,22 @@ def constant_policy(actions: list[int]) -> Any:
     return lambda obs: {"action": action.clone()}
 
 
+def row(obs: Any, i: int) -> Any:
+    """A copy of observation ``i`` of a batch (an array, or a dict of arrays for Dict spaces)."""
+    return {key: row(value, i) for key, value in obs.items()} if isinstance(obs, dict) else obs[i].copy()
+
+
+def as_numpy(obs: Any) -> Any:
+    """A batch entry (a tensor, or a TensorDict for Dict spaces) as numpy."""
+    return {key: as_numpy(value) for key, value in obs.items()} if hasattr(obs, "keys") else obs.numpy()
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    return np.array_equal(a, b)
+
+
 def raw_episodes(
     task: str, actions: list[int], seed: int, steps: int, **kwargs: Any
 ) -> list[list[tuple[list[np.ndarray], float, bool, bool]]]:
@@ -49,7 +65,7 @@ def raw_episodes(
         pool = envpool.make(envpool_task_id(task), env_type="gymnasium", num_envs=len(actions), seed=seed, **kwargs)
     obs, _ = pool.reset()
     episodes: list[list[Any]] = [[] for _ in actions]
-    current = [[o.copy()] for o in obs]
+    current = [[row(obs, i)] for i in range(len(actions))]
     returns = np.zeros(len(actions))
     ended = np.zeros(len(actions), dtype=bool)
     for _ in range(steps):
@@ -57,9 +73,9 @@ def raw_episodes(
         for i in range(len(actions)):
             if ended[i]:  # the autoreset step: its observation starts the next episode
                 assert reward[i] == 0 and not (term[i] or trunc[i])
-                current[i] = [obs[i].copy()]
+                current[i] = [row(obs, i)]
                 continue
-            current[i].append(obs[i].copy())
+            current[i].append(row(obs, i))
             returns[i] += reward[i]
             if term[i] or trunc[i]:
                 episodes[i].append((current[i], float(returns[i]), bool(term[i]), bool(trunc[i])))
@@ -79,12 +95,12 @@ def collected_episodes(batch: Any) -> list[list[tuple[list[np.ndarray], float, b
         ret = 0.0
         for t in range(steps):
             if batch["is_init"][i, t, 0]:
-                current, ret = [batch["observation"][i, t].numpy()], 0.0
+                current, ret = [as_numpy(batch["observation"][i, t])], 0.0
             elif current is not None:  # the observation at t is the one stored as next at t - 1
-                assert np.array_equal(batch["observation"][i, t].numpy(), current[-1])
+                assert same(as_numpy(batch["observation"][i, t]), current[-1])
             if current is None:
                 continue
-            current.append(batch["next", "observation"][i, t].numpy())
+            current.append(as_numpy(batch["next", "observation"][i, t]))
             ret += float(batch["next", "reward"][i, t, 0])
             if batch["next", "done"][i, t, 0]:
                 term, trunc = bool(batch["next", "terminated"][i, t, 0]), bool(batch["next", "truncated"][i, t, 0])
@@ -113,7 +129,7 @@ def check_against_raw(task: str, actions: list[int], seed: int, steps: int, **kw
             raw_obs, raw_ret, raw_term, raw_trunc = want[i][k]
             assert len(observations) == len(raw_obs), (i, k)
             for t, (a, b) in enumerate(zip(observations, raw_obs, strict=True)):
-                assert np.array_equal(a, b), f"env {i}, episode {k}, step {t}"
+                assert same(a, b), f"env {i}, episode {k}, step {t}"
             assert (ret, term, trunc) == (raw_ret, raw_term, raw_trunc)
             assert reported_return == pytest.approx(raw_ret) and reported_length == len(raw_obs) - 1
     return [e for episodes in got for e in episodes]
@@ -143,6 +159,14 @@ def test_breakout_lives_terminate_and_the_limit_truncates() -> None:
     assert any(term for _, _, term, _, _, _ in episodes) and any(trunc for _, _, _, trunc, _, _ in episodes)
     first = episodes[0][0][0]
     assert first.shape == (4, 84, 84) and first.dtype == np.uint8
+
+
+def test_dict_observations_minigrid() -> None:
+    # MiniGrid's Dict observation (direction: Discrete, image, mission) as nested TensorDicts; env 0 walks forward
+    # (into the wall), env 1 turns, and max_episode_steps truncates both
+    episodes = check_against_raw("MiniGrid-Empty-5x5-v0", [2, 1], seed=0, steps=14, max_episode_steps=6)
+    assert all(trunc and not term for _, _, term, trunc, _, _ in episodes)
+    assert episodes[0][0][0].keys() == {"direction", "image", "mission"}
 
 
 def test_whole_game_statistics_count_raw_rewards_over_all_lives() -> None:
