@@ -57,6 +57,8 @@ _SLOT_KEYS: tuple[Key, ...] = (OBSERVATION_SLOT, NEXT_OBSERVATION_SLOT)
 """Per stored transition, where its observation and next observation are in the pool (int64)."""
 _POOL = "pool."
 _NO_SLOTS = torch.zeros(0, dtype=torch.int64)
+_FRAME_PREV = "frame_prev"
+"""The pool's entry, with frame stacks, of the slot whose frames come before each slot's own (int64)."""
 """The prefix of the pool's entries in a state dict."""
 _OBSERVATION_KEYS = (keys.OBSERVATION, keys.NEXT_OBSERVATION)
 _NEXT_SCALAR_KEYS: tuple[tuple[str, str], ...] = (
@@ -389,6 +391,15 @@ class ReplayBuffer:
     used are never written, so they take no memory. Smaller observations are stored per transition, twice: a
     slot index would cost about what it saves.
 
+    **Frame stacks.** When the first batch's observations are stacks of frames along their first or last axis
+    (gymnasium's ``FrameStackObservation``: ``[4, 84, 84]``; or stacked channels last) whose next observation's first
+    k - 1 frames are the observation's last k - 1, bit for bit, each slot holds a single frame and the slot of the
+    observation before it, and stacks are rebuilt at sample time from a slot and its k - 1 predecessors. A next
+    observation that slides its observation's stack by one frame (checked on every batch, never assumed) costs one
+    frame; any other (an episode's first stack, a stack that does not slide) a chain of k frames. A slot stays
+    alive while any stack that holds its frame does. So an Atari transition costs about one 84x84 frame, a quarter
+    of an observation, and samples are still exactly the stacks collected.
+
     **Stored transitions.** ``extend`` keeps only ``observation``, ``action`` and ``("next", "observation" /
     "reward" / "terminated" / "truncated" / "done")`` and adds ``("next", "discount")``. With ``n_step=1``
     that is ``gamma``. With ``n_step > 1`` every transition is stored as an n-step transition along its env's
@@ -541,6 +552,10 @@ class ReplayBuffer:
         self._free_count = 0
         self._tail: torch.Tensor | None = None  # per env, the slot of the last batch's last next observation
         self._pool_dir: str | None = None  # the pool's folder in scratch_dir (memmap storage)
+        # Frame stacks: each slot holds one frame, and the slot of the observation whose frames come before it.
+        self._stack_axis: int | None = None  # the stack's axis in an observation, when slots hold single frames
+        self._stack_size = 0
+        self._prev = torch.zeros(0, dtype=torch.int64)  # per slot
 
     def __len__(self) -> int:
         return self._size
@@ -612,6 +627,8 @@ class ReplayBuffer:
             self._leaves = list(observation)
             row_bytes = sum(raw[_join(keys.OBSERVATION, *leaf)][(0,) * dims].nbytes for leaf in self._leaves)
             self._shared = row_bytes >= self._shared_min_bytes
+            if self._shared and self._leaves == [()]:
+                self._detect_frame_stack(raw[keys.OBSERVATION], raw[keys.NEXT_OBSERVATION], dims)
         first = None
         if dims == 2 and self.n_step > 1 and keys.IS_INIT in present:
             is_init = batch.get(keys.IS_INIT)
@@ -682,7 +699,10 @@ class ReplayBuffer:
         # Index each stored tensor and build the TensorDicts once: generic TensorDict indexing costs more.
         data = self._data
         size = torch.Size([len(index)])
-        if self._shared:
+        if self._stack_axis is not None:
+            observation = self._frame_stacks(data[OBSERVATION_SLOT].index_select(0, index))
+            next_observation = self._frame_stacks(data[NEXT_OBSERVATION_SLOT].index_select(0, index))
+        elif self._shared:
             obs_slot = data[OBSERVATION_SLOT].index_select(0, index)
             next_slot = data[NEXT_OBSERVATION_SLOT].index_select(0, index)
             observation = _nest({leaf: pool.index_select(0, obs_slot) for leaf, pool in self._pool.items()}, size)
@@ -779,7 +799,10 @@ class ReplayBuffer:
             data = {_name(key): self._snapshot(value, self._size) for key, value in self._data.items()}
             for leaf, pool in self._pool.items():
                 data[_POOL + _name(_join(keys.OBSERVATION, *leaf))] = self._snapshot(pool, self._pool_used)
+            if self._stack_axis is not None:
+                data[_POOL + _FRAME_PREV] = self._snapshot(self._prev, self._pool_used)
             state["data"] = data
+        state["frame_stack"] = None if self._stack_axis is None else [self._stack_axis, self._stack_size]
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -792,6 +815,7 @@ class ReplayBuffer:
                 )
         data = state["data"] or {}
         pool = {_key(name.removeprefix(_POOL)): value for name, value in data.items() if name.startswith(_POOL)}
+        prev = pool.pop(_FRAME_PREV, None)
         transitions = {_key(name): value for name, value in data.items() if not name.startswith(_POOL)}
         observations = pool or {key: value for key, value in transitions.items() if _first(key) == keys.OBSERVATION}
         saved = next((value.dtype for value in observations.values() if value.is_floating_point()), None)
@@ -821,12 +845,16 @@ class ReplayBuffer:
         self._tail = None if state["tail"] is None else state["tail"].clone()
         self._pool_refs = torch.zeros(0, dtype=torch.int32)
         self._free, self._free_count, self._pool_used = torch.zeros(0, dtype=torch.int64), 0, 0
+        self._prev = torch.zeros(0, dtype=torch.int64)
+        self._stack_axis, self._stack_size = (None, 0) if state["frame_stack"] is None else state["frame_stack"]
         if pool:
             used = len(next(iter(pool.values())))
             pool_spec = {_as_tuple(key)[1:]: (value.shape[1:], value.dtype) for key, value in pool.items()}
             self._allocate_pool(pool_spec, max(used, self.capacity + self.capacity // 16))
             for key, value in pool.items():
                 self._pool[_as_tuple(key)[1:]][:used] = value
+            if prev is not None:
+                self._prev[:used] = prev
             self._pool_used = used
             # Who points at which slot, and so which slots are free, follows from the slots the state holds.
             held = [self._data[key][: self._size].reshape(-1) for key in _SLOT_KEYS]
@@ -923,6 +951,8 @@ class ReplayBuffer:
         Returns:
             The slots of the observations and of the next observations (the batch dims), and all slots taken.
         """
+        if self._stack_axis is not None:
+            return self._store_frames(obs[()], nxt[()], dims)
         if dims == 1:  # a flat batch: one row, with no tail (its env is unknown)
             obs = {leaf: value.unsqueeze(0) for leaf, value in obs.items()}
             nxt = {leaf: value.unsqueeze(0) for leaf, value in nxt.items()}
@@ -960,6 +990,94 @@ class ReplayBuffer:
             return obs_slot, next_slot, slots
         return obs_slot.view(-1), next_slot.view(-1), slots
 
+    def _detect_frame_stack(self, obs: torch.Tensor, nxt: torch.Tensor, dims: int) -> None:
+        """Stores single frames when the first batch's observations are frame stacks along their first or last axis
+        (FrameStackObservation's, or stacked channels last): every next observation's first k - 1 frames are its
+        observation's last k - 1, bit for bit. Only the layout follows from this: each later observation is checked
+        again before it is stored as one frame (see :meth:`_store_frames`)."""
+        shape = obs.shape[dims:]
+        if len(shape) < 3 or obs.numel() == 0:  # a stack of images
+            return
+        for axis in (0, len(shape) - 1):
+            k = shape[axis]
+            later = obs.narrow(dims + axis, 1, k - 1)
+            if k > 1 and bool(_same_rows(nxt.narrow(dims + axis, 0, k - 1), later, dims).all()):
+                self._stack_axis, self._stack_size = axis, k
+                return
+
+    def _store_frames(
+        self, obs: torch.Tensor, nxt: torch.Tensor, dims: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_store_observations` for frame stacks. Observations and next observations are shared as there, and
+        each remaining next observation whose first k - 1 frames are its observation's last k - 1 (checked bit for
+        bit) takes one slot: its newest frame, pointing at the observation's slot. Any other observation (a reset's,
+        the first of the buffer, a stack that does not slide) takes a chain of k slots, one per frame."""
+        if dims == 1:
+            obs, nxt = obs.unsqueeze(0), nxt.unsqueeze(0)
+        k, axis = self._stack_size, cast(int, self._stack_axis)
+        num_envs, steps = obs.shape[:2]
+        rows = num_envs * steps
+        obs_frames, next_frames = obs.movedim(2 + axis, 2), nxt.movedim(2 + axis, 2)  # [E, T, k, *frame]
+        if not self._pool:
+            self._allocate_pool(
+                {(): (obs_frames.shape[3:], obs.dtype)},
+                self.capacity + self.capacity // 16 + 2 * k * rows + 2 * num_envs * self.n_step,
+            )
+        same = _same_rows(nxt[:, :-1], obs[:, 1:], dims=2)
+        from_tail = torch.zeros(num_envs, dtype=torch.bool)
+        tail, self._tail = self._tail, None
+        if dims == 2 and tail is not None and len(tail) == num_envs:
+            from_tail = _same_rows(self._stacks(tail), obs_frames[:, 0], dims=1)
+        new = torch.cat([~from_tail.unsqueeze(1), ~same], 1)
+        slides = _same_rows(next_frames[:, :, : k - 1], obs_frames[:, :, 1:], dims=2)
+        new_count, slide_count = int(new.sum()), int(slides.sum())
+        slots = self._take_slots(k * new_count + slide_count + k * (rows - slide_count))
+        obs_chains = slots[: k * new_count].view(new_count, k)
+        singles = slots[k * new_count : k * new_count + slide_count]
+        next_chains = slots[k * new_count + slide_count :].view(rows - slide_count, k)
+        next_slot = torch.empty(num_envs, steps, dtype=torch.int64)
+        next_slot[slides] = singles
+        next_slot[~slides] = next_chains[:, -1]
+        obs_slot = torch.empty(num_envs, steps, dtype=torch.int64)
+        obs_slot[new] = obs_chains[:, -1]
+        obs_slot[:, 1:][same] = next_slot[:, :-1][same]
+        if tail is not None and bool(from_tail.any()):
+            obs_slot[:, 0][from_tail] = tail[from_tail]
+        frames, prev = self._pool[()], self._prev
+        for chains, stacks in ((obs_chains, obs_frames[new]), (next_chains, next_frames[~slides])):
+            frames.index_copy_(0, chains.reshape(-1), stacks.reshape(-1, *frames.shape[1:]).to(frames.dtype))
+            # A chain's first frame points at itself: no stack reaches further back than k - 1 slots.
+            prev.index_copy_(0, chains.reshape(-1), torch.cat([chains[:, :1], chains[:, :-1]], 1).reshape(-1))
+        frames.index_copy_(0, singles, next_frames[slides][:, -1].to(frames.dtype))
+        prev.index_copy_(0, singles, obs_slot[slides])
+        if dims == 2:
+            self._tail = next_slot[:, -1].clone()
+            return obs_slot, next_slot, slots
+        return obs_slot.view(-1), next_slot.view(-1), slots
+
+    def _ancestry(self, slots: torch.Tensor) -> torch.Tensor:
+        """``slots`` and, with frame stacks, the k - 1 slots before each (whose frames its stack holds)."""
+        if self._stack_axis is None:
+            return slots
+        chain = [slots]
+        for _ in range(self._stack_size - 1):
+            chain.append(self._prev.index_select(0, chain[-1]))
+        return torch.cat(chain)
+
+    def _stacks(self, slots: torch.Tensor) -> torch.Tensor:
+        """The frame stacks of ``slots``, ``[len(slots), k, *frame]``, the oldest frame first."""
+        chain = [slots]
+        for _ in range(self._stack_size - 1):
+            chain.append(self._prev.index_select(0, chain[-1]))
+        order = torch.stack(chain[::-1], 1).view(-1)
+        frames = self._pool[()]
+        return frames.index_select(0, order).view(len(slots), self._stack_size, *frames.shape[1:])
+
+    def _frame_stacks(self, slots: torch.Tensor) -> torch.Tensor:
+        """The observations of ``slots``, their frames stacked along the stack's axis (as they were collected)."""
+        stacks = self._stacks(slots)
+        return stacks if self._stack_axis == 0 else stacks.movedim(1, 1 + cast(int, self._stack_axis)).contiguous()
+
     def _held_slots(self) -> torch.Tensor:
         """The slots the held-back n-step windows and the tail point at (each once per pointer)."""
         held = [] if self._tail is None else [self._tail]
@@ -968,12 +1086,14 @@ class ReplayBuffer:
         return torch.cat(held) if held else _NO_SLOTS
 
     def _count_refs(self, slots: torch.Tensor, delta: int) -> None:
+        """Adds ``delta`` to the counts of ``slots`` (and, with frame stacks, of the frames their stacks hold)."""
+        slots = self._ancestry(slots)
         if len(slots):
             self._pool_refs.index_add_(0, slots, torch.full((len(slots),), delta, dtype=torch.int32))
 
     def _free_unreferenced(self, candidates: torch.Tensor) -> None:
         """Pushes the ``candidates`` (slots not on the free stack) that nothing points at onto the free stack."""
-        candidates = torch.unique(candidates)
+        candidates = torch.unique(self._ancestry(candidates))
         free = candidates[self._pool_refs.index_select(0, candidates) == 0]
         self._free[self._free_count : self._free_count + len(free)] = free
         self._free_count += len(free)
@@ -1007,6 +1127,12 @@ class ReplayBuffer:
         free = torch.zeros(size, dtype=torch.int64)
         free[: self._free_count] = self._free[: self._free_count]
         self._pool_refs, self._free = refs, free
+        if self._stack_axis is not None:
+            prev = self._new_storage({_FRAME_PREV: (torch.Size([]), torch.int64)}, size, f"observations-{size}")[
+                _FRAME_PREV
+            ]
+            prev[: len(self._prev)] = self._prev
+            self._prev = prev
         if old_dir is not None and old_dir != self._pool_dir and self.scratch_dir is not None:
             shutil.rmtree(Path(self.scratch_dir) / old_dir, ignore_errors=True)  # still mapped until released
 
@@ -1062,6 +1188,8 @@ class ReplayBuffer:
                 stored = self._data[key].shape[1:]
             else:  # an observation leaf kept in the pool
                 stored = self._pool[_as_tuple(key)[2 if _first(key) == keys.NEXT else 1 :]].shape[1:]
+                if self._stack_axis is not None:  # the pool holds single frames
+                    stored = torch.Size([*stored[: self._stack_axis], self._stack_size, *stored[self._stack_axis :]])
             if shape != stored:
                 raise ValueError(
                     f"The batch's {key!r} has per-transition shape {list(shape)}, but the buffer stores {list(stored)} "

@@ -838,22 +838,34 @@ class EpisodeEnvs:
     terminated on even episodes and truncated on odd ones. The final observation of an episode encodes its last
     step + 1, never the reset observation (the next episode's step 0). ``reset`` starts a new episode in every env,
     as a collector does after a resume (``is_init`` on the batch's first step). Observations are ``[4, 16, 16]``
-    uint8 images (1 KiB: stored once, in the pool), or with ``dict_obs`` a nested Dict observation around that image.
+    uint8 images (1 KiB: stored once, in the pool), with ``"dict"`` a nested Dict observation around that image, and
+    with ``"frames"`` (``"frames_last"``) stacks of the last 4 frames ``[16, 16]`` along the first (last) axis, as
+    gymnasium's FrameStackObservation gives them: an episode's first stack repeats its first frame. The newest frame
+    (the image's last channel) holds (env, episode, step) in its first 3 pixels.
     """
 
-    def __init__(self, num_envs: int, dict_obs: bool = False, lengths: int | None = None) -> None:
-        self.num_envs, self.dict_obs, self.lengths = num_envs, dict_obs, lengths
+    def __init__(self, num_envs: int, observation: str = "image", lengths: int | None = None) -> None:
+        self.num_envs, self.kind, self.lengths = num_envs, observation, lengths
+        self.dict_obs = observation == "dict"
         self.episode = [0] * num_envs
         self.step = [0] * num_envs
 
     def length(self, env: int, episode: int) -> int:
         return self.lengths or 2 + (3 * env + 5 * episode) % 6
 
-    @staticmethod
-    def image(env: int, episode: int, step: int) -> torch.Tensor:
+    def image(self, env: int, episode: int, step: int) -> torch.Tensor:
+        if self.kind.startswith("frames"):
+            stack = torch.stack([self.frame(env, episode, max(step - 3 + i, 0)) for i in range(4)])
+            return stack if self.kind == "frames" else stack.movedim(0, -1).contiguous()
         image = torch.full((4, 16, 16), (env * 37 + episode * 11 + step * 3) % 251, dtype=torch.uint8)
-        image[0, 0, :3] = torch.tensor([env, episode, step], dtype=torch.uint8)
+        image[-1, 0, :3] = torch.tensor([env, episode, step], dtype=torch.uint8)
         return image
+
+    @staticmethod
+    def frame(env: int, episode: int, step: int) -> torch.Tensor:
+        frame = torch.full((16, 16), (env * 37 + episode * 11 + step * 3) % 251, dtype=torch.uint8)
+        frame[0, :3] = torch.tensor([env, episode, step], dtype=torch.uint8)
+        return frame
 
     def observation(self, env: int, episode: int, step: int) -> dict[str, Any]:
         return {
@@ -922,26 +934,28 @@ class EpisodeEnvs:
         )
 
 
-def pixels_of(td: TensorDict, key: Any) -> torch.Tensor:
-    value = td.get(key)
-    return value["pixels"] if isinstance(value, TensorDict) else value
+def ids_of(td: TensorDict, key: Any) -> torch.Tensor:
+    """(env, episode, step) of each observation, ``[n, 3]`` int64: the first pixels of its newest frame."""
+    pixels = td.get(key)
+    pixels = pixels["pixels"] if isinstance(pixels, TensorDict) else pixels
+    return (pixels[:, 0, :3, -1] if pixels.shape[-1] == 4 else pixels[:, -1, 0, :3]).long()
 
 
 def check_transitions(sample: TensorDict, gamma: float) -> None:
     """Every transition's next observation is its own episode's, m steps on (m from the discount), and each Dict leaf
     encodes the same (env, episode, step) as the image."""
-    obs, nxt = pixels_of(sample, keys.OBSERVATION), pixels_of(sample, keys.NEXT_OBSERVATION)
-    env, episode, step = obs[:, 0, 0, :3].long().unbind(-1)
-    next_env, next_episode, next_step = nxt[:, 0, 0, :3].long().unbind(-1)
+    obs = ids_of(sample, keys.OBSERVATION)
+    env, episode, step = obs.unbind(-1)
+    next_env, next_episode, next_step = ids_of(sample, keys.NEXT_OBSERVATION).unbind(-1)
     assert torch.equal(env, next_env) and torch.equal(episode, next_episode), "a next observation of another episode"
     used = (next_step - step).tolist()
     discount = sample[NEXT_DISCOUNT].squeeze(-1).tolist()
     for m, d in zip(used, discount, strict=True):
         assert m >= 1 and math.isclose(d, gamma**m, rel_tol=1e-6), (m, d)
-    assert torch.equal(sample[keys.ACTION].long(), obs[:, 0, 0, :3].long())
+    assert torch.equal(sample[keys.ACTION].long(), obs)
     for td in (sample[keys.OBSERVATION], sample[keys.NEXT_OBSERVATION]):
         if isinstance(td, TensorDict):
-            ids = td["pixels"][:, 0, 0, :3].long()
+            ids = td["pixels"][:, -1, 0, :3].long()
             assert td["state", "ids"].dtype == torch.float32  # observation_dtype applies to floating leaves
             assert torch.equal(td["state", "ids"].long(), ids) and torch.equal(td["step"], ids[:, 2])
             assert td["step"].dtype == torch.int64 and td["step"].shape == (len(ids),)
@@ -966,7 +980,7 @@ def check_pool(buffer: ReplayBuffer) -> None:
     assert buffer._shared
     refs = torch.zeros_like(buffer._pool_refs)
     held = [buffer._data[key][: len(buffer)].reshape(-1) for key in replay._SLOT_KEYS]
-    slots = torch.cat([*held, buffer._held_slots()])
+    slots = buffer._ancestry(torch.cat([*held, buffer._held_slots()]))  # frame stacks: each frame of a stack too
     refs.index_add_(0, slots, torch.ones_like(slots, dtype=torch.int32))
     assert torch.equal(refs, buffer._pool_refs)
     free = buffer._free[: buffer._free_count]
@@ -975,11 +989,18 @@ def check_pool(buffer: ReplayBuffer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("n_step", "prioritized", "storage", "dict_obs"),
-    [(1, False, "memory", False), (3, True, "memmap", True), (1, True, "memmap", False), (3, False, "memory", True)],
+    ("n_step", "prioritized", "storage", "observation"),
+    [
+        (1, False, "memory", "image"),
+        (3, True, "memmap", "dict"),
+        (1, True, "memmap", "image"),
+        (3, False, "memory", "dict"),
+        (3, True, "memory", "frames"),
+        (1, False, "memmap", "frames_last"),
+    ],
 )
 def test_shared_observations_sample_exactly_what_the_naive_layout_samples(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_step: int, prioritized: bool, storage: str, dict_obs: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_step: int, prioritized: bool, storage: str, observation: str
 ) -> None:
     """Batches of 3 envs with episodes of 2-7 steps and batches of 1-6 steps into a 40-transition ring (wrapping many
     times), a reset of every env in between, and a checkpoint round trip: the buffer that stores each observation
@@ -997,9 +1018,10 @@ def test_shared_observations_sample_exactly_what_the_naive_layout_samples(
         naive(patch)
         reference = make("naive")
         restored = make("restored")
-    envs = [EpisodeEnvs(3, dict_obs), EpisodeEnvs(3, dict_obs)]
+    envs = [EpisodeEnvs(3, observation), EpisodeEnvs(3, observation)]
     fill_both(shared, reference, envs, [5, 4, 6, 1, 5, 3, 6, 2, 5], reset_at=4)
     assert shared._shared and not reference._shared
+    assert shared._stack_axis == {"frames": 0, "frames_last": 2}.get(observation)  # single frames in the pool
     check_pool(shared)
     # The checkpoint: state_dict -> torch.save -> torch.load(weights_only=True) -> load_state_dict.
     path = tmp_path / "buffer.pt"
@@ -1020,7 +1042,10 @@ def test_shared_observations_sample_exactly_what_the_naive_layout_samples(
         assert torch.equal(index, restored.extend(batch.clone()))
         for buffer in (shared, restored):
             check_pool(buffer)
-            assert buffer._pool_used <= 40 + 40 // 16 + 2 * 18 + 6 * n_step  # no growth: far from two per transition
+            if buffer._stack_axis is None:  # no growth: far from two observations per transition
+                assert buffer._pool_used <= 40 + 40 // 16 + 2 * 18 + 6 * n_step
+            else:  # frames: 1 a step, 4 an episode's first stack, plus held-back windows: against the naive layout's 8
+                assert int((buffer._pool_refs > 0).sum()) <= 3 * 40
             for seed in range(3):
                 a = reference.sample(16, generator=torch.Generator().manual_seed(seed))
                 b = buffer.sample(16, generator=torch.Generator().manual_seed(seed))
@@ -1066,6 +1091,45 @@ def test_long_episodes_store_about_one_observation_per_transition() -> None:
     assert live <= 400 + 400 // 50 + 4 * 3 + 4, live  # transitions, episode ends, held-back windows, tail
     assert buffer._pool_used <= 400 + 400 // 16 + 2 * 32 + 2 * 4 * 3  # never grew, and no slot was wasted
     check_transitions(contents(buffer), gamma=0.99)
+
+
+def test_frame_stacks_store_about_one_frame_per_transition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stacks of 4 frames, episodes of 50 steps: the pool holds single frames, about one per transition (plus 4 for
+    each episode's first stack), a quarter of one observation per transition; the samples are the naive layout's."""
+    buffer = ReplayBuffer(capacity=400, n_step=3)
+    with monkeypatch.context() as patch:
+        naive(patch)
+        reference = ReplayBuffer(capacity=400, n_step=3)
+    envs = [EpisodeEnvs(4, "frames", lengths=50), EpisodeEnvs(4, "frames", lengths=50)]
+    fill_both(buffer, reference, envs, [8] * 40)
+    check_pool(buffer)
+    assert buffer._stack_axis == 0 and buffer._pool[()].shape[1:] == (16, 16)
+    live = int((buffer._pool_refs > 0).sum())
+    assert live <= 400 + 4 * (400 // 50 + 2) + 4 * 3 + 4, live  # frames, episodes' first stacks, windows, tail
+    for seed in range(3):
+        a = reference.sample(64, generator=torch.Generator().manual_seed(seed))
+        assert (a == buffer.sample(64, generator=torch.Generator().manual_seed(seed))).all()
+    check_transitions(contents(buffer), gamma=0.99)
+
+
+def test_observations_that_stop_sliding_are_stored_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first batches are frame stacks (the pool holds single frames), then the same envs send images whose
+    channels do not slide: each is checked and stored as a chain of 4 frames, and every sample is still exact."""
+    shared = ReplayBuffer(capacity=40, n_step=2, prioritized=True)
+    with monkeypatch.context() as patch:
+        naive(patch)
+        reference = ReplayBuffer(capacity=40, n_step=2, prioritized=True)
+    stacks = [EpisodeEnvs(2, "frames"), EpisodeEnvs(2, "frames")]
+    fill_both(shared, reference, stacks, [5, 5])
+    assert shared._stack_axis == 0
+    images = [EpisodeEnvs(2), EpisodeEnvs(2)]
+    fill_both(shared, reference, images, [4, 6, 5, 5, 4], reset_at=0)
+    check_pool(shared)
+    for seed in range(3):
+        a = reference.sample(32, generator=torch.Generator().manual_seed(seed))
+        b = shared.sample(32, generator=torch.Generator().manual_seed(seed))
+        assert (a == b).all()
+        check_transitions(b, gamma=0.99)
 
 
 def test_flat_batches_share_observations_where_they_are_equal(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1125,7 +1189,7 @@ def test_dict_observations_stored_per_leaf() -> None:
 
 
 def test_bad_dict_observations(monkeypatch: pytest.MonkeyPatch) -> None:
-    envs = EpisodeEnvs(2, dict_obs=True)
+    envs = EpisodeEnvs(2, "dict")
     buffer = ReplayBuffer(capacity=20, observation_dtype="float64")
     buffer.extend(envs.batch(3))
     assert buffer._shared
