@@ -3,10 +3,12 @@
 A buffer of 100,000 transitions of Atari-sized observations (``[4, 84, 84]`` uint8 frame stacks, as gymnasium's
 ``AtariPreprocessing`` + ``FrameStackObservation`` give them; 28,224 bytes each), filled with collector-shaped
 batches ``[8 envs, 16 steps]`` whose stacks slide one frame a step, in episodes of 200 to 600 steps (the final
-observation of an episode is not the next episode's reset one). Each variant runs in a fresh subprocess, which
-reports its resident memory growth from before the buffer is built to after it is full (anonymous and file-backed
-pages), bytes per transition, and the time of a uniform ``sample(32)``. Prints the ratios to the plain ring and the
-issue's target (at most 3 GB for the 100,000-transition buffer). See benchmarks/README.md.
+observation of an episode is not the next episode's reset one). ``ReplayBuffer`` stores these as single frames; the
+``whole`` variant reverses each stack (newest frame first: the same bytes, but stacks that do not slide), so that
+it stores whole observations, each once. Each variant runs in a fresh subprocess, which reports its resident memory
+growth from before the buffer is built to after it is full (anonymous and file-backed pages), bytes per transition,
+and the time of a uniform ``sample(32)``. Prints the ratios to the plain ring and the issue's targets (at most 3 GB
+for the 100,000-transition buffer; 1 GB with single frames). See benchmarks/README.md.
 
     .venv/bin/python benchmarks/replay_memory.py
     .venv/bin/python benchmarks/replay_memory.py --capacity 20000 --variants ring memory
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import torch
 from tensordict import TensorDict
@@ -35,13 +38,15 @@ VARIANTS = {
     "ring": "plain uint8 ring (observation + next observation)",
     "memory": "ReplayBuffer, storage='memory'",
     "memmap": "ReplayBuffer, storage='memmap'",
+    "whole": "ReplayBuffer, memory, stacks newest frame first",
 }
 
 
-def atari_batches(num_envs: int, steps: int, seed: int) -> Iterator[TensorDict]:
+def atari_batches(num_envs: int, steps: int, seed: int, newest_first: bool = False) -> Iterator[TensorDict]:
     """Endless collector batches ``[num_envs, steps]`` of frame stacks: each step pushes one new random 84x84 frame
     into its env's stack of 4; an episode (200 to 600 steps) ends terminated with its own final stack, and the next one
-    starts from a stack of 4 copies of its first frame (FrameStackObservation's padding)."""
+    starts from a stack of 4 copies of its first frame (FrameStackObservation's padding). ``newest_first`` reverses
+    each stack: the same bytes, but no longer a stack that slides (ReplayBuffer then stores whole observations)."""
     generator = torch.Generator().manual_seed(seed)
     stacks = [torch.randint(0, 256, SHAPE, dtype=torch.uint8, generator=generator) for _ in range(num_envs)]
     left = [int(torch.randint(200, 601, (), generator=generator)) for _ in range(num_envs)]
@@ -67,6 +72,8 @@ def atari_batches(num_envs: int, steps: int, seed: int) -> Iterator[TensorDict]:
                     current = [4 + steps + resets] * 4
                     resets += 1
                     left[env] = int(torch.randint(200, 601, (), generator=generator))
+            if newest_first:
+                obs_rows, next_rows = [row[::-1] for row in obs_rows], [row[::-1] for row in next_rows]
             obs[env] = frames[torch.tensor(obs_rows)]
             nxt[env] = frames[torch.tensor(next_rows)]
             stacks[env] = frames[torch.tensor(current)]
@@ -147,7 +154,7 @@ def per_call_us(fn: Callable[[], object], calls: int, rounds: int) -> tuple[floa
 def run_variant(args: argparse.Namespace) -> dict[str, float]:
     """Fills one buffer in this process and measures it."""
     torch.set_num_threads(args.threads)
-    batches = atari_batches(args.envs, args.steps, seed=0)
+    batches = atari_batches(args.envs, args.steps, seed=0, newest_first=args.variant == "whole")
     next(batches)  # the generator's own memory is in the baseline
     gc.collect()
     before = memory_kib()
@@ -156,7 +163,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
     if args.variant == "ring":
         buffer = PlainRing(args.capacity)
     else:
-        buffer = ReplayBuffer(args.capacity, storage=args.variant, scratch_dir=scratch.name)
+        storage: Literal["memory", "memmap"] = "memmap" if args.variant == "memmap" else "memory"
+        buffer = ReplayBuffer(args.capacity, storage=storage, scratch_dir=scratch.name)
     start = time.perf_counter()
     filled = 0
     while filled < args.capacity:
@@ -185,6 +193,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
     }
     if isinstance(buffer, ReplayBuffer):
         result["pool_slots"] = float(buffer._pool_used)
+        result["single_frames"] = float(buffer._stack_axis is not None)
     scratch.cleanup()
     return result
 
@@ -243,10 +252,11 @@ def main() -> None:
                 f"sample {result['sample_us'] / ring['sample_us']:5.2f}x (median), "
                 f"{result['fastest_us'] / ring['fastest_us']:5.2f}x (fastest)"
             )
-    target = 3e9 * args.capacity / 100_000
-    for variant in ("memory", "memmap"):
+    for variant in ("memory", "memmap", "whole"):
         if variant in results:
-            resident = results[variant]["anon_bytes"] + results[variant]["file_bytes"]
+            result = results[variant]
+            target = (1e9 if result["single_frames"] else 3e9) * args.capacity / 100_000
+            resident = result["anon_bytes"] + result["file_bytes"]
             verdict = "ok" if resident <= target else "MISSED"
             print(f"  target {VARIANTS[variant]}: <= {target / 1e9:.1f} GB: {resident / 1e9:.2f} GB ({verdict})")
 
