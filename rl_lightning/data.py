@@ -387,7 +387,9 @@ class RLDataModule(pl.LightningDataModule):
                 self.pixels,
                 self.env_id,
                 pin,
-                episodes_from_info=bool(self.train_wrappers),
+                # Whole episodes as `wrappers` shape them, read below the training-only options: a
+                # RecordEpisodeStatistics under the train_wrappers, or EnvPool's game statistics (episodic_life).
+                episodes_from_info=bool(self.train_wrappers) or self.vectorization == "envpool",
             )
             self._collector.reset(seed=self.training_env_seed)
         return self._collector

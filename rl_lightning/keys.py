@@ -6,7 +6,8 @@ last, torchrl's convention). Entries carry a trailing ``[1]`` dim for scalars.
 ========================================  ===========================================================
 key                                       meaning
 ========================================  ===========================================================
-``observation``                           observation at t
+``observation``                           observation at t (a TensorDict, one entry per key, for ``Dict``
+                                          observation spaces; images stay uint8)
 ``action``                                action taken at t (before clipping to the env's bounds)
 ``action_log_prob``                       log-prob of the action under the collecting policy
 ``done`` / ``terminated`` / ``truncated`` flags of the observation at t (always False after autoreset)
@@ -17,7 +18,9 @@ key                                       meaning
 ``("next", "done" / "terminated" /        how the transition ended; values bootstrap on truncation,
 "truncated")``                            never on termination
 ``("next", "episode_return")``            return of the episode that ended at this transition (0 elsewhere)
-``("next", "episode_length")``            length of the episode that ended at this transition (0 elsewhere)
+``("next", "episode_length")``            length of the episode that ended at this transition (0 elsewhere);
+                                          > 0 marks the end of a whole episode, which a ``done`` cut by a
+                                          training-only wrapper (a lost life under ``EpisodicLife``) is not
 ``state_value`` / ``advantage`` /         written by value estimators (GAE)
 ``value_target``
 ``pixels``                                rendered ``rgb_array`` frame of the observation at t,

@@ -327,7 +327,9 @@ class RLModule(pl.LightningModule, ABC):
     def _log_rollout(self, batch: TensorDict) -> None:
         """Adds the episodes completed in this (CPU) batch to :attr:`episode_stats`, and logs counters, fps and the
         mean return and length of the last ``stats_window`` episodes of all ranks."""
-        done = batch[keys.NEXT_DONE].reshape(*batch.batch_size, -1).any(-1)
+        # Whole episodes end where the collector wrote their length: not where a training-only wrapper ended one early
+        # (EpisodicLife's lost lives), which is `done` too but starts no new game.
+        done = batch[keys.NEXT_EPISODE_LENGTH].reshape(*batch.batch_size, -1)[..., 0] > 0
         env, t = done.nonzero(as_tuple=True)
         order = t.argsort(stable=True)  # in the order they ended
         env, t = env[order], t[order]

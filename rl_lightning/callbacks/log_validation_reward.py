@@ -14,7 +14,7 @@ from rl_lightning._checks import check_int, check_positive
 from rl_lightning.callbacks.rl_callback import RLCallback
 from rl_lightning.collector import evaluate
 from rl_lightning.data import CALLBACK_SEEDS, RLDataModule, evaluation_seed
-from rl_lightning.envs import check_rgb_array, make_vec_env
+from rl_lightning.envs import Vectorization, check_rgb_array
 from rl_lightning.recording import log_video, require_video_extra, write_video
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class LogValidationReward(RLCallback):
         if self.record_video:
             who = "LogValidationReward(record_video=True)"
             require_video_extra(who)
-            check_rgb_array(data.env_id, data.wrappers, data.frame_skip, who)
+            check_rgb_array(data.env_id, data.wrappers, data.frame_skip, who, env_kwargs=data.env_kwargs)
             # trainer.log_dir broadcasts from rank zero, so every rank asks for it here.
             self.video_dir = Path(trainer.log_dir or trainer.default_root_dir) / "videos"
 
@@ -140,9 +140,9 @@ class LogValidationReward(RLCallback):
         data: RLDataModule = module.data
         if self._envs is None:
             render_mode = "rgb_array" if self.record_video else None
-            self._envs = make_vec_env(
-                data.env_id, self.num_envs, data.wrappers, data.frame_skip, render_mode=render_mode
-            )
+            # The data's evaluation envs (no train_wrappers), in this process; EnvPool ids only EnvPool makes.
+            vectorization: Vectorization = "envpool" if data.vectorization == "envpool" else "sync"
+            self._envs = data.make_eval_envs(self.num_envs, render_mode=render_mode, vectorization=vectorization)
         base = self.seed if self.seed is not None else data.seed
         frames: list[np.ndarray] | None = [] if self.record_video else None
 
