@@ -8,7 +8,8 @@ observation of an episode is not the next episode's reset one). ``ReplayBuffer``
 it stores whole observations, each once. Each variant runs in a fresh subprocess, which reports its resident memory
 growth from before the buffer is built to after it is full (anonymous and file-backed pages), bytes per transition,
 and the time of a uniform ``sample(32)``. Prints the ratios to the plain ring and the issue's targets (at most 3 GB
-for the 100,000-transition buffer; 1 GB with single frames). See benchmarks/README.md.
+for the 100,000-transition buffer; 1 GB with single frames), then times ``sample(32)`` of the ring and of both
+layouts in alternating rounds in one process (smaller buffers: all three fit at once). See benchmarks/README.md.
 
     .venv/bin/python benchmarks/replay_memory.py
     .venv/bin/python benchmarks/replay_memory.py --capacity 20000 --variants ring memory
@@ -198,6 +199,43 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
     return result
 
 
+def interleaved_sampling(args: argparse.Namespace) -> None:
+    """Times ``sample(32)`` of the ring and of both ReplayBuffer layouts in one process, in alternating rounds (the
+    fairest comparison on a busy machine), on buffers of ``--interleaved-capacity`` transitions."""
+    torch.set_num_threads(args.threads)
+    capacity = args.interleaved_capacity
+    ring, frames, whole = PlainRing(capacity), ReplayBuffer(capacity), ReplayBuffer(capacity)
+    for buffer, newest_first in ((ring, False), (frames, False), (whole, True)):
+        batches, filled = atari_batches(args.envs, args.steps, seed=0, newest_first=newest_first), 0
+        while filled < capacity:
+            batch = next(batches)
+            buffer.extend(batch)
+            filled += batch.numel()
+    assert frames._stack_axis is not None and whole._stack_axis is None
+    generator = torch.Generator().manual_seed(0)
+    calls: dict[str, Callable[[], object]] = {
+        "plain uint8 ring": lambda: ring.sample(args.batch_size, generator),
+        "ReplayBuffer, single frames": lambda: frames.sample(args.batch_size, generator=generator),
+        "ReplayBuffer, whole observations": lambda: whole.sample(args.batch_size, generator=generator),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(30):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            for _ in range(100):
+                fn()
+            timings[name].append((time.perf_counter() - start) / 100 * 1e6)
+    ring_median = statistics.median(timings["plain uint8 ring"])
+    ring_fastest = min(timings["plain uint8 ring"])
+    print(f"\nsample({args.batch_size}) interleaved in one process ({capacity:,} transitions, 30 rounds of 100 calls)")
+    for name, values in timings.items():
+        median, fastest = statistics.median(values), min(values)
+        print(
+            f"  {name:<34} median {median:6.1f} us ({median / ring_median:4.2f}x)  "
+            f"fastest {fastest:6.1f} us ({fastest / ring_fastest:4.2f}x)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--capacity", type=int, default=100_000)
@@ -208,8 +246,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timings per variant; the median counts")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one subprocess's variant
+    parser.add_argument(
+        "--interleaved-capacity", type=int, default=30_000, help="buffers of the in-process sample timing (0: skip)"
+    )
+    parser.add_argument("--variant", choices=[*VARIANTS, "interleaved"], help=argparse.SUPPRESS)  # a subprocess's
     args = parser.parse_args()
+    if args.variant == "interleaved":
+        interleaved_sampling(args)
+        return
     if args.variant is not None:
         print(json.dumps(run_variant(args)))
         return
@@ -259,6 +303,11 @@ def main() -> None:
             resident = result["anon_bytes"] + result["file_bytes"]
             verdict = "ok" if resident <= target else "MISSED"
             print(f"  target {VARIANTS[variant]}: <= {target / 1e9:.1f} GB: {resident / 1e9:.2f} GB ({verdict})")
+    if args.interleaved_capacity:
+        command = [sys.executable, __file__, "--variant", "interleaved"]
+        for name in ("interleaved_capacity", "envs", "steps", "batch_size", "threads"):
+            command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        print(subprocess.run(command, check=True, capture_output=True, text=True).stdout, end="")
 
 
 if __name__ == "__main__":
