@@ -3,7 +3,6 @@ in SelectKeys and LogScalar, and the refusal of spaces the collector cannot stor
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,14 @@ from rl_lightning.data import RLDataModule
 from rl_lightning.envs import make_vec_env
 from rl_lightning.spaces import space_from_dict
 from tests.conftest import quiet_trainer
+from tests.episode_env import EpisodeStepEnv
 
 DICT_TARGET = "rl_lightning.toy_envs:DictTarget-v0"
-_episode_ids = itertools.count(1)
 
 
-class DictEpisodeStepEnv(gym.Env):
+class DictEpisodeStepEnv(EpisodeStepEnv):
     """A nested Dict observation whose every leaf encodes the episode id and the step, to check that no batch entry
-    ever joins two episodes.
+    ever joins two episodes (EpisodeStep-v0's episodes, in a Dict).
 
     ``{"ids": Box (2,) float32 = [episode, step], "code": Discrete = episode * 100 + step,
     "nested": {"image": Box uint8 (2, 2, 1) = [[episode % 256, episode // 256], [step, 0]]}}``. Episodes last 3 to 9
@@ -43,18 +42,6 @@ class DictEpisodeStepEnv(gym.Env):
         }
     )
     action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
-        super().reset(seed=seed)
-        self.episode, self.t = next(_episode_ids), 0
-        self.length = int(self.np_random.integers(3, 10))
-        self.truncate = bool(self.np_random.integers(2))
-        return self._obs(), {}
-
-    def step(self, action: Any) -> Any:
-        self.t += 1
-        ended = self.t >= self.length
-        return self._obs(), float(self.t), ended and not self.truncate, ended and self.truncate, {}
 
     def _obs(self) -> dict[str, Any]:
         image = np.array([[self.episode % 256, self.episode // 256], [self.t, 0]], dtype=np.uint8)[..., None]
