@@ -69,7 +69,9 @@ def test_a_space_passes_through() -> None:
     [gym.spaces.Tuple([gym.spaces.Discrete(2)]), gym.spaces.Text(4)],
 )
 def test_unsupported_space(space: gym.spaces.Space) -> None:
-    with pytest.raises(ValueError, match="is not supported; expected Box, Discrete, MultiDiscrete, MultiBinary or Dict"):
+    with pytest.raises(
+        ValueError, match="is not supported; expected Box, Discrete, MultiDiscrete, MultiBinary or Dict"
+    ):
         space_to_dict(space)
 
 
