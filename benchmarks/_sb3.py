@@ -7,6 +7,7 @@ stable-baselines3 is the ``bench`` extra: ``.venv/bin/pip install -c constraints
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ try:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.noise import NormalActionNoise
+    from stable_baselines3.common.preprocessing import is_image_space_channels_first
+    from stable_baselines3.common.torch_layers import NatureCNN
     from stable_baselines3.common.vec_env import VecEnv
 except ImportError as err:
     raise SystemExit(
@@ -30,16 +33,38 @@ except ImportError as err:
     ) from err
 
 from rl_lightning.data import evaluation_seed
+from rl_lightning.envs import make_env
 
-__all__ = ["DEVICE", "Evaluation", "NormalActionNoise", "learn", "make_envs", "mlp_init_", "sb3"]
+__all__ = [
+    "DEVICE",
+    "Evaluation",
+    "NatureCNN",
+    "NormalActionNoise",
+    "is_image_space_channels_first",
+    "learn",
+    "make_envs",
+    "mlp_init_",
+    "sb3",
+]
 
 DEVICE = "cpu"  # the configs' accelerator
 
 
-def make_envs(env_id: str, num_envs: int, seed: int | None = None) -> VecEnv:
-    """SB3's ``make_vec_env`` (a ``DummyVecEnv`` of ``Monitor``-wrapped envs), as its users make envs; ``seed``
-    resets env ``i`` with ``seed + i`` at the first reset, as rl_lightning's training envs."""
-    return make_vec_env(env_id, num_envs, seed=seed)
+def make_envs(hp: dict[str, Any], num_envs: int, seed: int | None = None, train: bool = True) -> VecEnv:
+    """SB3's ``make_vec_env`` (a ``DummyVecEnv`` of ``Monitor``-wrapped envs) of the env rl_lightning's
+    ``RLDataModule`` makes from the same settings: :func:`rl_lightning.envs.make_env` with the config's ``env_id``,
+    ``env_kwargs``, ``frame_skip``, ``wrappers`` and, for training envs (``train``), ``train_wrappers``; without any
+    of them, ``gym.make(env_id)`` as SB3's users make envs. ``seed`` resets env ``i`` with ``seed + i`` at the
+    first reset, as rl_lightning's training envs. ``Monitor`` wraps the whole env, training wrappers included."""
+    make = functools.partial(
+        make_env,
+        hp["env_id"],
+        hp.get("wrappers"),
+        hp.get("frame_skip", 1),
+        env_kwargs=hp.get("env_kwargs"),
+        train_wrappers=hp.get("train_wrappers") if train else None,
+    )
+    return make_vec_env(make, num_envs, seed=seed)
 
 
 def mlp_init_(*networks: nn.Sequential) -> None:
@@ -115,11 +140,11 @@ def learn(
         ``(model, frames, seconds, last evaluation return or None)``.
     """
     start = time.perf_counter()
-    envs = make_envs(hp["env_id"], hp["num_envs"], seed=seed)
+    envs = make_envs(hp, hp["num_envs"], seed=seed)
     model = build(envs)
     evaluator = None
     if threshold is not None:
-        eval_envs = make_envs(hp["env_id"], min(hp["eval_envs"], hp["eval_episodes"]))
+        eval_envs = make_envs(hp, min(hp["eval_envs"], hp["eval_episodes"]), train=False)
         evaluator = Evaluation(
             eval_envs, hp["eval_episodes"], hp["frames_per_batch"], hp["val_check_interval"], seed, threshold
         )

@@ -1,24 +1,28 @@
 """rl_lightning against stable-baselines3 (SB3), algorithm by algorithm, with the hyperparameters of the shipped
 configs: frames per second, and the time to a reward threshold.
 
-    .venv/bin/python benchmarks/vs_sb3.py [--algorithms ppo a2c dqn sac td3 ddpg] [--seeds 0 1 2] [--threads 1]
-                                          [--throughput-frames N] [--profile]
+    .venv/bin/python benchmarks/vs_sb3.py [--algorithms ppo ppo_atari a2c dqn sac td3 ddpg] [--seeds 0 1 2]
+                                          [--threads N] [--throughput-frames N] [--profile]
 
-Each algorithm reads its hyperparameters from ``configs/<algorithm>.yaml`` (the module's and RLDataModule's
-defaults fill in what the config leaves out), so the benchmark runs what users run. rl_lightning runs as a user
-runs it: ``rl_lightning.build(config, overrides)`` and ``trainer.fit`` (the config's CSV logger and checkpoints
-on, written to a temporary directory; progress bar off), timed around ``fit``. SB3 runs its class with the
-arguments of the algorithm's mapping function below, on its own envs (``make_vec_env``: a ``DummyVecEnv`` of
-``Monitor``-wrapped envs, ``num_envs`` of them, env ``i`` seeded ``seed + i``), timed from making its envs to the
-end of ``learn`` (``_sb3.learn``).
+Each algorithm reads its hyperparameters from ``configs/<algorithm>.yaml`` (``ppo_atari``: PPO on Pong from
+``configs/ppo_atari.yaml``; the module's and RLDataModule's defaults fill in what the config leaves out), so the
+benchmark runs what users run, with the config's ``torch_threads`` on both sides (``--threads`` overrides it).
+rl_lightning runs as a user runs it: ``rl_lightning.build(config, overrides)`` and ``trainer.fit`` (the config's
+CSV logger and checkpoints on, written to a temporary directory; progress bar off), timed around ``fit``. SB3 runs
+its class with the arguments of the algorithm's mapping function below, on its own envs (``make_vec_env``: a
+``DummyVecEnv`` of ``Monitor``-wrapped envs, ``num_envs`` of them, env ``i`` seeded ``seed + i``), each made as
+RLDataModule makes its envs (``rl_lightning.envs.make_env`` with the config's ``env_id``, ``env_kwargs``,
+``frame_skip``, ``wrappers`` and, for training, ``train_wrappers``: ``_sb3.make_envs``), timed from making its envs
+to the end of ``learn`` (``_sb3.learn``).
 
 Two metrics per algorithm, side and seed, in one process, the side that goes first alternating from seed to
 seed (after an untimed warm-up run of each side):
   throughput: frames/s over the algorithm's ``--throughput-frames`` with evaluation off;
   time to threshold: wall time and frames until the deterministic evaluation's mean return passes the threshold
       (CartPole-v1: 475, Pendulum-v1: -200; compared with ``>``, as ``EarlyStopping(mode="max")``), within the
-      config's ``total_frames``. Both sides evaluate at the same frames: ``eval_episodes`` episodes on
-      ``min(eval_envs, eval_episodes)`` envs after the update of every ``val_check_interval``-th batch and after
+      config's ``total_frames``; not run for ``ppo_atari`` (Pong takes hours to learn on a CPU: throughput
+      only). Both sides evaluate at the same frames: ``eval_episodes`` episodes on ``min(eval_envs,
+      eval_episodes)`` envs after the update of every ``val_check_interval``-th batch and after
       the last one, each round's envs seeded as RLDataModule seeds them (``_sb3.Evaluation`` on the SB3 side;
       the config's ``EarlyStopping``, or one added with the threshold, on rl_lightning's).
 The summary gives the medians over the seeds and the ratios rl_lightning/SB3 as speed-ups (> 1: rl_lightning is
@@ -37,6 +41,14 @@ PPO (``sb3_ppo_kwargs`` of ``ppo_cartpole.py``):
     learning_rate = lr                           with anneal_lr linear to 0 over the run's frames, counted before
                                                  each batch as rl_lightning counts them
     ortho_init = True (rl_lightning's gains), optimizer_kwargs = {eps: optimizer_eps}
+PPO on images (``ppo_atari``, ``sb3_ppo_cnn_kwargs``): PPO's mapping with SB3's ``CnnPolicy``, and
+    cnn -> NatureCNN (features_extractor_kwargs = {features_dim: features}); other channels, kernel_sizes or
+        strides than the Nature CNN's are refused, and so are images whose channels rl_lightning's encoder reads
+        from another dimension than SB3 (``check_network``; [4, 84, 84] frame stacks are channels-first to both,
+        so SB3 wraps no ``VecTransposeImage``); SB3 scales the uint8 images by 1/255 as rl_lightning
+    share_network -> share_features_extractor   net_arch = {pi: hidden_sizes, vf: hidden_sizes}: with
+        share_network, only hidden_sizes [] (SB3 2.x shares the CNN, not the layers after it)
+    ortho_init = True: sqrt(2) for the CNN, 0.01 for the actor's head, 1 for the critic's, as rl_lightning
 A2C (``sb3_a2c_kwargs``): as PPO for what they share (n_steps, learning_rate, gamma, gae_lambda, ent_coef,
     vf_coef = value_coef / 2, max_grad_norm, normalize_advantage, the networks), and
     use_rms_prop = (optimizer == "rmsprop")      SB3's RMSprop is torch's with alpha=0.99, as rl_lightning's
@@ -63,7 +75,7 @@ DQN (``sb3_dqn_kwargs``): as SAC for what they share (train_freq = one batch, gr
     max_grad_norm (null: inf)                    loss: SB3's is the Huber loss (rl_lightning's loss="huber")
     then rl_lightning's initialization of the Q network (``dqn_init_``)
 
-A config setting with no SB3 equivalent (e.g. PPO's ``share_network``, SAC's ``prioritized``, DQN's
+A config setting with no SB3 equivalent (e.g. ``share_network`` on an MLP, SAC's ``prioritized``, DQN's
 ``double_dqn``) stops the script with a message naming the key; so does a key this script does not know yet.
 What stays different even with matched arguments is printed with each algorithm (``Algorithm.unmatched``); in
 short, SB3's own way of doing the same work: Adam's for-loop implementation where rl_lightning's is fused, SAC's
@@ -93,25 +105,49 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from _harness import ROOT, Result, compare, early_stopping, fit_rl_lightning, parser, profile, quiet, read_hparams
-from _sb3 import NormalActionNoise, learn, mlp_init_, sb3
+from _harness import (
+    ROOT,
+    Result,
+    Runner,
+    compare,
+    early_stopping,
+    fit_rl_lightning,
+    parser,
+    profile,
+    quiet,
+    read_hparams,
+)
+from _sb3 import NatureCNN, NormalActionNoise, is_image_space_channels_first, learn, mlp_init_, sb3
 from ppo_cartpole import sb3_ppo_kwargs
 from sac_pendulum import orthogonal_init_, sb3_sac_kwargs
 
 import rl_lightning
 from rl_lightning import RLDataModule
+from rl_lightning.encoders import NATURE_CNN, ImageEncoder, is_image_space
+from rl_lightning.envs import make_env
 from rl_lightning.networks import ACTIVATIONS
 
 Kwargs = Callable[[dict[str, Any], int], dict[str, Any]]  # (hyperparameters, the run's total frames) -> SB3's args
 Fixed = dict[str, tuple[Any, str]]  # argument -> (the one value SB3 can match, why)
 
 DATA_FIXED: Fixed = {
-    "frame_skip": (1, "SB3 has no frame skip of its own"),
     "vectorization": ("sync", "SB3's side runs a DummyVecEnv"),
-    "wrappers": (None, "SB3's envs are made without wrappers"),
-    "pixels": (False, "SB3's side runs the MLP policy on the env's observations"),
+    "pixels": (False, "SB3's side runs its policy on the env's observations, not on rendered frames"),
 }
-DATA_MAPPED = ("env_id", "num_envs", "frames_per_batch", "total_frames", "seed", "eval_episodes", "eval_envs")
+DATA_MAPPED = (
+    "env_id",
+    "num_envs",
+    "frames_per_batch",
+    "total_frames",
+    "seed",
+    "eval_episodes",
+    "eval_envs",
+    # SB3's envs are made by rl_lightning.envs.make_env from these, as RLDataModule makes its own (_sb3.make_envs)
+    "env_kwargs",
+    "frame_skip",
+    "wrappers",
+    "train_wrappers",
+)
 DATA_IGNORED = ("stats_window",)  # what rl_lightning logs, not what it computes
 NONFINITE = "nonfinite"  # acts only on NaN/inf gradients (none in these runs); SB3 has no such check
 COMPILE: Fixed = {"compile": (False, "SB3 runs eager")}
@@ -123,13 +159,15 @@ class Algorithm:
 
     module: str  # rl_lightning's class, and SB3's of the same name
     env_id: str
-    threshold: float
+    threshold: float | None  # None: throughput only (the time to a threshold is out of the benchmark's reach)
     throughput_frames: int  # the default of --throughput-frames
     kwargs: Kwargs  # the mapping
     mapped: tuple[str, ...]  # the model arguments the mapping reads, or that change nothing measured
     fixed: Fixed  # the model arguments SB3 has no equivalent for
     unmatched: tuple[str, ...]  # what stays different with the mapped arguments
     init: Callable[[Any], None] | None = None  # applied to the SB3 model after it is built
+    policy: str = "MlpPolicy"  # SB3's policy class; "CnnPolicy" for image observations
+    why_no_threshold: str = ""  # with threshold None, printed with the results
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,6 +185,59 @@ def sb3_a2c_kwargs(hp: dict[str, Any], total_frames: int) -> dict[str, Any]:
     kwargs["use_rms_prop"] = hp["optimizer"] == "rmsprop"  # SB3 then makes torch's RMSprop(alpha=0.99, eps)
     kwargs["rms_prop_eps"] = hp["optimizer_eps"]
     return kwargs
+
+
+def sb3_ppo_cnn_kwargs(hp: dict[str, Any], total_frames: int) -> dict[str, Any]:
+    """``stable_baselines3.PPO("CnnPolicy")``'s arguments: ``sb3_ppo_kwargs``, and the network: SB3's
+    ``NatureCNN`` (rl_lightning's ``ImageEncoder`` with the Nature CNN's convolutions, which :func:`load` checks)
+    with ``features`` outputs, shared by the actor and the critic with ``share_network`` (SB3's
+    ``share_features_extractor``), each head an MLP of ``hidden_sizes`` on the CNN's features."""
+    if hp["share_network"] and hp["hidden_sizes"]:
+        raise SystemExit(
+            f"share_network=true with hidden_sizes={hp['hidden_sizes']}: rl_lightning shares the hidden layers too, "
+            "SB3 2.x only the CNN; the comparison needs hidden_sizes [] with share_network"
+        )
+    kwargs = sb3_ppo_kwargs(hp, total_frames)
+    features = {**NATURE_CNN, **(hp["cnn"] or {})}["features"]
+    kwargs["policy_kwargs"].update(
+        features_extractor_class=NatureCNN,  # ReLU convolutions and linear layer; images scaled by 1/255 as ours
+        features_extractor_kwargs={"features_dim": features},
+        share_features_extractor=hp["share_network"],
+    )
+    return kwargs
+
+
+def spec_value(key: str) -> Any:
+    """The Nature CNN's ``key`` (``rl_lightning.encoders.NATURE_CNN``)."""
+    return dict(NATURE_CNN)[key]
+
+
+def check_network(hp: dict[str, Any], algo: Algorithm) -> str | None:
+    """Why the config's ``cnn`` cannot be compared with SB3's policy (``None`` if it can): an MLP policy needs
+    observations that are not images (``cnn`` then has no effect); SB3's ``CnnPolicy`` is the Nature CNN, reading
+    the image's channels from the dimension rl_lightning's encoder reads them from (SB3 transposes channels-last
+    images with ``VecTransposeImage``)."""
+    env = make_env(hp["env_id"], hp["wrappers"], hp["frame_skip"], env_kwargs=hp["env_kwargs"])
+    space = env.observation_space
+    env.close()
+    if algo.policy == "MlpPolicy":
+        if is_image_space(space):
+            return f"observations {space} are images; the {algo.module} mapping runs SB3's MlpPolicy"
+        return None
+    if not (isinstance(space, gym.spaces.Box) and is_image_space(space) and len(space.shape) == 3):
+        return f"SB3's CnnPolicy takes [C, H, W] or [H, W, C] uint8 images, not observations {space}"
+    spec: dict[str, Any] = {**NATURE_CNN, **(hp["cnn"] or {})}
+    for key in ("channels", "kernel_sizes", "strides"):
+        if list(spec[key]) != spec_value(key):
+            return f"SB3's NatureCNN has {key} {spec_value(key)}, not {spec[key]}"
+    try:
+        channels_last = ImageEncoder(space, hp["cnn"]).channels_last
+    except ValueError as err:  # rl_lightning refuses the cnn itself
+        return str(err)
+    if channels_last != (not is_image_space_channels_first(space)):
+        where = "last" if channels_last else "first"
+        return f"rl_lightning reads the channels of {space.shape} {where} (cnn layout), SB3 the other dimension"
+    return None
 
 
 def off_policy_kwargs(hp: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +330,7 @@ ON_POLICY_MAPPED = (
     "max_grad_norm",
     "hidden_sizes",
     "activation",
+    "cnn",  # checked by check_network
     NONFINITE,
 )
 ON_POLICY_FIXED: Fixed = {
@@ -261,6 +353,7 @@ OFF_POLICY_MAPPED = (
     "priority_alpha",  # unused without prioritized replay
     "priority_beta",
     "observation_dtype",  # the envs' observations are float32 either way, as SB3 stores them
+    "cnn",  # checked by check_network: no effect on these envs' observations
     NONFINITE,
 )
 OFF_POLICY_FIXED: Fixed = {
@@ -285,6 +378,18 @@ TD3_UNMATCHED = (
     LOGGER,
 )
 
+PPO_FIXED: Fixed = {
+    **ON_POLICY_FIXED,
+    "optimizer": ("adam", "the PPO mapping gives SB3 its default Adam"),
+    "clip_value": (None, "SB3's clip_range_vf clips the value alone, rl_lightning takes the larger loss"),
+    "target_kl": (None, "SB3 stops at 1.5 x target_kl per minibatch, rl_lightning at target_kl per epoch"),
+}
+PPO_UNMATCHED = (
+    "Adam: rl_lightning's fused, SB3's for-loop implementation",
+    "SB3 computes values with every rollout step, rl_lightning once per batch",
+    LOGGER,
+)
+
 ALGORITHMS: dict[str, Algorithm] = {
     "ppo": Algorithm(
         module="PPO",
@@ -293,17 +398,24 @@ ALGORITHMS: dict[str, Algorithm] = {
         throughput_frames=20_480,
         kwargs=sb3_ppo_kwargs,
         mapped=(*ON_POLICY_MAPPED, "n_epochs", "batch_size", "clip_epsilon"),
-        fixed={
-            **ON_POLICY_FIXED,
-            "optimizer": ("adam", "the PPO mapping gives SB3 its default Adam"),
-            "clip_value": (None, "SB3's clip_range_vf clips the value alone, rl_lightning takes the larger loss"),
-            "target_kl": (None, "SB3 stops at 1.5 x target_kl per minibatch, rl_lightning at target_kl per epoch"),
-        },
+        fixed=PPO_FIXED,
+        unmatched=PPO_UNMATCHED,
+    ),
+    "ppo_atari": Algorithm(
+        module="PPO",
+        env_id="ALE/Pong-v5",
+        threshold=None,
+        throughput_frames=8_192,
+        kwargs=sb3_ppo_cnn_kwargs,
+        mapped=(*ON_POLICY_MAPPED, "n_epochs", "batch_size", "clip_epsilon", "share_network"),
+        fixed={k: v for k, v in PPO_FIXED.items() if k != "share_network"},
         unmatched=(
-            "Adam: rl_lightning's fused, SB3's for-loop implementation",
-            "SB3 computes values with every rollout step, rl_lightning once per batch",
-            LOGGER,
+            *PPO_UNMATCHED,
+            "SB3's rollout buffer stores the uint8 frames as float32 (4x the bytes), rl_lightning's batches as uint8",
+            "SB3's Monitor wraps each whole training env (EpisodicLife, ClipReward included); it only records",
         ),
+        policy="CnnPolicy",
+        why_no_threshold="Pong takes millions of frames (hours on a CPU) to learn: frames/s only",
     ),
     "a2c": Algorithm(
         module="A2C",
@@ -438,7 +550,11 @@ def load(name: str) -> tuple[Algorithm, Path, dict[str, Any], list[str]]:
         if arg not in DATA_MAPPED and arg not in DATA_IGNORED and arg not in DATA_FIXED:
             raise refuse(f"data.{arg}", hp[arg], "benchmarks/vs_sb3.py does not know this RLDataModule argument")
     if hp["env_id"] != algo.env_id:
-        raise refuse("data.env_id", hp["env_id"], f"the {name} threshold ({algo.threshold}) is for {algo.env_id}")
+        what = "benchmark" if algo.threshold is None else f"threshold ({algo.threshold})"
+        raise refuse("data.env_id", hp["env_id"], f"the {name} {what} is for {algo.env_id}")
+    network = check_network(hp, algo)
+    if network is not None:
+        raise refuse("model.init_args.cnn", hp["cnn"], network)
     trainer = cfg.get("trainer", {})
     for arg, value in (("accelerator", "cpu"), ("devices", 1)):
         if trainer.get(arg, value) != value:
@@ -446,6 +562,10 @@ def load(name: str) -> tuple[Algorithm, Path, dict[str, Any], list[str]]:
                 f"trainer.{arg}", trainer[arg], f"SB3 runs one process on the CPU; the comparison needs {arg}={value!r}"
             )
 
+    hp["torch_threads"] = cfg.get("torch_threads")
+    algo.kwargs(hp, hp["total_frames"])  # the mapping's own refusals, before anything runs
+    if algo.threshold is None:  # throughput only
+        return algo, config, hp, []
     # rl_lightning stops at the threshold with the config's EarlyStopping, or with one added to it.
     stops = [c for c in trainer.get("callbacks", []) if c["class_path"].endswith("EarlyStopping")]
     if not stops:
@@ -469,7 +589,7 @@ def run_sb3(algo: Algorithm, hp: dict[str, Any], seed: int, total_frames: int, e
     """SB3's class with the mapped arguments (see :func:`_sb3.learn` for what is timed)."""
 
     def build(envs: Any) -> Any:
-        model = getattr(sb3, algo.module)("MlpPolicy", envs, seed=seed, **algo.kwargs(hp, total_frames))
+        model = getattr(sb3, algo.module)(algo.policy, envs, seed=seed, **algo.kwargs(hp, total_frames))
         if algo.init is not None:
             algo.init(model)
         return model
@@ -496,17 +616,32 @@ def run_rl_lightning(
 SIDES = ("rl_lightning", "sb3")
 
 
+def compare_throughput(runners: dict[str, Runner], seeds: list[int], frames: int, warm_frames: int) -> list[Result]:
+    """``_harness.compare`` without the threshold runs: an untimed warm-up of each side, then per seed a
+    throughput run of each side, the side that goes first alternating from seed to seed."""
+    sides = tuple(runners)
+    for side in sides:
+        runners[side](0, warm_frames, False)
+    results = []
+    for k, seed in enumerate(seeds):
+        for side in sides[k % len(sides) :] + sides[: k % len(sides)]:
+            results.append(runners[side](seed, frames, False))
+    return results
+
+
 @dataclass
 class Runs:
     """One algorithm's timed runs."""
 
     algo: Algorithm
     throughput_frames: int
-    solve: list[Result]  # to the threshold
+    threads: int
+    solve: list[Result]  # to the threshold; none for a throughput-only algorithm
     throughput: list[Result]
 
     def reached(self, r: Result) -> bool:
-        return r.eval_return is not None and r.eval_return > self.algo.threshold
+        threshold = self.algo.threshold
+        return threshold is not None and r.eval_return is not None and r.eval_return > threshold
 
     def median(self, results: list[Result], side: str, value: Callable[[Result], float]) -> float:
         return statistics.median(value(r) for r in results if r.side == side)
@@ -527,20 +662,27 @@ class Runs:
                 if r.eval_return is not None:
                     line += f" {r.eval_return:>11.1f}" + ("" if self.reached(r) else " (not reached)")
                 print(line)
+        if self.algo.threshold is None:
+            print(f"no threshold runs: {self.algo.why_no_threshold}")
 
     def row(self) -> tuple[str, bool]:
         """The summary table's row (medians over the seeds), and whether every threshold run reached it."""
         fps = {s: self.median(self.throughput, s, lambda r: r.fps) for s in SIDES}
+        cells = [
+            self.algo.module,
+            self.algo.env_id + ("" if self.algo.threshold is None else f", {self.algo.threshold:g}"),
+            str(self.threads),
+            *(f"{fps[s]:,.0f}" for s in SIDES),
+            f"**{self.ratio(self.throughput, lambda r: r.fps):.2f}x**",
+        ]
+        if not self.solve:
+            return "| " + " | ".join([*cells, "not run", "not run", "-"]) + " |", True
         seconds = {s: self.median(self.solve, s, lambda r: r.seconds) for s in SIDES}
         frames = {s: self.median(self.solve, s, lambda r: r.frames) for s in SIDES}
         reached = {s: sum(self.reached(r) for r in self.solve if r.side == s) for s in SIDES}
         runs = len(self.solve) // len(SIDES)
         complete = all(n == runs for n in reached.values())
-        cells = [
-            self.algo.module,
-            f"{self.algo.env_id}, {self.algo.threshold:g}",
-            *(f"{fps[s]:,.0f}" for s in SIDES),
-            f"**{self.ratio(self.throughput, lambda r: r.fps):.2f}x**",
+        cells += [
             *(f"{seconds[s]:.1f} s, {frames[s]:,.0f} frames ({reached[s]}/{runs})" for s in SIDES),
             f"**{self.ratio(self.solve, lambda r: 1 / r.seconds):.2f}x**" + ("" if complete else " *"),
         ]
@@ -549,17 +691,17 @@ class Runs:
 
 def print_summary(runs: list[Runs], seeds: list[int]) -> None:
     """The per-algorithm table (Markdown): medians over the seeds; ratios > 1: rl_lightning is faster."""
-    frames = ", ".join(f"{r.algo.module} {r.throughput_frames:,}" for r in runs)
+    frames = ", ".join(f"{r.algo.module} on {r.algo.env_id} {r.throughput_frames:,}" for r in runs)
     print(
-        f"\nMedians over seeds {' '.join(map(str, seeds))}, {torch.get_num_threads()} torch thread(s). Frames/s with "
-        f"evaluation off ({frames} frames). Ratios: the median over the seeds of each seed's rl_lightning / SB3 "
+        f"\nMedians over seeds {' '.join(map(str, seeds))}, with the torch threads of each row on both sides. Frames/s "
+        f"with evaluation off ({frames} frames). Ratios: the median over the seeds of each seed's rl_lightning / SB3 "
         "frames/s and SB3 / rl_lightning time to the threshold (> 1: rl_lightning is faster).\n"
     )
     print(
-        "| algorithm | env, threshold | rl_lightning frames/s | SB3 frames/s | ratio "
+        "| algorithm | env, threshold | torch threads | rl_lightning frames/s | SB3 frames/s | ratio "
         "| rl_lightning to threshold (reached) | SB3 to threshold (reached) | ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = [r.row() for r in runs]
     for line, _ in rows:
         print(line)
@@ -567,6 +709,9 @@ def print_summary(runs: list[Runs], seeds: list[int]) -> None:
         print(
             "\n* some runs did not pass the threshold within the config's total_frames: counted with their whole time"
         )
+    for r in runs:
+        if r.algo.threshold is None:
+            print(f"\n{r.algo.module} on {r.algo.env_id}: no threshold runs ({r.algo.why_no_threshold})")
 
 
 def load_average() -> str:
@@ -574,36 +719,48 @@ def load_average() -> str:
 
 
 def main() -> None:
-    threads_help = "torch.set_num_threads for both sides (rl_lightning gets it as --torch_threads; default 1)"
+    threads_help = (
+        "torch.set_num_threads for both sides (rl_lightning gets it as --torch_threads); default: each config's "
+        "torch_threads, 1 where it has none"
+    )
     p = parser(__doc__, [0, 1, 2], 0, threads_help)
-    p.set_defaults(threads=1, throughput_frames=None)
+    p.set_defaults(throughput_frames=None)
     p.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS), help="default: all")
     args = p.parse_args()
     quiet()
-    torch.set_num_threads(args.threads)
     loaded = [load(name) for name in args.algorithms]  # refuse a config that cannot be mapped before anything runs
     print(
         f"torch {torch.__version__}, stable-baselines3 {sb3.__version__}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch thread(s), seeds {args.seeds}, load average {load_average()}"
+        f"seeds {args.seeds}, load average {load_average()}"
     )
     results = []
     for algo, config, hp, stop in loaded:
+        threads = args.threads or hp["torch_threads"] or 1
+        torch.set_num_threads(threads)  # SB3's side; rl_lightning's build sets it from --torch_threads
         frames = args.throughput_frames or algo.throughput_frames
         sb3_args = algo.kwargs(hp, hp["total_frames"])
         sb3_args = {k: "<lr, linear to 0>" if callable(v) else v for k, v in sb3_args.items()}
-        print(f"\n=== {algo.module} on {algo.env_id}: {config.relative_to(ROOT)}, threshold {algo.threshold:g} ===")
+        threshold = "throughput only" if algo.threshold is None else f"threshold {algo.threshold:g}"
+        print(
+            f"\n=== {algo.module} on {algo.env_id}: {config.relative_to(ROOT)}, {threshold}, {threads} torch "
+            f"thread(s), load average {load_average()} ==="
+        )
         init = "" if algo.init is None else f", then {algo.init.__name__}"
-        print(f"stable-baselines3 {algo.module}('MlpPolicy', {sb3_args}){init}")
+        print(f"stable-baselines3 {algo.module}({algo.policy!r}, {sb3_args}){init}")
         for line in algo.unmatched:
             print(f"  not matched: {line}")
-        runners = {
-            "rl_lightning": partial(run_rl_lightning, config, [f"--torch_threads={args.threads}"], stop),
+        runners: dict[str, Runner] = {
+            "rl_lightning": partial(run_rl_lightning, config, [f"--torch_threads={threads}"], stop),
             "sb3": partial(run_sb3, algo, hp),
         }
         fpb = hp["frames_per_batch"]
         warm = (math.ceil(hp.get("init_random_frames", 0) / fpb) + 2) * fpb  # two batches of updates
-        solve, throughput = compare(runners, args.seeds, hp["total_frames"], frames, warm)
-        results.append(Runs(algo, frames, solve, throughput))
+        if algo.threshold is None:
+            solve: list[Result] = []
+            throughput = compare_throughput(runners, args.seeds, frames, warm)
+        else:
+            solve, throughput = compare(runners, args.seeds, hp["total_frames"], frames, warm)
+        results.append(Runs(algo, frames, threads, solve, throughput))
         results[-1].print()
         if args.profile:
             profile(runners, args.seeds[0], frames)
