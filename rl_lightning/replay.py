@@ -1,7 +1,9 @@
 """Replay buffers on tensordict: a ring of preallocated tensors in RAM or memory-mapped on disk.
 
 Sampling is uniform or prioritized (proportional, Schaul et al. 2016, on a vectorized sum tree), and
-transitions are stored as 1-step or n-step transitions. See :class:`ReplayBuffer`.
+transitions are stored as 1-step or n-step transitions. Dict observations are stored leaf by leaf; large
+observations (images) once each, shared by a transition's observation and the next observation of the one before,
+and frame stacks as single frames. See :class:`ReplayBuffer`.
 """
 
 from __future__ import annotations
