@@ -687,6 +687,34 @@ def test_collector_batches_of_images_and_dict_observations(env_id: str, monkeypa
         assert (a == b).all()
 
 
+def test_frame_stacks_of_a_real_env_are_stored_as_single_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PixelTarget-v0 under gymnasium's FrameStackObservation (stacks [4, 36, 36, 1], episodes of 8 steps, same-step
+    autoreset): the buffer finds the stacks, stores about one frame per transition, and samples exactly the stacks
+    the naive layout stores, final observations and the reset padding included."""
+    stack = {"class_path": "gymnasium.wrappers.FrameStackObservation", "init_args": {"stack_size": 4}}
+    envs = make_vec_env("PixelTarget-v0", num_envs=3, seed=0, wrappers=[stack])
+    collector = Collector(envs, lambda obs: {keys.ACTION: torch.randint(4, (3,))}, steps_per_batch=6)
+    collector.reset(seed=0)
+    batches = [collector.collect() for _ in range(8)]
+    envs.close()
+    assert batches[0][keys.OBSERVATION].shape[2:] == (4, 36, 36, 1)
+
+    frames = ReplayBuffer(capacity=100, n_step=3, prioritized=True)
+    with monkeypatch.context() as patch:
+        naive(patch)
+        reference = ReplayBuffer(capacity=100, n_step=3, prioritized=True)
+    for batch in batches:
+        assert torch.equal(frames.extend(batch), reference.extend(batch))
+    assert frames._stack_axis == 0 and frames._pool[()].shape[1:] == (36, 36, 1)
+    check_pool(frames)
+    live = int((frames._pool_refs > 0).sum())
+    assert live <= len(frames) + 4 * (144 // 8) + 3 * 2 * 3, live  # a frame a step, 4 an episode, held windows
+    for seed in range(3):
+        a = reference.sample(32, generator=torch.Generator().manual_seed(seed))
+        b = frames.sample(32, generator=torch.Generator().manual_seed(seed))
+        assert (a == b).all() and b[keys.OBSERVATION].is_contiguous()
+
+
 # --- bad input --------------------------------------------------------------------------------------------------
 
 
