@@ -15,6 +15,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from rl_lightning import keys
+from rl_lightning.callbacks import LogValidationReward
 from rl_lightning.collector import Collector
 from rl_lightning.data import RLDataModule
 from rl_lightning.envs import EpisodicLife, FrameSkip, make_env, make_vec_env, resolve_wrappers
@@ -242,11 +243,17 @@ def test_train_wrappers_shape_training_envs_only_and_leave_episode_statistics_ra
 
 
 def test_a_reward_scaling_train_wrapper_does_not_change_rollout_episode_return(tmp_path: Path) -> None:
-    trainer, module, data = tiny_ppo_run(tmp_path, data={"train_wrappers": [half_reward()]})
+    evaluations = LogValidationReward(interval_frames=128, num_episodes=2, num_envs=2)
+    trainer, module, data = tiny_ppo_run(tmp_path, data={"train_wrappers": [half_reward()]}, callbacks=[evaluations])
     trainer.fit(module, datamodule=data)
     mean_return, mean_length, episodes = module.episode_stats.compute().tolist()
     assert episodes >= 10 and mean_length > 8
     assert mean_return == pytest.approx(mean_length)  # CartPole's raw reward, not the training wrapper's 0.5
+    # Evaluation envs have no training wrappers: the validation and LogValidationReward returns are raw too.
+    metrics = trainer.callback_metrics
+    assert metrics["val/episode_return"] == pytest.approx(metrics["val/episode_length"].item())
+    result = evaluations.run_evaluation(trainer, module)
+    assert result["eval/episode_return"] == pytest.approx(result["eval/episode_length"])
 
 
 def test_episodic_life_as_a_train_wrapper_reports_whole_games() -> None:
