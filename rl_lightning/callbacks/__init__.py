@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from rl_lightning.callbacks.batch_sub_sampler import BatchSubSampler
     from rl_lightning.callbacks.clear_cuda_cache import ClearCudaCache
     from rl_lightning.callbacks.count_frames_log import CountFramesLog
+    from rl_lightning.callbacks.episode_writer import EpisodeWriter
     from rl_lightning.callbacks.frame_early_stopping import FrameEarlyStopping
     from rl_lightning.callbacks.function_hook import FunctionHook
     from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
@@ -36,6 +37,7 @@ __all__ = [
     "BatchSubSampler",
     "ClearCudaCache",
     "CountFramesLog",
+    "EpisodeWriter",
     "FrameEarlyStopping",
     "FunctionHook",
     "GracefulInterrupt",
@@ -61,6 +63,7 @@ _EXPORTS = {
     "FrameEarlyStopping": "rl_lightning.callbacks.frame_early_stopping",
     "FunctionHook": "rl_lightning.callbacks.function_hook",
     "GracefulInterrupt": "rl_lightning.callbacks.graceful_interrupt",
+    "EpisodeWriter": "rl_lightning.callbacks.episode_writer",
     "LRSchedulerHook": "rl_lightning.callbacks.lr_scheduler_hook",
     "LogScalar": "rl_lightning.callbacks.log_scalar",
     "LogTiming": "rl_lightning.callbacks.log_timing",
