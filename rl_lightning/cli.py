@@ -288,7 +288,8 @@ def build(
 
 def main() -> None:
     """Entry point of ``rl-lightning`` and ``python -m rl_lightning``; ``rl-lightning plot ...`` draws a learning
-    curve (:mod:`rl_lightning.plot`)."""
+    curve (:mod:`rl_lightning.plot`), ``rl-lightning export ...`` writes a checkpoint's policy to ONNX or TorchScript
+    (:mod:`rl_lightning.export`)."""
     if sys.argv[1:2] == ["plot"]:
         from rl_lightning.plot import main as plot_main
 

@@ -19,7 +19,7 @@ import torch
 from tensordict import TensorDict
 
 from rl_lightning import A2C, DDPG, DQN, PPO, SAC, TD3, RLDataModule, RLModule
-from rl_lightning.cli import cli
+from rl_lightning.cli import cli, main
 from rl_lightning.export import export_policy
 from rl_lightning.export import main as export_main
 from tests.conftest import ROOT, quiet_trainer
@@ -191,12 +191,17 @@ def test_lightning_to_onnx_and_to_torchscript_work(tmp_path: Path) -> None:
     assert torch.equal(scripted(sample), model(sample))
 
 
-def test_export_refuses_unknown_suffixes_and_other_checkpoints_writing_nothing(tmp_path: Path) -> None:
+def test_export_refuses_unknown_suffixes_and_other_checkpoints_writing_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = PPO(BOX, gym.spaces.Discrete(2), hidden_sizes=[8])
     with pytest.raises(ValueError, match=r"'\.h5' names no format.*\.onnx: ONNX.*\.pt: TorchScript"):
         export_policy(model, tmp_path / "policy.h5")
     with pytest.raises(ValueError, match=r"suffix '\.txt' names no format"):
         export_main(["--ckpt_path", str(tmp_path / "missing.ckpt"), "--output", str(tmp_path / "policy.txt")])
+    monkeypatch.setattr(sys, "argv", ["rl-lightning", "export", "--ckpt_path=x.ckpt", f"--output={tmp_path / 'p'}"])
+    with pytest.raises(ValueError, match=r"suffix '\(none\)' names no format"):
+        main()  # the command dispatches to rl_lightning.export
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}}, other)
     with pytest.raises(ValueError, match="was not written by rl_lightning"):
@@ -270,3 +275,32 @@ def test_deploy_example_runs_the_onnx_policy_where_torch_cannot_be_imported(tmp_
     done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "episode 2: return" in done.stdout and "mean return over 2 episodes" in done.stdout
+
+
+@JIT_DEPRECATED
+@pytest.mark.filterwarnings("ignore:.*This property will be removed in 2.0.0:DeprecationWarning")  # torchmetrics'
+@pytest.mark.parametrize("index", range(9), ids=["ppo", "ppo-box", "a2c-multidiscrete", "a2c-multibinary", "dqn",
+                                                 "sac", "td3", "ddpg", "dqn-images"])  # fmt: skip
+def test_every_algorithm_and_space_exports(index: int, tmp_path: Path) -> None:
+    """Untrained policies of every algorithm and action space, and a CNN over uint8 frames, export to both formats
+    and act as ``predict`` does."""
+    import onnxruntime
+
+    if index < 8:
+        model, _ = _models()[index]
+        observations = np.random.default_rng(0).uniform(-1, 1, (20, 3)).astype(np.float32)
+    else:
+        frames = gym.spaces.Box(0, 255, (36, 36, 3), np.uint8)
+        model = DQN(frames, gym.spaces.Discrete(3), hidden_sizes=[8], cnn={"features": 16})
+        observations = np.random.default_rng(0).integers(0, 256, (20, 36, 36, 3), dtype=np.uint8)
+    expected = model.predict(observations)
+    onnx_path, script_path = export_policy(model, tmp_path / "p.onnx"), export_policy(model, tmp_path / "p.pt")
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    from_onnx = session.run(["action"], {"observation": observations})[0]
+    with torch.inference_mode():
+        from_torchscript = torch.jit.load(str(script_path))(torch.from_numpy(observations)).numpy()
+    for actions in (from_onnx, from_torchscript):
+        if expected.dtype.kind == "f":
+            np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-5)
+        else:
+            assert np.array_equal(actions.astype(expected.dtype), expected)
