@@ -49,6 +49,14 @@ def _observations(env_id: str, count: int) -> np.ndarray:
     return np.stack(seen)
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as file:
+            return next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _time(call: Callable[[], object], calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
@@ -67,7 +75,7 @@ def main() -> None:
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{_cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, {args.threads} thread(s); load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
