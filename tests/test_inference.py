@@ -304,3 +304,26 @@ def test_every_algorithm_and_space_exports(index: int, tmp_path: Path) -> None:
             np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-5)
         else:
             assert np.array_equal(actions.astype(expected.dtype), expected)
+
+
+def test_the_python_equivalents_of_predict(tmp_path: Path) -> None:
+    """README's Python: load a checkpoint, predict on the env's observations, score it with trainer.predict and an
+    EpisodeWriter."""
+    from rl_lightning import EpisodeWriter, make_trainer
+
+    ckpt = _fit(tmp_path, PPO, "CartPole-v1", n_epochs=1, batch_size=64)
+    model = PPO.load_from_checkpoint(ckpt, map_location="cpu")
+    env = gym.make("CartPole-v1")
+    observation, _ = env.reset(seed=0)
+    action = model.predict(observation)
+    env.step(action)
+    assert model.predict(np.stack([observation, observation])).shape == (2,)
+    data = RLDataModule("CartPole-v1", eval_episodes=3, eval_envs=2)
+    writer = EpisodeWriter(tmp_path / "episodes.json")
+    trainer = make_trainer(callbacks=[writer], logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    (episodes,) = trainer.predict(model, datamodule=data)
+    assert episodes.batch_size == torch.Size([3])
+    record = json.loads((tmp_path / "episodes.json").read_text())
+    assert [e["length"] for e in record["episodes"]] == episodes["episode_length"].tolist()
+    with pytest.raises(ValueError, match=r"output='e\.txt'.*expected \.csv"):
+        EpisodeWriter("e.txt")
