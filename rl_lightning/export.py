@@ -15,7 +15,6 @@ import contextlib
 import importlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,9 +144,8 @@ def _eval_mode(module: RLModule) -> Iterator[None]:
 @contextlib.contextmanager
 def _atomic(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path``, moved onto it when the block succeeds and removed when it fails."""
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    partial = Path(name)
+    # Named, not made by mkstemp: the exporter creates it with the permissions any new file gets (mkstemp's are 0600).
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
     try:
         yield partial
         os.replace(partial, path)

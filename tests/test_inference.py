@@ -327,3 +327,14 @@ def test_the_python_equivalents_of_predict(tmp_path: Path) -> None:
     assert [e["length"] for e in record["episodes"]] == episodes["episode_length"].tolist()
     with pytest.raises(ValueError, match=r"output='e\.txt'.*expected \.csv"):
         EpisodeWriter("e.txt")
+
+
+def test_an_export_that_fails_midway_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def half_written(module: Any, args: Any, f: str, **kwargs: Any) -> None:
+        Path(f).write_bytes(b"half a model")
+        raise RuntimeError("the exporter failed")
+
+    monkeypatch.setattr(torch.onnx, "export", half_written)
+    with pytest.raises(RuntimeError, match="the exporter failed"):
+        export_policy(PPO(BOX, gym.spaces.Discrete(2), hidden_sizes=[8]), tmp_path / "policy.onnx")
+    assert list(tmp_path.iterdir()) == []
