@@ -214,6 +214,8 @@ def test_a_checkpoint_of_another_algorithm_or_env_is_refused_naming_both(tmp_pat
     with pytest.raises(ValueError, match="holds a PPO model and cannot be loaded into A2C"):
         A2C.load_from_checkpoint(ckpt)
     before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="holds a PPO model and cannot be loaded into A2C"):
+        cli(["predict", f"--ckpt_path={ckpt}", "--model=A2C"])
     with pytest.raises(ValueError, match=r"built for the observation_space Box.*\(4,\).*this model has Box.*\(6,\)"):
         cli(["predict", f"--ckpt_path={ckpt}", "--data.env_id=Acrobot-v1"])
     with pytest.raises(ValueError, match=r"output='episodes\.txt'.*expected \.csv.*or \.json"):
