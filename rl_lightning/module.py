@@ -318,7 +318,8 @@ class RLModule(pl.LightningModule, ABC):
     def data(self) -> RLDataModule:
         """The :class:`~rl_lightning.RLDataModule` the trainer is using."""
         if self._jit_is_scripting and self._trainer is None:
-            # Tracing (to_torchscript) probes every attribute with hasattr, which only a missing one passes.
+            # Tracing (to_torchscript) probes every attribute with hasattr, which only a missing one passes. The flag
+            # is Lightning's (2.5-2.6) while to_torchscript runs; tests/test_inference.py traces a module without one.
             raise AttributeError(f"{type(self).__name__} has no data while it is traced without a trainer.")
         datamodule = getattr(self.trainer, "datamodule", None)
         if not isinstance(datamodule, RLDataModule):
