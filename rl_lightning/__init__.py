@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rl_lightning.callbacks.batch_sub_sampler import BatchSubSampler
     from rl_lightning.callbacks.clear_cuda_cache import ClearCudaCache
     from rl_lightning.callbacks.count_frames_log import CountFramesLog
+    from rl_lightning.callbacks.episode_writer import EpisodeWriter
     from rl_lightning.callbacks.frame_early_stopping import FrameEarlyStopping
     from rl_lightning.callbacks.function_hook import FunctionHook
     from rl_lightning.callbacks.log_scalar import LogScalar
@@ -59,6 +60,7 @@ __all__ = [
     "ClearCudaCache",
     "Collector",
     "CountFramesLog",
+    "EpisodeWriter",
     "FrameEarlyStopping",
     "FrameSkip",
     "FunctionHook",
@@ -99,6 +101,7 @@ _EXPORTS = {
     "ClearCudaCache": "rl_lightning.callbacks.clear_cuda_cache",
     "Collector": "rl_lightning.collector",
     "CountFramesLog": "rl_lightning.callbacks.count_frames_log",
+    "EpisodeWriter": "rl_lightning.callbacks.episode_writer",
     "FrameEarlyStopping": "rl_lightning.callbacks.frame_early_stopping",
     "FrameSkip": "rl_lightning.envs",
     "FunctionHook": "rl_lightning.callbacks.function_hook",

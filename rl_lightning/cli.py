@@ -3,13 +3,19 @@
 rl-lightning fit --config configs/ppo.yaml
 rl-lightning fit --config configs/ppo.yaml --data.env_id Acrobot-v1 --model.lr 3e-4
 rl-lightning validate --config configs/ppo.yaml --ckpt_path runs/ppo/checkpoints/last.ckpt
+rl-lightning predict --ckpt_path runs/ppo/checkpoints/last.ckpt --video true
+rl-lightning export --ckpt_path runs/ppo/checkpoints/last.ckpt --output policy.onnx
 rl-lightning plot runs/ppo/version_0 --output curve.png
+
+``validate``, ``test`` and ``predict`` with a ``--ckpt_path`` need no ``--config``: the model and the data come from
+the checkpoint's saved hyperparameters, and a config or overrides given too change them (e.g. ``--data.env_id``).
 
 From Python, :func:`build` makes the trainer, model and data of a config exactly as the command does.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -24,10 +30,14 @@ from typing_extensions import override
 
 from rl_lightning import algorithms, callbacks
 from rl_lightning.builders import TRAINER_DEFAULTS
+from rl_lightning.callbacks.episode_writer import EpisodeWriter, check_episodes_path
 from rl_lightning.checkpoint import find_last_checkpoint, verify_checkpoint
 from rl_lightning.compat import check_callback_classes, check_logger_packages, check_trainer, classes_in_config
 from rl_lightning.data import LIGHTNING_WARNINGS_BY_DESIGN, RLDataModule
+from rl_lightning.export import checkpoint_model_class
+from rl_lightning.export import main as export_main
 from rl_lightning.module import RLModule
+from rl_lightning.recording import require_video_extra
 
 
 class RLSaveConfigCallback(SaveConfigCallback):
@@ -35,6 +45,8 @@ class RLSaveConfigCallback(SaveConfigCallback):
     server store): the config then goes to the run as the artifact ``config.yaml`` instead of failing."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "predict":  # rl-lightning predict writes its episodes beside the checkpoint, no run directory
+            return
         if self.save_to_log_dir and trainer.log_dir is None:
             self.save_to_log_dir = False
         super().setup(trainer, pl_module, stage)
@@ -68,6 +80,20 @@ class RLLightningCLI(LightningCLI):
             help="torch.set_num_threads for the run; small networks on few cores run fastest with 1 "
             "(null keeps torch's default).",
         )
+        parser.add_argument(
+            "--output",
+            type=str | None,
+            default=None,
+            help="predict only: the .csv or .json file of the episodes' returns and lengths (default: "
+            "<checkpoint>-episodes.csv beside the checkpoint).",
+        )
+        parser.add_argument(
+            "--video",
+            type=bool,
+            default=False,
+            help="predict only: record the first evaluation env's episodes to an mp4 beside the output (the video "
+            "extra).",
+        )
         parser.link_arguments(
             "data", "model.init_args.observation_space", compute_fn=_observation_space, apply_on="instantiate"
         )
@@ -75,6 +101,15 @@ class RLLightningCLI(LightningCLI):
 
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        listed = list(sys.argv[1:] if args is None else args) if isinstance(args, list | None) else None
+        self._checkpoint_applied = False
+        if listed and listed[0] in CHECKPOINT_SUBCOMMANDS:
+            ckpt_path = _option(listed, "--ckpt_path")
+            if ckpt_path and Path(ckpt_path).is_file():
+                verify_checkpoint(ckpt_path)
+                # The checkpoint's model and data first: a --config or override after them changes them.
+                args = [listed[0], *checkpoint_arguments(ckpt_path), *listed[1:]]
+                self._checkpoint_applied = True
         super().parse_arguments(parser, args)
         # LightningCLI reads a --ckpt_path file's hyperparameters right after this, with plain torch.load: a damaged
         # file would surface torch's errors, one of which advises weights_only=False (it would run the file's code).
@@ -83,6 +118,15 @@ class RLLightningCLI(LightningCLI):
         if ckpt_path and Path(ckpt_path).is_file():
             verify_checkpoint(ckpt_path)
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (2.5-2.6, private; tests/test_inference.py fails without this override) applies the model's
+        saved hyperparameters over the parsed config, so a checkpoint's values would replace the user's overrides,
+        and fails on a checkpoint of a model fitted from Python (it has no saved class path). Where
+        :meth:`parse_arguments` has put the checkpoint's model and data under the user's arguments already, it is
+        skipped."""
+        if not getattr(self, "_checkpoint_applied", False):
+            super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         threads = config.get("torch_threads") if config is not None else None
@@ -90,7 +134,24 @@ class RLLightningCLI(LightningCLI):
             if threads < 1:
                 raise ValueError(f"torch_threads={threads} is invalid: expected an integer >= 1, or null.")
             torch.set_num_threads(threads)
+        if config is not None and self.subcommand != "predict":
+            for name in ("output", "video"):
+                if config.get(name):
+                    raise ValueError(
+                        f"--{name}={config.get(name)!r} is an option of rl-lightning predict, not of "
+                        f"{self.subcommand}. Remove it, or run rl-lightning predict."
+                    )
+        elif config is not None and config.get("output") is not None:
+            check_episodes_path(config.get("output"))  # before anything runs or is written
+        if config is not None and self.subcommand == "predict" and config.get("video"):
+            require_video_extra("rl-lightning predict --video true")
         trainer = config.get("trainer") if config is not None else None
+        if trainer is not None and self.subcommand == "predict":
+            # Scoring a checkpoint writes its episodes, not a run: no logger's directory, no checkpoints, unless asked.
+            if trainer.get("logger") is None:
+                trainer["logger"] = False
+            if trainer.get("enable_checkpointing") is None:
+                trainer["enable_checkpointing"] = False
         if trainer is not None:
             check_logger_packages(classes_in_config(trainer.get("logger")))
             if self.subcommand in ("fit", None):  # None: built to be fitted from Python
@@ -104,6 +165,54 @@ class RLLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         _resume_from_last(self)
+
+    def before_predict(self) -> None:
+        """Adds an :class:`~rl_lightning.callbacks.EpisodeWriter` of ``--output`` and ``--video``, unless the trainer's
+        callbacks have one."""
+        callbacks: list[Any] = self.trainer.callbacks  # type: ignore[attr-defined]  # set dynamically by Lightning
+        if not any(isinstance(cb, EpisodeWriter) for cb in callbacks):
+            config = self.config[self.subcommand]
+            callbacks.append(EpisodeWriter(config.get("output"), video=bool(config.get("video"))))
+
+
+CHECKPOINT_SUBCOMMANDS = ("validate", "test", "predict")
+"""The subcommands whose ``--ckpt_path`` alone is enough: the model and data come from the checkpoint."""
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``name`` in CLI-style ``args`` (``--name value`` or ``--name=value``; the last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def checkpoint_arguments(ckpt_path: str | Path) -> list[str]:
+    """``--model`` and ``--data`` arguments that build the model and data a checkpoint was trained with, from its
+    saved hyperparameters (the model's class from its ``rl_lightning`` entry; the spaces are linked from the data, so
+    a checkpoint of another env is refused when it loads, naming both).
+
+    Raises:
+        ValueError: for a checkpoint rl_lightning did not write.
+    """
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    model_class = checkpoint_model_class(checkpoint, ckpt_path)
+    init_args = {
+        k: v
+        for k, v in checkpoint.get("hyper_parameters", {}).items()
+        if not k.startswith("_") and k not in ("observation_space", "action_space")
+    }
+    arguments = [
+        "--model="
+        + json.dumps({"class_path": f"{model_class.__module__}.{model_class.__name__}", "init_args": init_args})
+    ]
+    data = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    if data:
+        arguments.append("--data=" + json.dumps(data))
+    return arguments
 
 
 def _resume_from_last(cli: RLLightningCLI) -> None:
@@ -179,10 +288,14 @@ def build(
 
 def main() -> None:
     """Entry point of ``rl-lightning`` and ``python -m rl_lightning``; ``rl-lightning plot ...`` draws a learning
-    curve (:mod:`rl_lightning.plot`)."""
+    curve (:mod:`rl_lightning.plot`), ``rl-lightning export ...`` writes a checkpoint's policy to ONNX or TorchScript
+    (:mod:`rl_lightning.export`)."""
     if sys.argv[1:2] == ["plot"]:
         from rl_lightning.plot import main as plot_main
 
         plot_main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["export"]:
+        export_main(sys.argv[2:])
         return
     cli()

@@ -32,10 +32,13 @@ LIGHTNING_WARNINGS_BY_DESIGN = (
     r".*does not have many workers.*",
     r".*You are using the `dataloader_iter` step flavor.*",
     r".*Found `dataloader_iter` argument in the `training_step`.*",
+    r".*Couldn't infer the batch indices fetched from your dataloader.*",
+    r".*callbacks used to create the checkpoint need to be provided.*",
 )
 """Lightning's warnings about choices this design makes on purpose (message patterns): the envs run in the main
 process (``num_workers=0``, so ``__len__`` is exact), and ``training_step(dataloader_iter)`` is how the rollout of
-each update is collected by the current policy instead of one batch ahead.
+each update is collected by the current policy instead of one batch ahead. ``trainer.predict`` runs episodes, not
+batches of a sampler (no batch indices), and needs no training callbacks of the checkpoint it evaluates.
 
 The ``rl-lightning`` command hides them during its run (:func:`rl_lightning.cli.cli`). Lightning emits them inside
 ``trainer.fit``, where this library cannot scope a filter, so a fit started from Python shows them (a filter set
@@ -49,6 +52,8 @@ VALIDATION_SEEDS = 1
 """The stream of :func:`evaluation_seed` that the validation and test loops draw from."""
 CALLBACK_SEEDS = 2
 """The stream of :func:`evaluation_seed` that ``LogValidationReward`` draws from."""
+PREDICTION_SEEDS = 3
+"""The stream of :func:`evaluation_seed` that ``trainer.predict`` (``rl-lightning predict``) draws from."""
 
 
 def evaluation_seed(seed: int, rank: int, evaluation: int, stream: int = VALIDATION_SEEDS) -> int:
@@ -105,8 +110,9 @@ class _Rollouts(IterableDataset):
 class _Evaluation(IterableDataset):
     """One item: the returns of ``eval_episodes`` episodes of the module's deterministic policy."""
 
-    def __init__(self, data: RLDataModule) -> None:
+    def __init__(self, data: RLDataModule, stream: int = VALIDATION_SEEDS) -> None:
         self.data = data
+        self.stream = stream
 
     def __len__(self) -> int:
         return 1
@@ -114,8 +120,17 @@ class _Evaluation(IterableDataset):
     def __iter__(self) -> Iterator[TensorDict]:
         data = self.data
         data.eval_rounds += 1
-        seed = None if data.seed is None else evaluation_seed(data.seed, data.rank, data.eval_rounds)
-        yield evaluate(data.eval_envs, data.deterministic_policy, data.eval_episodes, seed=seed, env_id=data.env_id)
+        seed = None if data.seed is None else evaluation_seed(data.seed, data.rank, data.eval_rounds, self.stream)
+        frames = data.predict_frames if self.stream == PREDICTION_SEEDS else None
+        if frames is None:
+            yield evaluate(data.eval_envs, data.deterministic_policy, data.eval_episodes, seed=seed, env_id=data.env_id)
+            return
+        envs = data.make_eval_envs(data.eval_envs_count, render_mode="rgb_array")
+        try:
+            result = evaluate(envs, data.deterministic_policy, data.eval_episodes, seed, frames, env_id=data.env_id)
+        finally:
+            close_envs(envs)
+        yield result
 
 
 class RLDataModule(pl.LightningDataModule):
@@ -250,6 +265,9 @@ class RLDataModule(pl.LightningDataModule):
             )
         self._collector: Collector | None = None
         self._eval_envs: gym.vector.VectorEnv | None = None
+        self.predict_frames: list[np.ndarray] | None = None
+        """Set to a list before ``trainer.predict`` to render its episodes: the frames of the first evaluation env's
+        episodes are appended to it (``EpisodeWriter(video=True)`` does this and writes them to an mp4)."""
 
     def _probe_spaces(self) -> tuple[gym.Space, gym.Space]:
         """The observation and action spaces of one env; with ``train_wrappers``, checked to be those of the
@@ -435,6 +453,11 @@ class RLDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(_Evaluation(self), batch_size=None, collate_fn=_as_is)
+
+    def predict_dataloader(self) -> DataLoader:
+        """One item: ``eval_episodes`` deterministic episodes (their returns and lengths), on the evaluation envs or,
+        with :attr:`predict_frames` set, on new ones that render."""
+        return DataLoader(_Evaluation(self, PREDICTION_SEEDS), batch_size=None, collate_fn=_as_is)
 
     def teardown(self, stage: str) -> None:
         self.close()

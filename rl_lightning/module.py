@@ -10,7 +10,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Literal
 
+import gymnasium as gym
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -34,7 +36,9 @@ from rl_lightning.distributed import (
     seed_rank,
     set_rng_state,
 )
+from rl_lightning.encoders import Observation
 from rl_lightning.functional import total_loss
+from rl_lightning.inference import env_action, policy_input
 from rl_lightning.loop import RLLoop
 from rl_lightning.metrics import EpisodeStatistics
 from rl_lightning.spaces import SpaceLike, space_from_dict, space_to_dict
@@ -58,6 +62,8 @@ class RLModule(pl.LightningModule, ABC):
 
     optim_epochs: int = 1
     """Passes over :meth:`optim_batches` per collector batch."""
+    _action_min: torch.Tensor
+    _action_max: torch.Tensor
     batch_keys: tuple[str | tuple[str, ...], ...] = ()
     """The collected keys the algorithm reads (``SelectKeys`` refuses to drop them); empty: not declared."""
     trains_on_replay: bool = False
@@ -101,6 +107,14 @@ class RLModule(pl.LightningModule, ABC):
         self._rng_restored = False
         self.episode_stats = EpisodeStatistics()
         """The last ``stats_window`` completed training episodes (the data's), behind ``rollout/episode_return``."""
+        self._clips_actions = False
+        space = self.action_space
+        if isinstance(space, gym.spaces.Box) and not np.all(np.isinf(space.low) & np.isinf(space.high)):
+            # forward clips Box actions to the bounds, as the collector does before stepping the envs (PPO's Gaussian
+            # actions are not bounded by the network); not checkpointed: the bounds are the action space's.
+            self._clips_actions = True
+            self.register_buffer("_action_min", torch.as_tensor(space.low, dtype=torch.float32), persistent=False)
+            self.register_buffer("_action_max", torch.as_tensor(space.high, dtype=torch.float32), persistent=False)
 
     def save_rl_hyperparameters(self) -> None:
         """``save_hyperparameters`` of the arguments of this model's own class (``type(self).__init__``, also when
@@ -114,6 +128,55 @@ class RLModule(pl.LightningModule, ABC):
     @abstractmethod
     def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
         """The collector's policy: maps observations ``[num_envs, ...]`` to ``{"action": ..., ...}``."""
+
+    def deterministic_action(self, observation: Observation) -> torch.Tensor:
+        """The deterministic policy's actions for a batch of observations on the module's device, in the env's scale
+        but not clipped (see :meth:`forward`), computed with tensor operations only so that :meth:`forward` traces
+        and exports. This default calls :meth:`act`; the algorithm families override it."""
+        return self.act(observation, deterministic=True)[keys.ACTION].to(self.device)
+
+    def forward(self, observation: Observation) -> torch.Tensor:
+        """The deterministic action for a batch of raw observations ``[B, *obs_shape]``: what the env takes, with
+        observation normalization, the action scaling and, for ``Box`` actions, clipping to the bounds included.
+
+        This is what Lightning's ``to_torchscript(method="trace")`` and ``to_onnx`` (and
+        :func:`~rl_lightning.export.export_policy`) export.
+        """
+        action = self.deterministic_action(observation)
+        if self._clips_actions:
+            action = torch.maximum(torch.minimum(action, self._action_max), self._action_min)
+        return action
+
+    @torch.inference_mode()
+    def predict(self, observation: Any, deterministic: bool = True) -> np.ndarray:
+        """The policy's action for one observation, or its actions for a batch, as the env takes them.
+
+        Args:
+            observation: one observation as the env returns it, or a batch stacked on a first dim: numpy, torch or
+                nested lists (a mapping of the keys for a ``Dict`` space). Observation normalization happens inside.
+            deterministic: the policy's best guess (:meth:`forward`); ``False`` samples the exploring policy (off-policy
+                algorithms: uniform actions while ``frames < init_random_frames``).
+
+        Returns:
+            numpy actions in the action space's dtype, scaled and clipped to a ``Box``'s bounds, integers for discrete
+            spaces: one action (a numpy scalar for ``Discrete``) for one observation, ``[B, ...]`` for a batch.
+
+        Raises:
+            ValueError: for an observation whose shape or dtype does not fit the observation space, naming the
+                expected shape.
+
+        Example:
+            >>> from rl_lightning import PPO
+            >>> model = PPO(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), hidden_sizes=[8])
+            >>> action = model.predict(np.zeros(4, dtype=np.float32))
+            >>> int(action) in (0, 1), model.predict(np.zeros((5, 4))).shape
+            (True, (5,))
+        """
+        batch, batched = policy_input(observation, self.observation_space)
+        batch = batch.to(self.device)
+        action = self(batch) if deterministic else self.act(batch, deterministic=False)[keys.ACTION]
+        actions = env_action(action, self.action_space)
+        return actions if batched else actions[0]
 
     @abstractmethod
     def loss(self, batch: TensorDict) -> TensorDict:
@@ -254,6 +317,10 @@ class RLModule(pl.LightningModule, ABC):
     @property
     def data(self) -> RLDataModule:
         """The :class:`~rl_lightning.RLDataModule` the trainer is using."""
+        if self._jit_is_scripting and self._trainer is None:
+            # Tracing (to_torchscript) probes every attribute with hasattr, which only a missing one passes. The flag
+            # is Lightning's (2.5-2.6) while to_torchscript runs; tests/test_inference.py traces a module without one.
+            raise AttributeError(f"{type(self).__name__} has no data while it is traced without a trainer.")
         datamodule = getattr(self.trainer, "datamodule", None)
         if not isinstance(datamodule, RLDataModule):
             raise RuntimeError(
@@ -392,6 +459,11 @@ class RLModule(pl.LightningModule, ABC):
 
     def test_step(self, batch: TensorDict, batch_idx: int) -> None:
         self._log_evaluation(batch, "test")
+
+    def predict_step(self, batch: TensorDict, batch_idx: int) -> TensorDict:
+        """The evaluation episodes of ``trainer.predict`` (:meth:`RLDataModule.predict_dataloader`): their
+        ``episode_return`` and ``episode_length``, ``[eval_episodes]``."""
+        return batch
 
     # -- checkpoint state ---------------------------------------------------------------------------------
 

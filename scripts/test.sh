@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up (with every extra: loggers, mujoco, atari, envpool, video, plot, rich, dev) and runs lint, type checks and the whole test suite, learning tests included.
+# Sets up (with every extra: loggers, mujoco, atari, envpool, video, plot, rich, onnx, dev) and runs lint, type checks and the whole test suite, learning tests included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh all

@@ -183,6 +183,9 @@ class OffPolicyModule(RLModule):
             "init_random_frames=0, or override random_action in a subclass."
         )
 
+    def deterministic_action(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.policy(observation, deterministic=True)
+
     def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
         observation = observation.to(self.device, non_blocking=True)  # from pinned memory: asynchronous
         if not deterministic and self.frames < self.init_random_frames:

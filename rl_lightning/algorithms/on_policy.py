@@ -177,6 +177,10 @@ class OnPolicyModule(RLModule):
         log_prob, entropy = self.head.log_prob_entropy(actor, action)
         return log_prob, entropy, self.critic(critic)
 
+    def deterministic_action(self, observation: torch.Tensor) -> torch.Tensor:
+        """The mode of the policy: the most likely discrete action(s), the Gaussian's mean (unclipped)."""
+        return self.head.mode(self.actor_body(self.encoder(observation)))
+
     def act(self, observation: torch.Tensor, deterministic: bool = False) -> dict[str, torch.Tensor]:
         features = self.actor_body(self.encoder(observation.to(self.device, non_blocking=True)))
         if deterministic:

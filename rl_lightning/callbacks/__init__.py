@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from rl_lightning.callbacks.batch_sub_sampler import BatchSubSampler
     from rl_lightning.callbacks.clear_cuda_cache import ClearCudaCache
     from rl_lightning.callbacks.count_frames_log import CountFramesLog
+    from rl_lightning.callbacks.episode_writer import EpisodeWriter
     from rl_lightning.callbacks.frame_early_stopping import FrameEarlyStopping
     from rl_lightning.callbacks.function_hook import FunctionHook
     from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
@@ -36,6 +37,7 @@ __all__ = [
     "BatchSubSampler",
     "ClearCudaCache",
     "CountFramesLog",
+    "EpisodeWriter",
     "FrameEarlyStopping",
     "FunctionHook",
     "GracefulInterrupt",
@@ -58,6 +60,7 @@ _EXPORTS = {
     "BatchSubSampler": "rl_lightning.callbacks.batch_sub_sampler",
     "ClearCudaCache": "rl_lightning.callbacks.clear_cuda_cache",
     "CountFramesLog": "rl_lightning.callbacks.count_frames_log",
+    "EpisodeWriter": "rl_lightning.callbacks.episode_writer",
     "FrameEarlyStopping": "rl_lightning.callbacks.frame_early_stopping",
     "FunctionHook": "rl_lightning.callbacks.function_hook",
     "GracefulInterrupt": "rl_lightning.callbacks.graceful_interrupt",
