@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 from typing import Any
 
+import gymnasium as gym
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from tensordict import TensorDict
 
-from rl_lightning import RL_HOOKS, FunctionHook, RLCallback, keys
+from rl_lightning import PPO, RL_HOOKS, FunctionHook, RLCallback, keys
+from rl_lightning.collector import Collector
 from rl_lightning.data import _Rollouts
+from rl_lightning.envs import make_vec_env
 from tests.conftest import tiny_ppo_run
 
 
@@ -400,3 +403,29 @@ def test_two_runs_with_the_same_seed_are_identical(tmp_path: Any) -> None:
         assert first.keys() == second.keys()
         for key in first:
             assert torch.equal(first[key], second[key]), key
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "rl_lightning.toy_envs:DictTarget-v0"])
+def test_the_values_of_next_observations_come_from_the_following_step_only_where_they_are_equal(env_id: str) -> None:
+    """PPO's value pass evaluates a next observation only where it is not the following step's observation (episode
+    ends, the batch's last step): the values equal those of evaluating every next observation, also for a batch whose
+    steps a hook reordered (no next observation is then the following one)."""
+    torch.manual_seed(0)
+    model = PPO(*_spaces(env_id), hidden_sizes=[8])
+    envs = make_vec_env(env_id, 3, seed=0)
+    batch = Collector(envs, model.act, 32).collect()
+    envs.close()
+    assert batch[keys.NEXT_DONE].any()
+    for data in (batch, batch[:, torch.randperm(32)]):
+        with torch.no_grad():
+            values, next_values = model._values(data)
+            torch.testing.assert_close(values, model.value(data[keys.OBSERVATION].flatten(0, 1)).reshape(3, 32, 1))
+            expected = model.value(data[keys.NEXT_OBSERVATION].flatten(0, 1)).reshape(3, 32, 1)
+        torch.testing.assert_close(next_values, expected)
+
+
+def _spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
+    env = gym.make(env_id)
+    spaces = env.observation_space, env.action_space
+    env.close()
+    return spaces

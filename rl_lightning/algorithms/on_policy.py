@@ -19,7 +19,7 @@ from rl_lightning._checks import (
     hidden_sizes_or,
 )
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook
-from rl_lightning.encoders import CNNSpec, make_encoder
+from rl_lightning.encoders import CNNSpec, Observation, make_encoder
 from rl_lightning.functional import explained_variance, generalized_advantage_estimate
 from rl_lightning.module import RLModule
 from rl_lightning.networks import ACTIVATIONS, Activation, compile_networks, make_action_head, mlp
@@ -199,22 +199,39 @@ class OnPolicyModule(RLModule):
             for group in self.optimizers().optimizer.param_groups:  # type: ignore[union-attr]
                 group["lr"] = self.lr * max(1.0 - progress, 0.0)
         with torch.no_grad():
-            obs = batch[keys.OBSERVATION]
-            both = torch.cat([obs, batch[keys.NEXT_OBSERVATION]]).flatten(0, 1)
-            values = self.value(both).reshape(2, *batch.batch_size, 1)
+            values, next_values = self._values(batch)
             advantage, value_target = generalized_advantage_estimate(
                 batch[keys.NEXT_REWARD],
-                values[0],
-                values[1],
+                values,
+                next_values,
                 batch[keys.NEXT_TERMINATED],
                 batch[keys.NEXT_DONE],
                 self.gamma,
                 self.gae_lambda,
             )
-        batch.set(keys.STATE_VALUE, values[0])
+        batch.set(keys.STATE_VALUE, values)
         batch.set(keys.ADVANTAGE, advantage)
         batch.set(keys.VALUE_TARGET, value_target)
         return batch
+
+    def _values(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The values ``[num_envs, T, 1]`` of the batch's observations and of its next observations.
+
+        A next observation is, in a collector batch, the following step's observation, except where an episode ended
+        (the final observation) and at the batch's last step. Only the next observations that differ from the
+        following step's (compared element for element, not assumed) go through the networks again: with images, half
+        the CNN passes of evaluating both.
+        """
+        obs, next_obs = batch[keys.OBSERVATION], batch[keys.NEXT_OBSERVATION]
+        num_envs, steps = batch.batch_size
+        values = self.value(obs.flatten(0, 1)).reshape(num_envs, steps, 1)
+        own = torch.ones(num_envs, steps, dtype=torch.bool, device=values.device)
+        own[:, :-1] = ~_equal_per_step(next_obs[:, :-1], obs[:, 1:])
+        next_values = torch.empty_like(values)
+        next_values[:, :-1] = values[:, 1:]
+        env, t = own.nonzero(as_tuple=True)
+        next_values[env, t] = self.value(next_obs[env, t])
+        return values, next_values
 
     def on_post_steps_log(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> dict[str, Any]:
         """Logs how much of the returns' variance the (pre-update) values explained, and the learning rate."""
@@ -250,3 +267,13 @@ class OnPolicyModule(RLModule):
             # alpha=0.99 (the squared gradients' decay) as in stable-baselines3's A2C
             return torch.optim.RMSprop(self.parameters(), lr=self.lr, alpha=0.99, eps=self.optimizer_eps, foreach=True)
         return torch.optim.Adam(self.parameters(), lr=self.lr, eps=self.optimizer_eps, fused=True)
+
+
+def _equal_per_step(a: Observation, b: Observation) -> torch.Tensor:
+    """``[num_envs, T]``: whether the observations (tensors, or TensorDicts of a ``Dict`` space) are equal at each
+    step."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.eq(a, b).reshape(*a.shape[:2], -1).all(-1)
+    assert not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor)
+    steps = [_equal_per_step(a.get(key), b.get(key)) for key in a.keys(include_nested=True, leaves_only=True)]
+    return torch.stack(steps).all(0)
