@@ -55,6 +55,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -223,8 +224,11 @@ class EnvPoolVecEnv(gym.vector.VectorEnv):
         self._seed = self._draw_seed() if seed is None else self._int32_seed(seed)
         self._fresh = False  # whether the pool was built with self._seed and has not been reset or stepped since
         pool = self._build()
-        self.single_observation_space = pool.observation_space
-        self.single_action_space = pool.action_space
+        with warnings.catch_warnings():
+            # EnvPool builds float32 Boxes from float64 bounds, and gymnasium warns of the cast every time.
+            warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32", category=UserWarning)
+            self.single_observation_space = pool.observation_space
+            self.single_action_space = pool.action_space
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
 
