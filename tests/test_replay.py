@@ -17,11 +17,12 @@ import torch
 from tensordict import TensorDict
 
 import rl_lightning.toy_envs  # noqa: F401  (registers PixelTarget-v0 and DictTarget-v0)
-from rl_lightning import SAC, RLDataModule, keys, replay
+from rl_lightning import SAC, RLDataModule, keys, replay, sum_tree
 from rl_lightning.checkpoint import RLCheckpointIO
 from rl_lightning.collector import Collector
 from rl_lightning.envs import make_vec_env
-from rl_lightning.replay import INDEX, NEXT_DISCOUNT, STORED_KEYS, WEIGHT, ReplayBuffer, _SumTree, n_step_returns
+from rl_lightning.replay import INDEX, NEXT_DISCOUNT, STORED_KEYS, WEIGHT, ReplayBuffer, n_step_returns
+from rl_lightning.sum_tree import SumTree
 from tests.conftest import quiet_trainer
 
 # The sum tree's two backends: the compiled C loops (rl_lightning._sumtree, built by `pip install` when a C
@@ -29,7 +30,7 @@ from tests.conftest import quiet_trainer
 BACKENDS = [
     "torch",
     pytest.param(
-        "compiled", marks=pytest.mark.skipif(replay._compiled is None, reason="rl_lightning._sumtree is not built")
+        "compiled", marks=pytest.mark.skipif(sum_tree._compiled is None, reason="rl_lightning._sumtree is not built")
     ),
 ]
 
@@ -38,7 +39,7 @@ BACKENDS = [
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The sum-tree backend of the buffers a test builds; "torch" runs as an install without a C compiler does."""
     if request.param == "torch":
-        monkeypatch.setattr(replay, "_compiled", None)
+        monkeypatch.setattr(sum_tree, "_compiled", None)
     return cast(str, request.param)
 
 
@@ -189,7 +190,7 @@ def test_prioritized_sampling_frequencies_follow_priority_to_the_alpha(backend: 
 )
 def test_sum_tree_matches_cumsum_and_searchsorted(capacity: int, branching: int, root_size: int, backend: str) -> None:
     generator = torch.Generator().manual_seed(capacity)
-    tree = _SumTree(capacity, branching=branching, root_size=root_size)
+    tree = SumTree(capacity, branching=branching, root_size=root_size)
     assert tree.backend == backend
     # Integer priorities: every sum is exact in float32 and float64, so the comparison can be exact.
     priority = torch.zeros(capacity)
@@ -207,18 +208,18 @@ def test_sum_tree_matches_cumsum_and_searchsorted(capacity: int, branching: int,
         expected = torch.searchsorted(priority.double().cumsum(0), mass, right=True)
         leaf, value = tree.find(mass)
         assert torch.equal(leaf, expected) and torch.equal(value, priority[expected])
-    rebuilt = _SumTree(capacity, branching=branching, root_size=root_size)
+    rebuilt = SumTree(capacity, branching=branching, root_size=root_size)
     rebuilt.rebuild(tree.leaves(written))
     mass = torch.rand(500, generator=generator, dtype=torch.float64) * priority.sum()
     assert torch.equal(rebuilt.find(mass)[0], tree.find(mass)[0])
     assert rebuilt.total == tree.total and rebuilt.min.item() == tree.min.item()
 
 
-def tree_tensors(tree: _SumTree) -> list[torch.Tensor]:
+def tree_tensors(tree: SumTree) -> list[torch.Tensor]:
     return [*tree._values, *tree._minima, tree._top_values, tree._top_minima, tree._root]
 
 
-@pytest.mark.skipif(replay._compiled is None, reason="rl_lightning._sumtree is not built")
+@pytest.mark.skipif(sum_tree._compiled is None, reason="rl_lightning._sumtree is not built")
 @pytest.mark.parametrize(
     ("capacity", "branching", "root_size"), [(1, 16, 8192), (37, 4, 2), (1000, 4, 8), (5000, 3, 5), (70_000, 16, 8192)]
 )
@@ -226,8 +227,8 @@ def test_sum_tree_backends_agree_bit_for_bit(capacity: int, branching: int, root
     """Float priorities (sums round): both backends hold the same tree and find the same leaves, which are the
     leaves a brute-force cumsum + searchsorted over all leaves finds, up to the rounding of the sums."""
     generator = torch.Generator().manual_seed(capacity)
-    compiled = _SumTree(capacity, branching=branching, root_size=root_size, backend="compiled")
-    fallback = _SumTree(capacity, branching=branching, root_size=root_size, backend="torch")
+    compiled = SumTree(capacity, branching=branching, root_size=root_size, backend="compiled")
+    fallback = SumTree(capacity, branching=branching, root_size=root_size, backend="torch")
     written = capacity // 2 + 1
     value = torch.rand(written, generator=generator) + 0.01
     for tree in (compiled, fallback):
@@ -284,11 +285,11 @@ def test_sum_tree_backends_agree_bit_for_bit(capacity: int, branching: int, root
         assert torch.equal(a, b)
 
 
-@pytest.mark.skipif(replay._compiled is None, reason="rl_lightning._sumtree is not built")
+@pytest.mark.skipif(sum_tree._compiled is None, reason="rl_lightning._sumtree is not built")
 def test_prioritized_buffer_samples_the_same_on_both_backends(tmp_path: Path) -> None:
     def make(backend: Literal["compiled", "torch"]) -> ReplayBuffer:
         buffer = ReplayBuffer(capacity=300, prioritized=True, alpha=0.6, beta=0.4, beta_steps=10)
-        buffer._tree = _SumTree(300, backend=backend)
+        buffer._tree = SumTree(300, backend=backend)
         return buffer
 
     compiled, fallback = make("compiled"), make("torch")
@@ -320,24 +321,24 @@ def test_compiled_sum_tree_is_built_where_a_compiler_is() -> None:
     compiler = str(sysconfig.get_config_var("CC") or "cc").split()[0]
     if not any(shutil.which(name) for name in (compiler, "gcc", "cc")):
         pytest.skip("no C compiler: the torch sum tree is the one in use")
-    assert replay._compiled is not None, (
-        f"A C compiler is present but rl_lightning._sumtree does not import ({replay._COMPILED_ERROR}). "
+    assert sum_tree._compiled is not None, (
+        f"A C compiler is present but rl_lightning._sumtree does not import ({sum_tree._COMPILED_ERROR}). "
         "Reinstall with `pip install -e .` (or `bash scripts/setup.sh`) and read the build output."
     )
-    assert _SumTree(10).backend == "compiled"
+    assert SumTree(10).backend == "compiled"
     assert ReplayBuffer(capacity=10, prioritized=True)._tree is not None
 
 
 def test_compiled_backend_that_did_not_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(replay, "_compiled", None)
-    assert _SumTree(10).backend == "torch"
+    monkeypatch.setattr(sum_tree, "_compiled", None)
+    assert SumTree(10).backend == "torch"
     with pytest.raises(ValueError, match=r"backend='compiled' is unavailable.*use backend='torch'"):
-        _SumTree(10, backend="compiled")
+        SumTree(10, backend="compiled")
 
 
 def test_copies_of_a_sum_tree_are_independent(backend: str) -> None:
     """The compiled loops write through data pointers: a copy must write its own tensors, never the original's."""
-    tree = _SumTree(100, branching=4, root_size=8)
+    tree = SumTree(100, branching=4, root_size=8)
     tree.update(torch.arange(50), torch.ones(50))
     for copied in (copy.deepcopy(tree), pickle.loads(pickle.dumps(tree))):
         copied.update(torch.tensor([3, 60]), torch.tensor([5.0, 2.0]))
