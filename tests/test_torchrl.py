@@ -22,10 +22,13 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import A2CLoss, ClipPPOLoss
 from torchrl.objectives.value import GAE
 
-from rl_lightning import RLDataModule, keys
+from rl_lightning import RL_HOOKS, RLCallback, RLDataModule, RLModule, keys
+from rl_lightning.callbacks import CountFramesLog, LogScalar, RewardNormalizer
 from rl_lightning.functional import generalized_advantage_estimate
 from rl_lightning.interop.torchrl_module import TorchRLModule
 from tests.conftest import quiet_trainer
+from tests.test_algorithms import assert_hooks_in_order
+from tests.test_rl_loop import Recorder
 
 
 def ppo_parts(hidden: int = 16, gamma: float = 0.99, lmbda: float = 0.95) -> tuple[ClipPPOLoss, GAE]:
@@ -125,6 +128,60 @@ def test_clip_ppo_loss_trains_and_its_checkpoint_loads_into_the_same_modules(tmp
     other = A2CLoss(actor, rebuilt.critic_network)
     with pytest.raises(ValueError, match=r"trained with the torchrl loss .*ClipPPOLoss.* wraps .*A2CLoss"):
         TorchRLModule.load_from_checkpoint(checkpoint.last_model_path, loss_module=other)
+
+
+class MinibatchKeys(RLCallback):
+    """Records the keys of every minibatch the loss is given."""
+
+    def __init__(self) -> None:
+        self.keys: list[set[str]] = []
+
+    def on_process_optim_batch(self, trainer: pl.Trainer, pl_module: RLModule, batch: TensorDict) -> None:
+        self.keys.append(set(batch.keys()))
+
+
+def test_runs_every_rl_hook_in_order_with_the_hook_classes_under_bf16(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    loss, gae = ppo_parts()
+    data = tiny_data()
+    model = TorchRLModule(data.observation_space, data.action_space, loss, advantage=gae, n_epochs=2, batch_size=32)
+    recorder, minibatches = Recorder(), MinibatchKeys()
+    normalizer = RewardNormalizer()
+    trainer = quiet_trainer(
+        tmp_path, precision="bf16-mixed", log_every_n_steps=1, callbacks=[CountFramesLog(), LogScalar(), normalizer,
+        recorder, minibatches]
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    assert normalizer.gamma is None and model.gamma == pytest.approx(0.99)  # the normalizer took GAE's discount
+    # GAE ran in prepare_batch, before the loss (which would otherwise estimate advantages with its own defaults)
+    assert len(minibatches.keys) == model.updates == 16
+    assert all({keys.ADVANTAGE, keys.VALUE_TARGET} <= names for names in minibatches.keys)
+    assert_hooks_in_order([c for c in recorder.calls if c in RL_HOOKS])
+    assert normalizer.count.item() == 256  # the batches the loss trained on went through the data-processing hooks
+    assert all(p.dtype == torch.float32 and p.isfinite().all() for p in model.parameters())
+
+
+def test_two_resumes_of_one_checkpoint_are_the_same_run(tmp_path: Path) -> None:
+    """Weights, Adam's state, counters and RNG come back from the checkpoint: two resumes with different global
+    seeds end with the same weights."""
+    pl.seed_everything(0)
+    loss, gae = ppo_parts()
+    data = tiny_data(total_frames=128)
+    model = TorchRLModule(data.observation_space, data.action_space, loss, advantage=gae, n_epochs=2, batch_size=32)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    quiet_trainer(tmp_path, enable_checkpointing=True, callbacks=[checkpoint]).fit(model, datamodule=data)
+    finals = []
+    for attempt in range(2):
+        pl.seed_everything(attempt + 1)  # the checkpoint's RNG states win
+        loss, gae = ppo_parts()
+        resumed = TorchRLModule(data.observation_space, data.action_space, loss, advantage=gae, n_epochs=2,
+                                batch_size=32)  # fmt: skip
+        trainer = quiet_trainer(tmp_path / f"resume{attempt}")
+        trainer.fit(resumed, datamodule=tiny_data(), ckpt_path=checkpoint.last_model_path)
+        assert resumed.frames == 256 and resumed.updates == 2 * model.updates
+        finals.append(resumed.state_dict())
+    for key, value in finals[0].items():
+        assert torch.equal(finals[1][key], value), key
 
 
 def test_bad_arguments_name_the_value_and_the_fix() -> None:

@@ -143,6 +143,13 @@ class TorchRLModule(RLModule):
                 "minibatches. Choose a batch_size that divides it, or change frames_per_batch."
             )
 
+    @property
+    def gamma(self) -> float | None:
+        """The discount of ``advantage`` (torchrl's estimators keep it as ``gamma``), what hook classes that need the
+        model's discount read (``RewardNormalizer``); ``None`` without one."""
+        gamma = getattr(self.advantage, "gamma", None)
+        return None if gamma is None else float(gamma)
+
     # -- the policy ------------------------------------------------------------------------------------
 
     def act(self, observation: Observation, deterministic: bool = False) -> dict[str, torch.Tensor]:
