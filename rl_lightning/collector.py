@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import gymnasium as gym
 import numpy as np
@@ -19,7 +19,7 @@ from tensordict import TensorDict
 from rl_lightning import keys
 from rl_lightning.envs import EPISODE_STATISTICS_KEY
 
-Observation = torch.Tensor | TensorDict
+Observation: TypeAlias = torch.Tensor | TensorDict
 """A batch of observations: a tensor ``[num_envs, *obs_shape]``, or for a ``Dict`` observation space a
 TensorDict ``batch_size=[num_envs]`` with one entry per key of the space (nested ``Dict`` → nested TensorDict)."""
 Policy = Callable[[Observation], Mapping[str, torch.Tensor]]
