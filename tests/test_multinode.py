@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,7 +35,12 @@ def _start_node(node_rank: int, root: Path, total_frames: int, *extra: str) -> s
     fit = ["-m", "rl_lightning", "fit", *args, f"--data.total_frames={total_frames}", "--model.init_args.n_epochs=2"]
     fit += ["--trainer.num_nodes=2", "--trainer.devices=1", "--trainer.strategy=ddp", *extra]
     return subprocess.Popen(
-        [*torchrun, *fit], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        [*torchrun, *fit],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -96,11 +102,10 @@ def test_a_killed_node_ends_the_other_with_a_message_naming_it(tmp_path: Path) -
     finally:
         for name in ("rank0.pid", "rank1.pid"):  # a training process left behind by a failed test
             if (pids / name).exists():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(int((pids / name).read_text()), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    assert time.monotonic() - killed < 60
+    ended = time.monotonic() - killed
+    assert ended < 30, f"node 0 ended {ended:.0f} s after node 1 was killed"
     assert nodes[0].returncode != 0
-    assert "rank 1 of 2 (node 1) is gone" in stderr, stderr[-3000:]
+    assert "rank 1 of 2 (node 1) is gone" in stderr, stderr[-8000:]
     assert "--ckpt_path last" in stderr
