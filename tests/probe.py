@@ -41,6 +41,7 @@ class SaveRankState(pl.Callback):
             "broadcast_buffers": getattr(trainer.strategy.model, "broadcast_buffers", None),
             "torch_rng": torch.get_rng_state(),
             "node_rank": trainer.node_rank,
+            "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
             "env_seed": getattr(trainer.datamodule, "rank_seed", None),
         }
         buffer = getattr(pl_module, "replay_buffer", None)

@@ -75,6 +75,7 @@ def test_two_nodes_keep_identical_networks_and_count_frames_over_both(tmp_path: 
     ranks = {r: torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1)}
     _assert_same_networks(ranks)  # bit-identical parameters and optimizer states, same counters
     assert [ranks[r]["node_rank"] for r in (0, 1)] == [0, 1]
+    assert ranks[0]["cluster_environment"] == "TorchElasticEnvironment"  # Lightning read torchrun's variables
     assert ranks[0]["frames"] == 2 * 2 * FRAMES_PER_BATCH  # the budget of both nodes ...
     assert ranks[0]["batches"] == ranks[1]["batches"] == 2  # ... each collected half of it
     assert ranks[0]["updates"] > 0
@@ -109,3 +110,57 @@ def test_a_killed_node_ends_the_other_with_a_message_naming_it(tmp_path: Path) -
     assert nodes[0].returncode != 0
     assert "rank 1 of 2 (node 1) is gone" in stderr, stderr[-8000:]
     assert "--ckpt_path last" in stderr
+
+
+FAKE_SRUN = """#!/bin/bash
+# srun for tests: starts the command once per task of SLURM_NNODES x SLURM_NTASKS_PER_NODE on this machine, each with
+# the variables SLURM gives a task, and fails if any task failed.
+n=$((SLURM_NNODES * SLURM_NTASKS_PER_NODE))
+pids=()
+for ((i = 0; i < n; i++)); do
+    SLURM_NTASKS=$n SLURM_PROCID=$i SLURM_LOCALID=$((i % SLURM_NTASKS_PER_NODE)) \\
+        SLURM_NODEID=$((i / SLURM_NTASKS_PER_NODE)) "$@" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+"""
+
+
+def test_the_sbatch_example_runs_two_nodes_under_slurm_variables(tmp_path: Path) -> None:
+    """``examples/slurm_ppo.sbatch`` as SLURM would run it on 2 nodes x 1 task (an ``srun`` stand-in starts the
+    tasks here with SLURM's variables): Lightning's SLURMEnvironment forms the two-node run from them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "python").write_text(f'#!/bin/bash\nexec {sys.executable} "$@"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    slurm = {"SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "1", "SLURM_JOB_NAME": "ppo-ddp"}
+    slurm["SLURM_NODELIST"] = "127.0.0.1"
+    env = {**os.environ, **slurm, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RUN_DIR": str(tmp_path / "run")}
+    probe = _callback("tests.probe.SaveRankState", tmp_path / "ranks")
+    args = [
+        "--trainer.accelerator=cpu",
+        f"--data.total_frames={2 * 2 * FRAMES_PER_BATCH}",
+        "--model.init_args.n_epochs=2",
+    ]
+    args += ["--trainer.enable_progress_bar=false", "--trainer.val_check_interval=1", probe]
+    process = subprocess.Popen(
+        ["bash", str(ROOT / "examples/slurm_ppo.sbatch"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    (stderr,) = _end([process], timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    ranks = {r: torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1)}
+    _assert_same_networks(ranks)
+    assert [ranks[r]["node_rank"] for r in (0, 1)] == [0, 1]
+    assert ranks[0]["cluster_environment"] == "SLURMEnvironment"
+    assert ranks[0]["frames"] == 2 * 2 * FRAMES_PER_BATCH and ranks[0]["batches"] == 2
+    assert list((tmp_path / "run").rglob("last.ckpt"))
