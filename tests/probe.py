@@ -36,6 +36,7 @@ class SaveRankState(pl.Callback):
             "optimizers": [o.optimizer.state_dict() for o in optimizers],
             "frames": pl_module.frames,
             "updates": pl_module.updates,
+            "episodes": pl_module.episodes,
             "batches": pl_module.loop.batches,
             "global_step": trainer.global_step,
             "broadcast_buffers": getattr(trainer.strategy.model, "broadcast_buffers", None),

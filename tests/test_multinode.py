@@ -79,6 +79,7 @@ def test_two_nodes_keep_identical_networks_and_count_frames_over_both(tmp_path: 
     assert ranks[0]["frames"] == 2 * 2 * FRAMES_PER_BATCH  # the budget of both nodes ...
     assert ranks[0]["batches"] == ranks[1]["batches"] == 2  # ... each collected half of it
     assert ranks[0]["updates"] > 0
+    assert ranks[0]["episodes"] == ranks[1]["episodes"] > 0  # counted over both nodes
     assert [ranks[r]["env_seed"] for r in (0, 1)] == [0, 1000]
     assert not torch.equal(ranks[0]["torch_rng"], ranks[1]["torch_rng"])
     assert list(roots[0].rglob("last.ckpt")) and list(roots[0].rglob("metrics.csv"))
