@@ -109,3 +109,45 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((numpy["kind"], keys, numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+_LOST_PEER_MARKERS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "Connection refused",
+    "NCCL communicator was aborted",
+    "remote process exited",
+)
+"""Parts of the messages with which gloo and NCCL collectives fail when another rank's process is gone."""
+
+
+def lost_rank_message(trainer: pl.Trainer, exception: BaseException) -> str | None:
+    """What to tell the user when ``exception`` is a collective that failed because another rank is gone (its
+    process killed, its node down): which rank and node, what was kept and how to go on; ``None`` for any other
+    exception, or outside a multi-process run.
+
+    With two ranks the lost one is the other; with more, the collective's error does not say which (gloo names a
+    peer's address, not its rank), so the message names this rank and asks to read the other nodes' logs.
+    """
+    if trainer.world_size < 2 or not isinstance(exception, RuntimeError):
+        return None
+    text = str(exception)
+    if not isinstance(exception, torch.distributed.DistError) and not any(m in text for m in _LOST_PEER_MARKERS):
+        return None
+    per_node = max(trainer.num_devices, 1)
+    rank, world_size = trainer.global_rank, trainer.world_size
+    if world_size == 2:
+        lost = 1 - rank
+        who = f"rank {lost} of {world_size} (node {lost // per_node}) is gone"
+    else:
+        who = (
+            f"a rank other than this one (rank {rank} of {world_size}, node {trainer.node_rank}) is gone or "
+            "unreachable; the other nodes' logs name it"
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exception).__name__
+    return (
+        f"{who}: a collective failed on rank {rank} with {first_line!r}. The run ends on every rank; checkpoints "
+        "already written are untouched. Restart every node and resume with --ckpt_path last (in Python: "
+        "trainer.fit(..., ckpt_path='last'))."
+    )

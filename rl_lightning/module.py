@@ -24,6 +24,7 @@ from typing_extensions import Self
 
 from rl_lightning import keys
 from rl_lightning.callbacks.graceful_interrupt import GracefulInterrupt
+from rl_lightning.callbacks.lost_rank_report import LostRankReport
 from rl_lightning.checkpoint import check_resumable, use_rl_checkpoint_io, verify_checkpoint
 from rl_lightning.compat import check_callbacks, check_trainer
 from rl_lightning.data import RLDataModule
@@ -194,7 +195,8 @@ class RLModule(pl.LightningModule, ABC):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """Callbacks every RL run gets: :class:`~rl_lightning.callbacks.GracefulInterrupt` (Ctrl-C stops at the end
-        of a batch with a checkpoint). Algorithms add theirs (SAC: replay buffer, target updates, UTD ratio).
+        of a batch with a checkpoint) and :class:`~rl_lightning.callbacks.LostRankReport` (a run that lost a rank
+        names it). Algorithms add theirs (SAC: replay buffer, target updates, UTD ratio).
 
         Lightning calls this first in a fit, before any callback's ``setup`` and before the loggers make their
         directories and the CLI saves its config: it is where a Lightning callback that cannot work in an RL fit
@@ -205,7 +207,7 @@ class RLModule(pl.LightningModule, ABC):
             check_callbacks(self.trainer.callbacks)  # type: ignore[attr-defined]  # set dynamically by Lightning
         check_trainer(self.trainer)
         self.check_data(self.data)
-        return [GracefulInterrupt()]
+        return [GracefulInterrupt(), LostRankReport()]
 
     def target_networks(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(online, target)`` network pairs that ``TargetNetUpdaterHook`` updates; none by default."""
@@ -415,7 +417,9 @@ class RLModule(pl.LightningModule, ABC):
             # One all-reduce a batch: the episodes completed, and whether any rank was asked to stop (Ctrl-C).
             local = [float(len(t)), float(self.stop_requested)]
             counts = torch.tensor(local, dtype=torch.float64, device=self.device)
-            count, stops = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+            # torch's all-reduce, not strategy.reduce: Lightning's adds a barrier before it, a second sync point.
+            torch.distributed.all_reduce(counts)
+            count, stops = counts.tolist()
         else:
             count, stops = float(len(t)), float(self.stop_requested)
         self.episodes += int(count)

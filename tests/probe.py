@@ -3,6 +3,7 @@ ranks afterwards, or a resumed run with the checkpoint it resumed from."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,31 @@ class SaveRankState(pl.Callback):
             "optimizers": [o.optimizer.state_dict() for o in optimizers],
             "frames": pl_module.frames,
             "updates": pl_module.updates,
+            "episodes": pl_module.episodes,
             "batches": pl_module.loop.batches,
             "global_step": trainer.global_step,
             "broadcast_buffers": getattr(trainer.strategy.model, "broadcast_buffers", None),
             "torch_rng": torch.get_rng_state(),
+            "node_rank": trainer.node_rank,
+            "cluster_environment": type(getattr(trainer.strategy, "cluster_environment", None)).__name__,
+            "env_seed": getattr(trainer.datamodule, "rank_seed", None),
         }
         buffer = getattr(pl_module, "replay_buffer", None)
         if buffer is not None:
             state["buffer"] = buffer.state_dict()
         torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")
+
+
+class SavePidAfterFirstBatch(pl.Callback):
+    """Rank ``r`` writes its process id to ``dirpath/rank{r}.pid`` once its first training batch is done: a test
+    that kills a node's training process waits for that file, so the kill lands mid-run."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            staged = self.dirpath / f"rank{trainer.global_rank}.pid.tmp"
+            staged.write_text(str(os.getpid()))
+            staged.rename(self.dirpath / f"rank{trainer.global_rank}.pid")  # whole, or not there

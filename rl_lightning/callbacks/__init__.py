@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rl_lightning.callbacks.log_scalar import LogScalar
     from rl_lightning.callbacks.log_timing import LogTiming
     from rl_lightning.callbacks.log_validation_reward import LogValidationReward
+    from rl_lightning.callbacks.lost_rank_report import LostRankReport
     from rl_lightning.callbacks.lr_scheduler_hook import LRSchedulerHook
     from rl_lightning.callbacks.optimizer_hook import OptimizerHook
     from rl_lightning.callbacks.replay_buffer_trainer import ReplayBufferTrainer
@@ -45,6 +46,7 @@ __all__ = [
     "LogScalar",
     "LogTiming",
     "LogValidationReward",
+    "LostRankReport",
     "OptimizerHook",
     "RLCallback",
     "ReplayBufferTrainer",
@@ -65,6 +67,7 @@ _EXPORTS = {
     "FunctionHook": "rl_lightning.callbacks.function_hook",
     "GracefulInterrupt": "rl_lightning.callbacks.graceful_interrupt",
     "LRSchedulerHook": "rl_lightning.callbacks.lr_scheduler_hook",
+    "LostRankReport": "rl_lightning.callbacks.lost_rank_report",
     "LogScalar": "rl_lightning.callbacks.log_scalar",
     "LogTiming": "rl_lightning.callbacks.log_timing",
     "LogValidationReward": "rl_lightning.callbacks.log_validation_reward",
