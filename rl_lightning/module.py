@@ -417,9 +417,7 @@ class RLModule(pl.LightningModule, ABC):
             # One all-reduce a batch: the episodes completed, and whether any rank was asked to stop (Ctrl-C).
             local = [float(len(t)), float(self.stop_requested)]
             counts = torch.tensor(local, dtype=torch.float64, device=self.device)
-            # torch's all-reduce, not strategy.reduce: Lightning's adds a barrier before it, a second sync point.
-            torch.distributed.all_reduce(counts)
-            count, stops = counts.tolist()
+            count, stops = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
         else:
             count, stops = float(len(t)), float(self.stop_requested)
         self.episodes += int(count)
