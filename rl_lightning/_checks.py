@@ -73,3 +73,16 @@ def hidden_sizes_or(sizes: Sequence[int] | None, default: list[int]) -> list[int
             "hidden layer)."
         )
     return result
+
+
+def require_packages(names: Sequence[str], purpose: str, extra: str, otherwise: str) -> None:
+    """Raises ``ModuleNotFoundError`` naming the first of ``names`` that cannot be imported, what needs it
+    (``purpose``), the extra that installs it and the way around it (``otherwise``)."""
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError as err:
+            raise ModuleNotFoundError(
+                f"{purpose} needs {name!r}, which cannot be imported ({err}). Install the extra: {extra}, or "
+                f"{otherwise}."
+            ) from err

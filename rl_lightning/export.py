@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from rl_lightning import algorithms
+from rl_lightning._checks import require_packages
 from rl_lightning.checkpoint import verify_checkpoint
 from rl_lightning.module import RLModule
 
@@ -81,14 +82,7 @@ def export_policy(module: RLModule, path: str | os.PathLike[str]) -> Path:
             "(e.g. add gymnasium.wrappers.FlattenObservation), or run this one with model.predict."
         )
     if path.suffix == ".onnx":
-        for name in ("onnx", "onnxscript"):
-            try:
-                __import__(name)
-            except ImportError as err:
-                raise ModuleNotFoundError(
-                    f"Exporting to ONNX needs {name!r}, which cannot be imported ({err}). Install the onnx extra: "
-                    f"{ONNX_EXTRA}, or export TorchScript (a .pt output)."
-                ) from err
+        require_packages(("onnx", "onnxscript"), "Exporting to ONNX", ONNX_EXTRA, "export TorchScript (a .pt output)")
     space = module.observation_space
     dtype = torch.from_numpy(np.empty(0, dtype=space.dtype)).dtype
     samples = np.stack([space.sample() for _ in range(2)])  # a batch of 2: 0 and 1 are specialized by torch.export

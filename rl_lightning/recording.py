@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
+from rl_lightning._checks import require_packages
+
 VIDEO_EXTRA = "pip install 'rl-lightning[video]'"
 """How to install what writing videos needs."""
 
@@ -30,14 +32,9 @@ def require_video_extra(who: str) -> None:
     Raises:
         ModuleNotFoundError: naming the missing package and the extra to install.
     """
-    for name in ("imageio", "imageio_ffmpeg"):
-        try:
-            __import__(name)
-        except ImportError as err:
-            raise ModuleNotFoundError(
-                f"{who} writes mp4 videos with imageio and imageio-ffmpeg, but {name!r} cannot be imported "
-                f"({err}). Install the video extra: {VIDEO_EXTRA}, or turn video recording off."
-            ) from err
+    require_packages(
+        ("imageio", "imageio_ffmpeg"), f"{who} writes mp4 videos: it", VIDEO_EXTRA, "turn video recording off"
+    )
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int) -> Path:

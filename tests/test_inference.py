@@ -340,3 +340,13 @@ def test_an_export_that_fails_midway_leaves_no_file(tmp_path: Path, monkeypatch:
     with pytest.raises(RuntimeError, match="the exporter failed"):
         export_policy(PPO(BOX, gym.spaces.Discrete(2), hidden_sizes=[8]), tmp_path / "policy.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_export_without_the_onnx_extra_names_it_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` now raises ImportError
+    model = PPO(gym.spaces.Box(-1.0, 1.0, (4,)), gym.spaces.Discrete(2), hidden_sizes=[8])
+    with pytest.raises(ModuleNotFoundError, match=r"Exporting to ONNX needs 'onnxscript'.*rl-lightning\[onnx\].*\.pt"):
+        export_policy(model, tmp_path / "policy.onnx")
+    assert not any(tmp_path.iterdir())
