@@ -18,12 +18,13 @@ pytest.importorskip(
 
 from tensordict.nn import TensorDictModule
 from torch.distributions import Categorical
-from torchrl.modules import ProbabilisticActor, ValueOperator
-from torchrl.objectives import A2CLoss, ClipPPOLoss
+from torchrl.data import Categorical as CategoricalSpec
+from torchrl.modules import MLP, ProbabilisticActor, QValueActor, ValueOperator
+from torchrl.objectives import A2CLoss, ClipPPOLoss, DQNLoss, HardUpdate, SoftUpdate
 from torchrl.objectives.value import GAE
 
 from rl_lightning import RL_HOOKS, RLCallback, RLDataModule, RLModule, keys
-from rl_lightning.callbacks import CountFramesLog, LogScalar, RewardNormalizer
+from rl_lightning.callbacks import CountFramesLog, LogScalar, RewardNormalizer, TargetNetUpdaterHook
 from rl_lightning.functional import generalized_advantage_estimate
 from rl_lightning.interop.torchrl_module import TorchRLModule
 from tests.conftest import quiet_trainer
@@ -51,6 +52,14 @@ def ppo_parts(hidden: int = 16, gamma: float = 0.99, lmbda: float = 0.95) -> tup
         normalize_advantage=True,
     )  # fmt: skip
     return loss, GAE(gamma=gamma, lmbda=lmbda, value_network=critic)
+
+
+def dqn_loss(hidden: int = 16) -> DQNLoss:
+    """A torchrl DQN for CartPole: a QValueActor writing integer actions, and a DQNLoss with a target copy."""
+    actor = QValueActor(
+        MLP(in_features=4, out_features=2, num_cells=[hidden]), in_keys=["observation"], spec=CategoricalSpec(2)
+    )
+    return DQNLoss(actor, action_space="categorical", delay_value=True)
 
 
 def tiny_data(**overrides: int) -> RLDataModule:
@@ -212,3 +221,144 @@ def test_torchrl_clip_ppo_loss_solves_cartpole(tmp_path: Path) -> None:
     trainer.fit(model, datamodule=data)
     assert trainer.callback_metrics["val/episode_return"] >= 475.0
     assert model.frames < data.total_frames
+
+
+def online_and_target(loss: DQNLoss) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The Q network's parameters and their target copies (buffers of the loss module), cloned."""
+    online = loss.value_network_params.flatten_keys()
+    target = loss.target_value_network_params.flatten_keys()
+    names = sorted(online.keys())
+    return [online[k].detach().clone() for k in names], [target[k].detach().clone() for k in names]
+
+
+class TargetRecorder(RLCallback):
+    """After every update (``on_post_optim_log`` runs after the module stepped its target updater): the online and
+    target parameters."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+
+    def on_post_optim_log(self, trainer: pl.Trainer, pl_module: RLModule, batch: TensorDict) -> None:
+        assert isinstance(pl_module, TorchRLModule)
+        self.snapshots.append(online_and_target(pl_module.loss_module))
+
+
+class NaNLossAt(RLCallback):
+    """Makes the loss of one update NaN (that update is then skipped with ``nonfinite="skip"``)."""
+
+    def __init__(self, update: int) -> None:
+        self.update = update
+
+    def on_process_loss(self, trainer: pl.Trainer, pl_module: RLModule, batch: TensorDict, losses: TensorDict) -> None:
+        if pl_module.updates + 1 == self.update:
+            losses["loss_objective"] = losses["loss_objective"] * float("nan")  # DQNLoss's "loss"
+
+
+def test_soft_update_moves_the_targets_by_tau_after_each_applied_update_only(tmp_path: Path) -> None:
+    """torchrl's SoftUpdate, stepped by the module: after each update, target = (1 - tau) target + tau online
+    (computed here by hand from the recorded weights); the update skipped for a NaN loss moves nothing."""
+    pl.seed_everything(0)
+    loss = dqn_loss()
+    data = tiny_data(total_frames=64)
+    tau = 0.25
+    model = TorchRLModule(
+        data.observation_space, data.action_space, loss, loss.value_network, batch_size=16, nonfinite="skip",
+        target_updater=SoftUpdate(loss, tau=tau),
+    )  # fmt: skip
+    assert model.hparams["target_updater"] == "SoftUpdate(tau=0.25)"
+    online0, target0 = online_and_target(loss)
+    assert all(torch.equal(o, t) for o, t in zip(online0, target0, strict=True))  # torchrl copied them at the start
+    recorder = TargetRecorder()
+    quiet_trainer(tmp_path, callbacks=[recorder, NaNLossAt(update=3)]).fit(model, datamodule=data)
+
+    assert model.updates == 4 and model.skipped_updates == 1
+    target = target0
+    for update, (online_after, target_after) in enumerate(recorder.snapshots, start=1):
+        if update == 3:  # skipped: neither the online weights nor the targets moved
+            expected = target
+        else:
+            expected = [(1 - tau) * t + tau * o for t, o in zip(target, online_after, strict=True)]
+        for ours, theirs in zip(target_after, expected, strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-7)
+        target = target_after
+    assert not torch.equal(recorder.snapshots[-1][1][0], target0[0])
+
+
+def test_hard_update_copies_the_online_network_every_interval_plus_one_updates(tmp_path: Path) -> None:
+    """torchrl's HardUpdate(value_network_update_interval=k) copies at every (k + 1)-th step (its counter runs
+    0..k); between copies the targets stay put."""
+    pl.seed_everything(0)
+    loss = dqn_loss()
+    data = tiny_data(total_frames=64)
+    model = TorchRLModule(data.observation_space, data.action_space, loss, loss.value_network, batch_size=8,
+                          target_updater=HardUpdate(loss, value_network_update_interval=2))  # fmt: skip
+    _, target0 = online_and_target(loss)
+    recorder = TargetRecorder()
+    quiet_trainer(tmp_path, callbacks=[recorder]).fit(model, datamodule=data)
+    assert model.updates == 8
+    copies = []
+    for update, (online, target) in enumerate(recorder.snapshots, start=1):
+        if all(torch.equal(o, t) for o, t in zip(online, target, strict=True)):
+            copies.append(update)
+        elif update > 3:
+            previous_copy = recorder.snapshots[copies[-1] - 1][1]
+            assert all(torch.equal(a, b) for a, b in zip(target, previous_copy, strict=True))
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(target, target0, strict=True))
+    assert copies == [3, 6]
+    assert model.target_updater is not None and model.target_updater.counter == 2
+
+
+def test_a_resumed_run_continues_the_target_updates(tmp_path: Path) -> None:
+    """The targets (buffers of the loss module) and HardUpdate's counter come back from the checkpoint: two
+    resumes of one checkpoint are the same run, and the counter goes on from where it was saved."""
+    pl.seed_everything(0)
+    data = tiny_data(total_frames=64)
+
+    def build() -> TorchRLModule:
+        loss = dqn_loss()
+        updater = HardUpdate(loss, value_network_update_interval=2)
+        return TorchRLModule(
+            data.observation_space, data.action_space, loss, loss.value_network, batch_size=16, target_updater=updater
+        )
+
+    model = build()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    quiet_trainer(tmp_path, enable_checkpointing=True, callbacks=[checkpoint]).fit(model, datamodule=data)
+    assert model.updates == 4 and model.target_updater.counter == 1  # type: ignore[union-attr]
+    saved_targets = online_and_target(model.loss_module)[1]
+    finals = []
+    for attempt in range(2):
+        pl.seed_everything(attempt + 1)
+        resumed = build()
+        trainer = quiet_trainer(tmp_path / f"resume{attempt}", callbacks=[recorder := TargetRecorder()])
+        trainer.fit(resumed, datamodule=tiny_data(total_frames=128), ckpt_path=checkpoint.last_model_path)
+        assert resumed.updates == 8 and resumed.target_updater.counter == 2  # type: ignore[union-attr]
+        # update 5 is the counter's 2nd step after the save: no copy yet, the saved targets are still there
+        assert all(torch.equal(a, b) for a, b in zip(recorder.snapshots[0][1], saved_targets, strict=True))
+        online, target = recorder.snapshots[1]  # update 6: the (k + 1)-th step, a copy
+        assert all(torch.equal(a, b) for a, b in zip(online, target, strict=True))
+        finals.append(resumed.state_dict())
+    for key, value in finals[0].items():
+        assert torch.equal(finals[1][key], value), key
+
+
+def test_a_target_updater_must_be_torchrls_over_the_same_loss() -> None:
+    data = tiny_data()
+    loss = dqn_loss()
+    with pytest.raises(TypeError, match=r"TargetNetUpdaterHook.*SoftUpdate\(loss_module, tau=t\)"):
+        TorchRLModule(
+            data.observation_space,
+            data.action_space,
+            loss,
+            loss.value_network,
+            target_updater=TargetNetUpdaterHook(0.01),
+        )
+    with pytest.raises(ValueError, match=r"built over another loss module .* SoftUpdate\(loss_module, \.\.\.\)"):
+        TorchRLModule(
+            data.observation_space,
+            data.action_space,
+            loss,
+            loss.value_network,
+            target_updater=SoftUpdate(dqn_loss(), tau=0.1),
+        )

@@ -3,8 +3,11 @@
 torchrl's losses already read rl_lightning's batches: the collector writes torchrl's keys (``observation``,
 ``action``, ``action_log_prob``, ``("next", "reward")``, ``("next", "terminated")``, ...) with batch dims
 ``[num_envs, T]``, time last, as torchrl's value estimators expect. This module only adds what torchrl's
-``Trainer`` would: the policy that collects, the advantage pass over each collected batch, the minibatches and the
-optimizer.
+``Trainer`` would: the policy that collects, the advantage pass over each collected batch, the minibatches, the
+optimizer and the target updates.
+
+:class:`TorchRLBase` holds what this module and :class:`~rl_lightning.interop.torchrl_off_policy.TorchRLOffPolicyModule`
+share; the argument checks they share are the functions at the end of this file.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
+import lightning.pytorch as pl
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import InteractionType, TensorDictModuleBase, set_interaction_type
@@ -19,13 +23,14 @@ from torch import nn
 
 from rl_lightning import keys
 from rl_lightning._checks import check_choice, check_int, check_positive
+from rl_lightning.callbacks import TargetNetUpdaterHook
 from rl_lightning.data import RLDataModule
 from rl_lightning.encoders import Observation
 from rl_lightning.module import RLModule
 from rl_lightning.spaces import SpaceLike, space_to_dict
 
 try:
-    from torchrl.objectives import LossModule
+    from torchrl.objectives import LossModule, TargetNetUpdater
 except ImportError as err:  # the core environment pins a tensordict that torchrl 0.14 does not accept
     raise ImportError(
         f"rl_lightning.interop.torchrl_module needs torchrl, which cannot be imported here ({err}). Install it in "
@@ -37,7 +42,136 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 """Builds the optimizer from the parameters, e.g. ``lambda params: torch.optim.Adam(params, lr=3e-4)``."""
 
 
-class TorchRLModule(RLModule):
+class TorchRLBase(RLModule):
+    """What the torchrl adapters (:class:`TorchRLModule`, ``TorchRLOffPolicyModule``) share: the loss module's output
+    as scalar entries, the optimizer, the torchrl target updater stepped after each applied update, acting through a
+    ``TensorDictModule`` policy, and the checkpoint's check of the loss class.
+
+    A subclass calls :meth:`set_torchrl_parts` in its ``__init__`` and implements :meth:`act` (with
+    :meth:`run_policy`) and the data side (``optim_batches``).
+    """
+
+    loss_module: LossModule
+    target_updater: TargetNetUpdater | None
+    optimizer_factory: OptimizerFactory | None
+    lr: float
+
+    def set_torchrl_parts(
+        self,
+        loss_module: LossModule,
+        optimizer: OptimizerFactory | None,
+        lr: float,
+        target_updater: TargetNetUpdater | None,
+    ) -> None:
+        """Checks and keeps the torchrl loss, the optimizer factory (or Adam's ``lr``) and the target updater."""
+        check_loss_module(loss_module)
+        check_positive("lr", lr, "Use e.g. lr=3e-4.")
+        check_target_updater(target_updater, loss_module)
+        self.hparams["loss_class"] = qualified_name(loss_module)
+        self.hparams["target_updater"] = None if target_updater is None else describe_updater(target_updater)
+        self.loss_module = loss_module
+        self.optimizer_factory = optimizer
+        self.lr = lr
+        self.target_updater = target_updater
+        self._skipped_seen = 0  # skipped_updates at the last update seen by on_post_optim
+
+    # -- the policy ------------------------------------------------------------------------------------
+
+    def run_policy(self, policy: TensorDictModuleBase, observation: Observation, deterministic: bool) -> TensorDictBase:
+        """``policy`` on a batch of observations (on this module's device), under torchrl's ``RANDOM`` interaction
+        type (sampling; exploration modules such as ``AdditiveGaussianModule`` or ``EGreedyModule`` add their noise)
+        or ``DETERMINISTIC`` (a distribution's mode or mean; exploration modules off). Raises if it writes no
+        ``action``."""
+        observation = observation.to(self.device, non_blocking=True)
+        batch = TensorDict({keys.OBSERVATION: observation}, batch_size=observation.shape[:1], device=self.device)
+        mode = InteractionType.DETERMINISTIC if deterministic else InteractionType.RANDOM
+        with set_interaction_type(mode):
+            out: TensorDictBase = policy(batch)
+        if out.get(keys.ACTION, None) is None:
+            raise KeyError(
+                f"The policy {type(policy).__name__} wrote {sorted(map(str, out.keys()))} but no 'action'. "
+                "Give it out_keys=['action'] (a ProbabilisticActor writes 'action' by default)."
+            )
+        return out
+
+    # -- training ---------------------------------------------------------------------------------------
+
+    def loss(self, batch: TensorDict) -> TensorDict:
+        """The loss module's output, with every entry a scalar: ``loss_*`` terms as they are, the diagnostics
+        detached and averaged (ClipPPOLoss's ``explained_variance`` is ``[1]``, the loop stacks scalars). A bare
+        ``loss`` entry (DQNLoss's only term) becomes ``loss_objective``: the loop sums the ``loss_*`` entries and
+        logs their sum as ``train/loss`` itself."""
+        out: TensorDictBase = self.loss_module(batch)
+        entries: dict[str, torch.Tensor] = {}
+        for key, value in out.items(include_nested=True, leaves_only=True):
+            if not isinstance(value, torch.Tensor):
+                continue
+            name = key if isinstance(key, str) else "/".join(key)
+            if name == "loss":
+                name = "loss_objective"
+            if name.startswith("loss_"):
+                entries[name] = value if value.dim() == 0 else value.mean()
+            else:
+                entries[name] = value.detach().float().mean()
+        return TensorDict(entries, batch_size=[])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """One optimizer over all parameters (the loss module's networks, SAC's ``log_alpha`` included): the
+        ``optimizer`` factory's, or Adam with ``lr``."""
+        if self.optimizer_factory is None:
+            return torch.optim.Adam(self.parameters(), lr=self.lr)
+        optimizer = self.optimizer_factory(self.parameters())
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer returned a {type(optimizer).__name__}, not a torch.optim.Optimizer. Pass a function of the "
+                "parameters, e.g. optimizer=lambda params: torch.optim.Adam(params, lr=3e-4)."
+            )
+        return optimizer
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._skipped_seen = self.skipped_updates  # after a checkpoint restored it
+
+    def on_post_optim(self, trainer: pl.Trainer, pl_module: RLModule) -> None:
+        """Steps the target updater after an applied update; one skipped for NaN or inf (``nonfinite="skip"``, counted
+        in ``skipped_updates``) changed no weight and does not count. The loop calls this after the callbacks'
+        ``on_post_optim``."""
+        if self.target_updater is None:
+            return
+        if self.skipped_updates != self._skipped_seen:
+            self._skipped_seen = self.skipped_updates
+            return
+        self.target_updater.step()
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The target parameters are buffers of the loss module (in the state dict); HardUpdate's counter is not.
+        if self.target_updater is not None:
+            checkpoint["rl_lightning"]["target_updater"] = self.target_updater.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("loss_class")
+        ours = qualified_name(self.loss_module)
+        if saved is not None and saved != ours:
+            raise ValueError(
+                f"This checkpoint was trained with the torchrl loss {saved}, but this model wraps {ours}. "
+                f"Build the model with a {saved.rpartition('.')[2]} over the same networks to load it."
+            )
+        super().on_load_checkpoint(checkpoint)
+        # torchrl builds a loss's default value estimator (DQNLoss's TD(0), with its gamma buffer) at its first call;
+        # a checkpoint of a trained loss holds it, which a loss built again lacks until then.
+        estimator = "loss_module._value_estimator."
+        lazy = getattr(self.loss_module, "_value_estimator", ...) is None
+        if lazy and any(name.startswith(estimator) for name in checkpoint.get("state_dict", {})):
+            _ = self.loss_module.value_estimator
+        state = checkpoint["rl_lightning"].get("target_updater")
+        if self.target_updater is not None and state is not None:
+            self.target_updater.load_state_dict(state)
+
+
+class TorchRLModule(TorchRLBase):
     """Trains any torchrl ``LossModule`` in the RL loop, with the policy it trains collecting the data.
 
     Per collector batch: ``advantage`` (e.g. torchrl's ``GAE``, for on-policy losses) writes ``advantage``,
@@ -47,7 +181,10 @@ class TorchRLModule(RLModule):
 
     The networks are the loss module's (the policy shares its parameters), so checkpoints hold them and
     ``load_from_checkpoint`` needs the same modules built again:
-    ``TorchRLModule.load_from_checkpoint(path, loss_module=..., policy=..., advantage=...)``.
+    ``TorchRLModule.load_from_checkpoint(path, loss_module=..., policy=..., advantage=...)``. The target parameters
+    of a loss with target networks (``DQNLoss``, ``IQLLoss``, ...) are buffers of the loss module, so checkpoints hold
+    them too; ``target_updater`` moves them after each update, and its own state (``HardUpdate``'s counter) goes into
+    the checkpoint with the counters.
 
     Args:
         observation_space: the env's observation space.
@@ -65,6 +202,9 @@ class TorchRLModule(RLModule):
         batch_size: transitions per optimizer step; must divide a batch's transitions. ``None``: the whole batch.
         max_grad_norm: clip the global gradient norm to this value (``None``: no clipping).
         nonfinite: an update with NaN or inf gradients stops the run (``"raise"``) or is skipped (``"skip"``).
+        target_updater: torchrl's ``SoftUpdate(loss_module, tau=...)`` or ``HardUpdate(loss_module,
+            value_network_update_interval=...)`` over the same loss module, stepped after every applied update (not
+            after one skipped with ``nonfinite="skip"``); ``None``: the loss has no target networks.
 
     Example:
         >>> import gymnasium as gym
@@ -95,21 +235,11 @@ class TorchRLModule(RLModule):
         batch_size: int | None = None,
         max_grad_norm: float | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
+        target_updater: TargetNetUpdater | None = None,
     ) -> None:
         super().__init__(observation_space, action_space)
-        if not isinstance(loss_module, LossModule):
-            raise TypeError(
-                f"loss_module is a {type(loss_module).__name__}, not a torchrl LossModule. Pass a torchrl loss, "
-                "e.g. torchrl.objectives.ClipPPOLoss(actor, critic)."
-            )
-        if policy is None:
-            policy = getattr(loss_module, "actor_network", None)
-            if not isinstance(policy, nn.Module):
-                raise ValueError(
-                    f"{type(loss_module).__name__} has no actor_network to collect with. Pass the policy it trains "
-                    "as policy=..., a TensorDictModule that writes 'action' from 'observation'."
-                )
-        check_positive("lr", lr, "Use e.g. lr=3e-4.")
+        check_loss_module(loss_module)
+        policy = policy_or_default(policy, loss_module, ("actor_network",))
         check_int("n_epochs", n_epochs, hint="It is the number of passes over each batch, e.g. n_epochs=10.")
         if batch_size is not None:
             check_int("batch_size", batch_size, hint="It is the transitions per update, e.g. 64, or null: all.")
@@ -117,17 +247,12 @@ class TorchRLModule(RLModule):
             check_positive("max_grad_norm", max_grad_norm, "Use null to disable it.")
         check_choice("nonfinite", nonfinite, ("raise", "skip"))
         # The modules are code, not hyperparameters: a checkpoint stores their weights, and loading builds them again.
-        self.save_hyperparameters(
-            ignore=["observation_space", "action_space", "loss_module", "policy", "advantage", "optimizer"]
-        )
+        self.save_hyperparameters(ignore=[*TORCHRL_PARTS, "advantage"])
         self.hparams["observation_space"] = space_to_dict(self.observation_space)
         self.hparams["action_space"] = space_to_dict(self.action_space)
-        self.hparams["loss_class"] = _qualified_name(loss_module)
-        self.loss_module = loss_module
+        self.set_torchrl_parts(loss_module, optimizer, lr, target_updater)
         self.policy = policy
         self.advantage = advantage
-        self.optimizer_factory = optimizer
-        self.lr = lr
         self.optim_epochs = n_epochs
         self.batch_size = batch_size
         self.max_grad_norm = max_grad_norm
@@ -153,18 +278,8 @@ class TorchRLModule(RLModule):
     # -- the policy ------------------------------------------------------------------------------------
 
     def act(self, observation: Observation, deterministic: bool = False) -> dict[str, torch.Tensor]:
-        observation = observation.to(self.device, non_blocking=True)
-        batch = TensorDict({keys.OBSERVATION: observation}, batch_size=observation.shape[:1], device=self.device)
-        mode = InteractionType.DETERMINISTIC if deterministic else InteractionType.RANDOM
-        with set_interaction_type(mode):
-            out = self.policy(batch)
-        action = out.get(keys.ACTION, None)
-        if action is None:
-            raise KeyError(
-                f"The policy {type(self.policy).__name__} wrote {sorted(map(str, out.keys()))} but no 'action'. "
-                "Give it out_keys=['action'] (a ProbabilisticActor writes 'action' by default)."
-            )
-        actions = {keys.ACTION: action.cpu()}
+        out = self.run_policy(self.policy, observation, deterministic)
+        actions = {keys.ACTION: out.get(keys.ACTION).cpu()}
         log_prob = out.get(keys.ACTION_LOG_PROB, None)
         if log_prob is not None and not deterministic:
             actions[keys.ACTION_LOG_PROB] = log_prob.cpu()
@@ -188,44 +303,81 @@ class TorchRLModule(RLModule):
         for indices in order.split(self.batch_size):
             yield flat[indices]
 
-    def loss(self, batch: TensorDict) -> TensorDict:
-        """The loss module's output, with every entry a scalar: ``loss_*`` terms as they are, the diagnostics
-        detached and averaged (ClipPPOLoss's ``explained_variance`` is ``[1]``, the loop stacks scalars)."""
-        out: TensorDictBase = self.loss_module(batch)
-        entries: dict[str, torch.Tensor] = {}
-        for key, value in out.items(include_nested=True, leaves_only=True):
-            if not isinstance(value, torch.Tensor):
-                continue
-            name = key if isinstance(key, str) else "/".join(key)
-            if name.startswith("loss_"):
-                entries[name] = value if value.dim() == 0 else value.mean()
-            else:
-                entries[name] = value.detach().float().mean()
-        return TensorDict(entries, batch_size=[])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.optimizer_factory is None:
-            return torch.optim.Adam(self.parameters(), lr=self.lr)
-        optimizer = self.optimizer_factory(self.parameters())
-        if not isinstance(optimizer, torch.optim.Optimizer):
+TORCHRL_PARTS = ("observation_space", "action_space", "loss_module", "policy", "optimizer", "target_updater")
+"""Arguments of the torchrl adapters that are not hyperparameters: the spaces (saved as plain data) and the modules
+(code: a checkpoint stores their weights, and loading builds them again)."""
+
+
+def check_loss_module(loss_module: Any) -> None:
+    """Raises ``TypeError`` unless ``loss_module`` is a torchrl ``LossModule``."""
+    if not isinstance(loss_module, LossModule):
+        raise TypeError(
+            f"loss_module is a {type(loss_module).__name__}, not a torchrl LossModule. Pass a torchrl loss, "
+            "e.g. torchrl.objectives.ClipPPOLoss(actor, critic) or SACLoss(actor, qvalue)."
+        )
+
+
+def policy_or_default(
+    policy: TensorDictModuleBase | None, loss_module: LossModule, attributes: tuple[str, ...]
+) -> TensorDictModuleBase:
+    """``policy``, or else the first of the loss module's ``attributes`` (``actor_network``; DQN's
+    ``value_network``, a ``QValueActor``) that is a module; raises if it has none."""
+    if policy is not None:
+        if not isinstance(policy, nn.Module):
             raise TypeError(
-                f"optimizer returned a {type(optimizer).__name__}, not a torch.optim.Optimizer. Pass a function of the "
-                "parameters, e.g. optimizer=lambda params: torch.optim.Adam(params, lr=3e-4)."
+                f"policy is a {type(policy).__name__}, not a module. Pass a TensorDictModule that writes 'action' "
+                "from 'observation' (e.g. a ProbabilisticActor), or None for the loss module's actor."
             )
-        return optimizer
-
-    # -- checkpoints ------------------------------------------------------------------------------------
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("hyper_parameters", {}).get("loss_class")
-        ours = _qualified_name(self.loss_module)
-        if saved is not None and saved != ours:
-            raise ValueError(
-                f"This checkpoint was trained with the torchrl loss {saved}, but this model wraps {ours}. "
-                f"Build the model with a {saved.rpartition('.')[2]} over the same networks to load it."
-            )
-        super().on_load_checkpoint(checkpoint)
+        return policy
+    for name in attributes:
+        module = getattr(loss_module, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(
+        f"{type(loss_module).__name__} has no {' or '.join(attributes)} to collect with. Pass the policy it trains "
+        "as policy=..., a TensorDictModule that writes 'action' from 'observation'."
+    )
 
 
-def _qualified_name(obj: Any) -> str:
+def check_target_updater(target_updater: Any, loss_module: LossModule) -> None:
+    """Raises unless ``target_updater`` is ``None`` or a torchrl ``TargetNetUpdater`` built over ``loss_module``."""
+    if target_updater is None:
+        return
+    if not isinstance(target_updater, TargetNetUpdater):
+        hint = (
+            " TargetNetUpdaterHook moves the target_networks() pairs of rl_lightning's own algorithms; a torchrl "
+            "loss keeps its targets as target_*_params buffers that only torchrl's updaters pair with their sources. "
+            "TargetNetUpdaterHook(tau=t, interval=1) is SoftUpdate(loss_module, tau=t); TargetNetUpdaterHook(tau=1, "
+            "interval=n) is HardUpdate(loss_module, value_network_update_interval=n - 1)."
+            if isinstance(target_updater, TargetNetUpdaterHook)
+            else ""
+        )
+        raise TypeError(
+            f"target_updater is a {type(target_updater).__name__}, not a torchrl TargetNetUpdater. Pass "
+            f"torchrl.objectives.SoftUpdate(loss_module, tau=0.005) or HardUpdate(loss_module, "
+            f"value_network_update_interval=1000), built over the same loss module.{hint}"
+        )
+    if target_updater.loss_module is not loss_module:
+        raise ValueError(
+            f"target_updater {describe_updater(target_updater)} was built over another loss module "
+            f"({type(target_updater.loss_module).__name__} at {id(target_updater.loss_module):#x}), so it would move "
+            "targets this model never trains. Build it over the model's loss: "
+            f"{type(target_updater).__name__}(loss_module, ...)."
+        )
+
+
+def describe_updater(updater: TargetNetUpdater) -> str:
+    """``SoftUpdate(tau=0.005)`` or ``HardUpdate(value_network_update_interval=1000)``: what the hyperparameters and
+    messages show of a target updater."""
+    name = type(updater).__name__
+    if hasattr(updater, "eps"):
+        return f"{name}(tau={1 - float(updater.eps):.6g})"
+    if hasattr(updater, "value_network_update_interval"):
+        return f"{name}(value_network_update_interval={updater.value_network_update_interval})"
+    return f"{name}()"
+
+
+def qualified_name(obj: Any) -> str:
+    """The module and name of ``obj``'s class, as checkpoints record the loss class."""
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
