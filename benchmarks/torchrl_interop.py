@@ -16,9 +16,10 @@ PPO on CartPole-v1, three sides in one process, all with ``configs/ppo.yaml``'s 
 
 Every side does the same number of environment steps, updates and minibatch sizes. What differs in the work: the
 torchrl side keeps its learning rate constant (``TorchRLModule`` has no scheduler; ``ppo.yaml`` anneals it), uses
-torch's default initialization (rl_lightning's PPO: orthogonal) and torchrl's loss, which computes more diagnostics
-per update (ESS, KL, clip fraction, explained variance) than PPO's, and GAE evaluates the critic on observations and
-next observations separately (rl_lightning's PPO skips the next observations that are the following step's).
+torch's default initialization (rl_lightning's PPO: orthogonal), Adam's default implementation (PPO's is fused) and
+torchrl's loss, which also computes ESS, ratio statistics and the explained variance at every update; torchrl's GAE
+runs the critic on every observation and every next observation (rl_lightning's PPO skips the next observations that
+are the following step's).
 
 Metric: throughput, frames/s over ``--throughput-frames`` frames with evaluation off, timed around ``trainer.fit``
 (rl_lightning and torchrl) or from after the networks are built (plain); an untimed warm-up of each side first, then
