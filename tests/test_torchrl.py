@@ -306,7 +306,7 @@ def test_hard_update_copies_the_online_network_every_interval_plus_one_updates(t
         else:
             assert all(torch.equal(a, b) for a, b in zip(target, target0, strict=True))
     assert copies == [3, 6]
-    assert model.target_updater is not None and model.target_updater.counter == 2
+    assert model.target_net_updater is not None and model.target_net_updater.counter == 2
 
 
 def test_a_resumed_run_continues_the_target_updates(tmp_path: Path) -> None:
@@ -325,7 +325,7 @@ def test_a_resumed_run_continues_the_target_updates(tmp_path: Path) -> None:
     model = build()
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     quiet_trainer(tmp_path, enable_checkpointing=True, callbacks=[checkpoint]).fit(model, datamodule=data)
-    assert model.updates == 4 and model.target_updater.counter == 1  # type: ignore[union-attr]
+    assert model.updates == 4 and model.target_net_updater.counter == 1  # type: ignore[union-attr]
     saved_targets = online_and_target(model.loss_module)[1]
     finals = []
     for attempt in range(2):
@@ -333,7 +333,7 @@ def test_a_resumed_run_continues_the_target_updates(tmp_path: Path) -> None:
         resumed = build()
         trainer = quiet_trainer(tmp_path / f"resume{attempt}", callbacks=[recorder := TargetRecorder()])
         trainer.fit(resumed, datamodule=tiny_data(total_frames=128), ckpt_path=checkpoint.last_model_path)
-        assert resumed.updates == 8 and resumed.target_updater.counter == 2  # type: ignore[union-attr]
+        assert resumed.updates == 8 and resumed.target_net_updater.counter == 2  # type: ignore[union-attr]
         # update 5 is the counter's 2nd step after the save: no copy yet, the saved targets are still there
         assert all(torch.equal(a, b) for a, b in zip(recorder.snapshots[0][1], saved_targets, strict=True))
         online, target = recorder.snapshots[1]  # update 6: the (k + 1)-th step, a copy

@@ -52,7 +52,8 @@ class TorchRLBase(RLModule):
     """
 
     loss_module: LossModule
-    target_updater: TargetNetUpdater | None
+    target_net_updater: TargetNetUpdater | None
+    """The torchrl target updater (the ``target_updater`` argument); ``None``: none."""
     optimizer_factory: OptimizerFactory | None
     lr: float
 
@@ -72,7 +73,7 @@ class TorchRLBase(RLModule):
         self.loss_module = loss_module
         self.optimizer_factory = optimizer
         self.lr = lr
-        self.target_updater = target_updater
+        self.target_net_updater = target_updater
         self._skipped_seen = 0  # skipped_updates at the last update seen by on_post_optim
 
     # -- the policy ------------------------------------------------------------------------------------
@@ -81,7 +82,8 @@ class TorchRLBase(RLModule):
         """``policy`` on a batch of observations (on this module's device), under torchrl's ``RANDOM`` interaction
         type (sampling; exploration modules such as ``AdditiveGaussianModule`` or ``EGreedyModule`` add their noise)
         or ``DETERMINISTIC`` (a distribution's mode or mean; exploration modules off). Raises if it writes no
-        ``action``."""
+        ``action``. A half-precision action or log-prob (the policy ran under ``bf16-mixed``'s autocast) comes back
+        as float32."""
         observation = observation.to(self.device, non_blocking=True)
         batch = TensorDict({keys.OBSERVATION: observation}, batch_size=observation.shape[:1], device=self.device)
         mode = InteractionType.DETERMINISTIC if deterministic else InteractionType.RANDOM
@@ -92,6 +94,11 @@ class TorchRLBase(RLModule):
                 f"The policy {type(policy).__name__} wrote {sorted(map(str, out.keys()))} but no 'action'. "
                 "Give it out_keys=['action'] (a ProbabilisticActor writes 'action' by default)."
             )
+        for key in (keys.ACTION, keys.ACTION_LOG_PROB):
+            # Under mixed precision the collector's policy runs in autocast: the env and the buffers take float32.
+            value = out.get(key, None)
+            if value is not None and value.dtype in (torch.float16, torch.bfloat16):
+                out.set(key, value.float())
         return out
 
     # -- training ---------------------------------------------------------------------------------------
@@ -136,20 +143,20 @@ class TorchRLBase(RLModule):
         """Steps the target updater after an applied update; one skipped for NaN or inf (``nonfinite="skip"``, counted
         in ``skipped_updates``) changed no weight and does not count. The loop calls this after the callbacks'
         ``on_post_optim``."""
-        if self.target_updater is None:
+        if self.target_net_updater is None:
             return
         if self.skipped_updates != self._skipped_seen:
             self._skipped_seen = self.skipped_updates
             return
-        self.target_updater.step()
+        self.target_net_updater.step()
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         # The target parameters are buffers of the loss module (in the state dict); HardUpdate's counter is not.
-        if self.target_updater is not None:
-            checkpoint["rl_lightning"]["target_updater"] = self.target_updater.state_dict()
+        if self.target_net_updater is not None:
+            checkpoint["rl_lightning"]["target_updater"] = self.target_net_updater.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("loss_class")
@@ -167,8 +174,8 @@ class TorchRLBase(RLModule):
         if lazy and any(name.startswith(estimator) for name in checkpoint.get("state_dict", {})):
             _ = self.loss_module.value_estimator
         state = checkpoint["rl_lightning"].get("target_updater")
-        if self.target_updater is not None and state is not None:
-            self.target_updater.load_state_dict(state)
+        if self.target_net_updater is not None and state is not None:
+            self.target_net_updater.load_state_dict(state)
 
 
 class TorchRLModule(TorchRLBase):
