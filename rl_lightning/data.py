@@ -183,6 +183,10 @@ class RLDataModule(pl.LightningDataModule):
         ((4,), np.int64(2))
     """
 
+    collects: bool = True
+    """Whether the training batches are collected by stepping envs (episodes end in them, counted and logged as
+    ``rollout/*``); stored data (:class:`~rl_lightning.offline.OfflineDataModule`) is not."""
+
     def __init__(
         self,
         env_id: str = "CartPole-v1",
@@ -315,6 +319,10 @@ class RLDataModule(pl.LightningDataModule):
             "observation": space_to_dict(self.observation_space),
             "action": space_to_dict(self.action_space),
         }
+
+    def check_module(self, module: Agent) -> None:
+        """Raises if ``module`` cannot train on this data; called from ``RLModule.check_data`` before a run starts.
+        Collected data fits any module."""
 
     # -- counting -----------------------------------------------------------------------------------
 

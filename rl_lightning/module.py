@@ -332,7 +332,8 @@ class RLModule(pl.LightningModule, ABC):
         return datamodule
 
     def check_data(self, data: RLDataModule) -> None:
-        """Raises if the data does not fit this module (spaces, batch sizes). Runs in :meth:`setup`."""
+        """Raises if the data does not fit this module (spaces, batch sizes, and the data's own
+        ``check_module``). Runs in :meth:`setup`."""
         if space_to_dict(data.observation_space) != space_to_dict(self.observation_space) or space_to_dict(
             data.action_space
         ) != space_to_dict(self.action_space):
@@ -341,6 +342,7 @@ class RLModule(pl.LightningModule, ABC):
                 f"{data.action_space}, but the model was built for {self.observation_space} and "
                 f"{self.action_space}. Build the model from this data's spaces."
             )
+        data.check_module(self)
         fitting = self._trainer is None or self.trainer.state.fn == "fit"
         if fitting and data.world_size > 1 and data.total_frames < data.global_frames_per_batch:
             raise ValueError(
@@ -395,7 +397,45 @@ class RLModule(pl.LightningModule, ABC):
 
     def _log_rollout(self, batch: TensorDict) -> None:
         """Adds the episodes completed in this (CPU) batch to :attr:`episode_stats`, and logs counters, fps and the
-        mean return and length of the last ``stats_window`` episodes of all ranks."""
+        mean return and length of the last ``stats_window`` episodes of all ranks. Stored data (``data.collects``
+        false) has no episodes of its own: only the counters and fps are logged."""
+        ended_here = self._count_episodes(batch) if self.data.collects else 0
+        if self.trainer.world_size > 1:
+            # One all-reduce a batch: the episodes completed, and whether any rank was asked to stop (Ctrl-C).
+            local = [float(ended_here), float(self.stop_requested)]
+            counts = torch.tensor(local, dtype=torch.float64, device=self.device)
+            count, stops = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        else:
+            count, stops = float(ended_here), float(self.stop_requested)
+        self.episodes += int(count)
+        self.stop_agreed = stops > 0
+        on_bar_too = self.trainer.progress_bar_callback is not None
+        if not (self.logging_batch or on_bar_too):
+            return
+        elapsed = max(time.perf_counter() - self._start_time, 1e-9)
+        metrics: dict[str, float] = {
+            "step": float(self.frames),
+            "frames": float(self.frames),
+            "time/fps": (self.frames - self._start_frames) / elapsed,
+        }
+        if self.data.collects:
+            metrics["rollout/episodes"] = float(self.episodes)
+        if self.nonfinite == "skip":
+            metrics["train/skipped_updates"] = float(self.skipped_updates)
+        # No episode ended yet on any rank (a count all ranks agree on): nothing to average, and no gather to join.
+        averaged = 0.0
+        if self.episodes:
+            mean_return, mean_length, averaged = self.episode_stats.compute().tolist()  # gathers the ranks' windows
+        if averaged:
+            metrics["rollout/episode_return"] = mean_return
+            metrics["rollout/episode_length"] = mean_length
+        on_bar: dict[str, float] = {k: metrics.pop(k) for k in ("rollout/episode_return", "time/fps") if k in metrics}
+        if self.logging_batch:
+            self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        self.log_dict(on_bar, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+
+    def _count_episodes(self, batch: TensorDict) -> int:
+        """Adds the episodes completed in this collected (CPU) batch to :attr:`episode_stats`; returns their count."""
         # Whole episodes end where the collector wrote their length: not where a training-only wrapper ended one early
         # (EpisodicLife's lost lives), which is `done` too but starts no new game.
         done = batch[keys.NEXT_EPISODE_LENGTH].reshape(*batch.batch_size, -1)[..., 0] > 0
@@ -413,38 +453,7 @@ class RLModule(pl.LightningModule, ABC):
                 batch[keys.NEXT_EPISODE_LENGTH].reshape(*done.shape)[env, t],
                 ended,
             )
-        if self.trainer.world_size > 1:
-            # One all-reduce a batch: the episodes completed, and whether any rank was asked to stop (Ctrl-C).
-            local = [float(len(t)), float(self.stop_requested)]
-            counts = torch.tensor(local, dtype=torch.float64, device=self.device)
-            count, stops = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
-        else:
-            count, stops = float(len(t)), float(self.stop_requested)
-        self.episodes += int(count)
-        self.stop_agreed = stops > 0
-        on_bar_too = self.trainer.progress_bar_callback is not None
-        if not (self.logging_batch or on_bar_too):
-            return
-        elapsed = max(time.perf_counter() - self._start_time, 1e-9)
-        metrics: dict[str, float] = {
-            "step": float(self.frames),
-            "frames": float(self.frames),
-            "time/fps": (self.frames - self._start_frames) / elapsed,
-            "rollout/episodes": float(self.episodes),
-        }
-        if self.nonfinite == "skip":
-            metrics["train/skipped_updates"] = float(self.skipped_updates)
-        # No episode ended yet on any rank (a count all ranks agree on): nothing to average, and no gather to join.
-        averaged = 0.0
-        if self.episodes:
-            mean_return, mean_length, averaged = self.episode_stats.compute().tolist()  # gathers the ranks' windows
-        if averaged:
-            metrics["rollout/episode_return"] = mean_return
-            metrics["rollout/episode_length"] = mean_length
-        on_bar: dict[str, float] = {k: metrics.pop(k) for k in ("rollout/episode_return", "time/fps") if k in metrics}
-        if self.logging_batch:
-            self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
-        self.log_dict(on_bar, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+        return len(t)
 
     def _log_evaluation(self, batch: TensorDict, prefix: str) -> None:
         size = batch.batch_size[0]
