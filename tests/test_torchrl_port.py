@@ -159,3 +159,45 @@ def test_the_model_class_refuses_spaces_its_networks_do_not_fit() -> None:
         TorchRLPPO(None, gym.spaces.Discrete(2))
     acrobot = TorchRLPPO(gym.spaces.Box(-1, 1, (6,)), gym.spaces.Discrete(3), hidden=8)  # sized from the spaces
     assert acrobot.act(torch.zeros(5, 6))[keys.ACTION].shape == (5,)
+
+
+SAC_CONFIG = ROOT / "configs" / "torchrl_sac.yaml"
+
+
+@pytest.mark.filterwarnings("ignore:.*smaller than the logging interval")  # a budget of a few batches
+def test_the_sac_example_and_config_train_and_the_checkpoint_loads_without_the_modules(tmp_path: Path) -> None:
+    """examples/torchrl_sac.py on a tiny budget, then configs/torchrl_sac.yaml through the CLI with tiny overrides:
+    TorchRLSAC (SACLoss on rl_lightning's replay) learns after its warm-up, and its checkpoint loads from the
+    hyperparameters alone, target networks and temperature included."""
+    from examples.torchrl_sac import TorchRLSAC, main
+
+    example = main(512, str(tmp_path / "example"))
+    assert example.frames == 512 and example.updates == 256  # one update per frame after 256 random ones
+
+    run = cli(
+        [
+            "fit",
+            f"--config={SAC_CONFIG}",
+            "--data.total_frames=256",
+            "--data.eval_episodes=1",
+            "--model.init_args.hidden=16",
+            "--model.init_args.batch_size=32",
+            "--model.init_args.init_random_frames=128",
+            "--model.init_args.utd_ratio=0.5",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    model = run.model
+    assert isinstance(model, TorchRLSAC) and model.frames == 256 and model.updates == 64
+    (ckpt,) = (tmp_path / "torchrl_sac_pendulum").rglob("last.ckpt")
+    loaded = TorchRLSAC.load_from_checkpoint(ckpt)
+    assert loaded.hparams["hidden"] == 16 and loaded.updates == 64
+    state = model.state_dict()
+    assert any("target" in name for name in state) and any("log_alpha" in name for name in state)
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(state[name], value), name
+    observation = torch.randn(8, 3)
+    assert torch.equal(loaded(observation), model(observation))  # the same deterministic policy
+    with pytest.raises(ValueError, match=r"needs a bounded flat Box action space, got Discrete\(2\)"):
+        TorchRLSAC(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2))
