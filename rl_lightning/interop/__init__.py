@@ -1,5 +1,12 @@
 """Adapters that run other libraries' RL parts in rl_lightning's loop.
 
 :mod:`rl_lightning.interop.torchrl_module`: a torchrl ``LossModule`` and its policy as an
-:class:`~rl_lightning.RLModule` (needs the ``torchrl`` environment, see ``scripts/setup_torchrl.sh``).
+:class:`~rl_lightning.RLModule`, trained on each collected batch (on-policy losses with their advantage module, or
+any loss with a torchrl target updater); :class:`~rl_lightning.interop.torchrl_module.TorchRLBase` is what the
+torchrl adapters share.
+
+:mod:`rl_lightning.interop.torchrl_off_policy`: a torchrl off-policy loss (``SACLoss``, ``TD3Loss``, ``DQNLoss``, ...)
+trained on replay samples, on the off-policy base's replay buffer or a torchrl ``ReplayBuffer``.
+
+Both need the ``torchrl`` environment (see ``scripts/setup_torchrl.sh``).
 """

@@ -69,7 +69,8 @@ class TorchRLBase(RLModule):
         check_positive("lr", lr, "Use e.g. lr=3e-4.")
         check_target_updater(target_updater, loss_module)
         self.hparams["loss_class"] = qualified_name(loss_module)
-        self.hparams["target_updater"] = None if target_updater is None else describe_updater(target_updater)
+        # Under names that are no arguments: load_from_checkpoint passes the saved hyperparameters that are.
+        self.hparams["target_update"] = None if target_updater is None else describe_updater(target_updater)
         self.loss_module = loss_module
         self.optimizer_factory = optimizer
         self.lr = lr
@@ -167,15 +168,28 @@ class TorchRLBase(RLModule):
                 f"Build the model with a {saved.rpartition('.')[2]} over the same networks to load it."
             )
         super().on_load_checkpoint(checkpoint)
-        # torchrl builds a loss's default value estimator (DQNLoss's TD(0), with its gamma buffer) at its first call;
-        # a checkpoint of a trained loss holds it, which a loss built again lacks until then.
-        estimator = "loss_module._value_estimator."
-        lazy = getattr(self.loss_module, "_value_estimator", ...) is None
-        if lazy and any(name.startswith(estimator) for name in checkpoint.get("state_dict", {})):
-            _ = self.loss_module.value_estimator
+        self._add_lazy_buffers(checkpoint.get("state_dict", {}))
         state = checkpoint["rl_lightning"].get("target_updater")
         if self.target_net_updater is not None and state is not None:
             self.target_net_updater.load_state_dict(state)
+
+    def _add_lazy_buffers(self, saved: dict[str, Any]) -> None:
+        """Adds what torchrl losses register at their first call to a loss built again, from the checkpoint's
+        ``saved`` state dict, so that it loads strictly: the default value estimator (DQNLoss's TD(0) and its gamma)
+        and the loss's own buffers (SACLoss's ``_target_entropy``)."""
+        prefix = "loss_module."
+        ours = self.loss_module.state_dict()
+        missing = [name[len(prefix) :] for name in saved if name.startswith(prefix) and name[len(prefix) :] not in ours]
+        if getattr(self.loss_module, "_value_estimator", ...) is None and any(
+            name.startswith("_value_estimator.") for name in missing
+        ):
+            _ = self.loss_module.value_estimator  # builds the default estimator, as the first call would
+        for name in missing:
+            if "." in name or not isinstance(saved[prefix + name], torch.Tensor):
+                continue
+            if hasattr(self.loss_module, name) and name not in self.loss_module._buffers:
+                delattr(self.loss_module, name)  # the placeholder the lazy buffer replaces (SAC's "auto")
+            self.loss_module.register_buffer(name, saved[prefix + name].detach().clone())
 
 
 class TorchRLModule(TorchRLBase):

@@ -29,6 +29,7 @@ from rl_lightning.replay import TRANSITION_KEYS
 from rl_lightning.spaces import SpaceLike, space_to_dict
 
 try:
+    from torchrl.data import PrioritizedSampler
     from torchrl.data import ReplayBuffer as TorchRLReplayBuffer
     from torchrl.modules import AdditiveGaussianModule, EGreedyModule, OrnsteinUhlenbeckProcessModule
     from torchrl.objectives import LossModule, TargetNetUpdater
@@ -190,7 +191,7 @@ class TorchRLOffPolicyModule(TorchRLBase, OffPolicyModule):
         self.save_hyperparameters(ignore=[*TORCHRL_PARTS, "replay_buffer"])
         self.hparams["observation_space"] = space_to_dict(self.observation_space)
         self.hparams["action_space"] = space_to_dict(self.action_space)
-        self.hparams["replay_buffer"] = None if replay_buffer is None else type(replay_buffer).__name__
+        self.hparams["torchrl_replay_buffer"] = None if replay_buffer is None else type(replay_buffer).__name__
         self.set_torchrl_parts(loss_module, optimizer, lr, target_updater)
         self.actor = policy
         self.exploration = [m for m in policy.modules() if isinstance(m, ANNEALED_EXPLORATION)]
@@ -263,7 +264,7 @@ class TorchRLReplay:
     @property
     def prioritized(self) -> bool:
         """Whether the buffer's sampler keeps priorities (torchrl's ``PrioritizedSampler``)."""
-        return hasattr(self.buffer.sampler, "update_priority") and "Prioritized" in type(self.buffer.sampler).__name__
+        return isinstance(self.buffer.sampler, PrioritizedSampler)
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -288,7 +289,17 @@ class TorchRLReplay:
         return {"data": self.buffer.state_dict(), "priority": None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state["data"])
+        data = dict(state["data"])
+        storage = data.get("_storage")
+        if isinstance(storage, dict) and isinstance(storage.get("_storage"), dict):
+            # A TensorDict storage's state dict keeps its batch size in the OrderedDict's metadata, which the
+            # checkpoint (plain dicts, weights_only) does not carry: rebuild it from the stored tensors [capacity, ...].
+            flat = storage["_storage"]
+            tensors = [value for value in flat.values() if isinstance(value, torch.Tensor)]
+            if tensors and not hasattr(flat, "_metadata"):
+                rebuilt = TensorDict(dict(flat), batch_size=tensors[0].shape[:1]).unflatten_keys(".")
+                data["_storage"] = {**storage, "_storage": rebuilt.state_dict()}
+        self.buffer.load_state_dict(data)
 
 
 def _check_torchrl_buffer(buffer: Any, batch_size: int) -> None:
