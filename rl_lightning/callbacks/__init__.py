@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rl_lightning.callbacks.rollout_recorder import RolloutRecorder
     from rl_lightning.callbacks.select_keys import SelectKeys
     from rl_lightning.callbacks.target_net_updater import TargetNetUpdaterHook
+    from rl_lightning.callbacks.update_weights import UpdateWeights
     from rl_lightning.callbacks.utdr import UTDRHook
     from rl_lightning.loop import RL_HOOKS
 
@@ -55,6 +56,7 @@ __all__ = [
     "SelectKeys",
     "TargetNetUpdaterHook",
     "UTDRHook",
+    "UpdateWeights",
 ]
 
 _EXPORTS = {
@@ -79,6 +81,7 @@ _EXPORTS = {
     "SelectKeys": "rl_lightning.callbacks.select_keys",
     "TargetNetUpdaterHook": "rl_lightning.callbacks.target_net_updater",
     "UTDRHook": "rl_lightning.callbacks.utdr",
+    "UpdateWeights": "rl_lightning.callbacks.update_weights",
 }
 """Each name's module (what the imports above declare for type checkers)."""
 
