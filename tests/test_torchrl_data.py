@@ -26,16 +26,7 @@ from rl_lightning.interop.torchrl_data import TorchRLDataModule
 from rl_lightning.interop.torchrl_module import TorchRLModule
 from tests.conftest import quiet_trainer
 from tests.test_torchrl import ppo_parts
-
-
-def cartpole() -> GymEnv:
-    """torchrl's CartPole with index actions, as gymnasium (and rl_lightning's evaluation) takes them."""
-    return GymEnv("CartPole-v1", categorical_action_encoding=True)
-
-
-def make_actor() -> TensorDictModuleBase:
-    """The actor of ``ppo_parts`` built in a collector's worker (``policy_factory``): weights of its own."""
-    return ppo_parts()[0].actor_network
+from tests.torchrl_workers import cartpole, cartpole_actor
 
 
 class BatchLog(RLCallback):
@@ -153,7 +144,7 @@ def test_update_weights_pushes_the_weights_to_a_multi_process_collectors_workers
     def collector(policy: TensorDictModuleBase) -> MultiSyncCollector:
         return MultiSyncCollector(
             [cartpole, cartpole],
-            policy_factory=make_actor,
+            policy_factory=cartpole_actor,  # weights of their own: no shared memory
             frames_per_batch=64,
             total_frames=-1,
             weight_sync_schemes={"policy": SharedMemWeightSyncScheme()},
