@@ -134,6 +134,30 @@ def test_a_batched_torchrl_env_trains_rl_lightnings_ppo(tmp_path: Path) -> None:
     assert keys.ACTION_LOG_PROB in log.batches[0].keys() and model.updates == 2 * 2
 
 
+def test_a_collector_built_by_the_user_is_seeded_per_rank_and_shut_down_with_the_fit(tmp_path: Path) -> None:
+    """A torchrl Collector built around the module's own actor (no copy: no UpdateWeights needed) collects the whole
+    budget from envs seeded ``seed + rank * 1000``; the fit shuts it down, and a second fit asks for a new one."""
+    pl.seed_everything(0)
+    loss, gae = ppo_parts()
+    collector = Collector(
+        cartpole(), loss.actor_network, frames_per_batch=64, total_frames=-1, auto_register_policy_transforms=False
+    )
+    data = TorchRLDataModule(collector, env_id="CartPole-v1", frames_per_batch=64, total_frames=128, seed=3)
+    model = TorchRLModule(data.observation_space, data.action_space, loss, advantage=gae, batch_size=64)
+    log = BatchLog()
+    quiet_trainer(tmp_path, callbacks=[log]).fit(model, datamodule=data)
+    assert model.frames == 128 and [b.batch_size for b in log.batches] == [torch.Size([1, 64])] * 2
+    seeded = cartpole()
+    seeded.set_seed(3)
+    torch.testing.assert_close(log.batches[0][keys.OBSERVATION][0, 0], seeded.reset()[keys.OBSERVATION])
+    with log.weights[0].to_module(model.policy):  # batch 2 came from the weights after batch 1's update
+        logits = model.policy(log.batches[1].select(keys.OBSERVATION).clone())["logits"]
+    torch.testing.assert_close(log.batches[1]["logits"], logits)
+    fresh = TorchRLModule(data.observation_space, data.action_space, *ppo_parts(), batch_size=64)
+    with pytest.raises(RuntimeError, match="shut down when the previous fit ended"):
+        quiet_trainer(tmp_path / "again").fit(fresh, datamodule=data)
+
+
 def test_update_weights_pushes_the_weights_to_a_multi_process_collectors_workers(tmp_path: Path) -> None:
     """A MultiSyncCollector whose two workers build their own actor (``policy_factory``): each batch is collected
     by the weights UpdateWeights last pushed. With ``interval=2`` batches 1 and 2 come from the weights pushed when
@@ -180,11 +204,13 @@ def test_bad_input_is_refused_before_any_frame_is_collected() -> None:
         TorchRLDataModule(env=SerialEnv(2, cartpole), env_id="CartPole-v1", frames_per_batch=64, total_frames=64)
     env = cartpole()
     policy = lambda td: td.set(keys.ACTION, env.action_spec.rand(td.batch_size))  # noqa: E731
-    collector = Collector(env, policy, frames_per_batch=32, total_frames=-1)
+    collector = Collector(env, policy, frames_per_batch=32, total_frames=-1, auto_register_policy_transforms=False)
     with pytest.raises(ValueError, match="collects frames_per_batch=32, but this data's frames_per_batch is 64"):
         TorchRLDataModule(collector, env_id="CartPole-v1", frames_per_batch=64, total_frames=256)
     collector.shutdown()
-    collector = Collector(cartpole(), policy, frames_per_batch=64, total_frames=128)
+    collector = Collector(
+        cartpole(), policy, frames_per_batch=64, total_frames=128, auto_register_policy_transforms=False
+    )
     with pytest.raises(ValueError, match=r"stops after total_frames=128.*total_frames=-1"):
         TorchRLDataModule(collector, env_id="CartPole-v1", frames_per_batch=64, total_frames=256)
     collector.shutdown()
