@@ -3,6 +3,10 @@ module that imports only torch and torchrl, so that each spawned worker starts q
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("torchrl", reason="torchrl is not importable here: its tests run in .venv-torchrl")
+
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torch.distributions import Categorical

@@ -184,8 +184,9 @@ class TorchRLDataModule(RLDataModule):
         frames_per_batch: env frames per batch on each rank; the collector's ``frames_per_batch`` (made with
             ``env``: its own).
         total_frames: frame budget of the whole run, all ranks together.
-        seed: seeds the collector's envs (``seed + rank * 1000``) and the evaluation envs; ``None``: the collector's
-            envs are left as built.
+        seed: seeds the collector's envs (``seed + rank * 1000``) and the evaluation envs; ``None``: unseeded (the
+            collector's envs are still reset when its first batch is asked for, so that every episode is counted
+            from its start).
         eval_episodes: episodes per validation/test round.
         eval_envs: envs stepped together during evaluation.
         stats_window: the episodes ``rollout/episode_return`` and ``rollout/episode_length`` average.
