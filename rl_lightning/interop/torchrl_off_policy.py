@@ -282,7 +282,7 @@ class TorchRLReplay:
         return sample
 
     def update_priority(self, index: torch.Tensor, priority: torch.Tensor) -> None:
-        self.buffer.update_priority(index, priority)
+        self.buffer.update_priority(index, priority.reshape(index.shape))  # DQNLoss writes [B, 1], SACLoss [B]
 
     def state_dict(self) -> dict[str, Any]:
         """``{"data": buffer.state_dict(), "priority": None}``: the keys ``ReplayBufferTrainer`` stages per rank."""
