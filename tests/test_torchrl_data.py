@@ -20,7 +20,7 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.envs import GymEnv, SerialEnv
 from torchrl.weight_update import SharedMemWeightSyncScheme
 
-from rl_lightning import PPO, RLCallback, RLModule, keys
+from rl_lightning import DQN, PPO, RLCallback, RLModule, keys
 from rl_lightning.callbacks import UpdateWeights
 from rl_lightning.interop.torchrl_data import TorchRLDataModule
 from rl_lightning.interop.torchrl_module import TorchRLModule
@@ -122,16 +122,24 @@ def test_a_torchrl_env_trains_torchrl_ppo_counting_frames_and_episodes_like_rl_d
     assert again.batches[0][keys.IS_INIT][:, 0].all()  # new envs, reset with the resumed seed
 
 
-def test_a_batched_torchrl_env_trains_rl_lightnings_ppo(tmp_path: Path) -> None:
-    """A built-in algorithm on torchrl data: PPO's act steps a SerialEnv of two CartPoles, one batch ``[2, T]``."""
+def test_rl_lightnings_own_algorithms_train_on_torchrl_envs(tmp_path: Path) -> None:
+    """Built-in algorithms on torchrl data, through their ``act``: PPO steps a SerialEnv of two CartPoles (batches
+    ``[2, T]``), DQN a single GymEnv (``[1, T]``) into its replay buffer."""
     pl.seed_everything(0)
     data = cartpole_data(env=lambda: SerialEnv(2, cartpole), num_envs=2, total_frames=128)
-    model = PPO(data.observation_space, data.action_space, hidden_sizes=[16], n_epochs=1, batch_size=32)
+    ppo = PPO(data.observation_space, data.action_space, hidden_sizes=[16], n_epochs=1, batch_size=32)
     log = BatchLog(weights=False)
-    quiet_trainer(tmp_path, callbacks=[log]).fit(model, datamodule=data)
-    assert model.frames == 128 and [b.batch_size for b in log.batches] == [torch.Size([2, 32])] * 2
-    assert model.episodes == len(hand_count(log.batches))
-    assert keys.ACTION_LOG_PROB in log.batches[0].keys() and model.updates == 2 * 2
+    quiet_trainer(tmp_path, callbacks=[log]).fit(ppo, datamodule=data)
+    assert ppo.frames == 128 and [b.batch_size for b in log.batches] == [torch.Size([2, 32])] * 2
+    assert ppo.episodes == len(hand_count(log.batches))
+    assert keys.ACTION_LOG_PROB in log.batches[0].keys() and ppo.updates == 2 * 2
+
+    data = cartpole_data(total_frames=192)
+    dqn = DQN(data.observation_space, data.action_space, hidden_sizes=[16], init_random_frames=64, batch_size=32)
+    log = BatchLog(weights=False)
+    quiet_trainer(tmp_path / "dqn", callbacks=[log]).fit(dqn, datamodule=data)
+    assert dqn.frames == 192 and [b.batch_size for b in log.batches] == [torch.Size([1, 64])] * 3
+    assert dqn.updates > 0 and dqn.episodes == len(hand_count(log.batches))
 
 
 def test_a_collector_built_by_the_user_is_seeded_per_rank_and_shut_down_with_the_fit(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ class _ModulePolicy(TensorDictModuleBase):
         observation = tensordict.get(keys.OBSERVATION)
         out = self._act(observation.reshape(-1, *self._observation_shape))
         for key, value in out.items():
-            tensordict.set(key, value.reshape(*tensordict.batch_size, *value.shape[1:]))
+            tensordict.set(key, value.reshape((*tensordict.batch_size, *value.shape[1:])))
         return tensordict
 
 
