@@ -301,8 +301,13 @@ class TorchRLDataModule(RLDataModule):
         policy = self.policy_module
         if self._collector_factory is not None:
             collector = self._collector_factory(policy)
-            _check_collector_argument(collector, built=True)
-            self._check_collector(collector)
+            try:
+                _check_collector_argument(collector, built=True)
+                self._check_collector(collector)
+            except (TypeError, ValueError):
+                if isinstance(collector, BaseCollector):
+                    collector.shutdown()  # its workers would otherwise outlive the failed fit
+                raise
             return collector
         env = self._env if isinstance(self._env, EnvBase) else self._env()  # type: ignore[misc]  # a factory
         if not isinstance(env, EnvBase):
@@ -311,7 +316,8 @@ class TorchRLDataModule(RLDataModule):
                 "GymEnv('CartPole-v1', categorical_action_encoding=True)."
             )
         _check_env(env, self.num_envs, self.action_space)
-        # The env is stepped as given: the policy reads only "observation" (no InitTracker to add).
+        # The env is stepped as given (torchrl 0.14 warns that 0.15 will add the transforms a policy reads, e.g.
+        # InitTracker, by itself; a recurrent policy's user adds them to the env).
         return Collector(
             env, policy, frames_per_batch=self.frames_per_batch, total_frames=-1, auto_register_policy_transforms=False
         )
