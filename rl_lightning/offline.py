@@ -492,6 +492,11 @@ class _StoredBatches(IterableDataset):
             yield data.batch(batch)
 
 
+def _own_generator(loader: DataLoader) -> DataLoader:
+    loader.generator = torch.Generator()
+    return loader
+
+
 class _ResumableLoader(DataLoader):
     """The training loader, resumable mid-epoch without a state of its own: where it goes on follows from the
     module's frame count, which the checkpoint restores. Having ``state_dict``/``load_state_dict`` tells Lightning so
@@ -697,8 +702,22 @@ class OfflineDataModule(RLDataModule):
                 f"Lower frames_per_batch to {self.dataset_size // self.world_size} or less."
             )
 
+    # Every loader draws the base seed of each iterator it starts from a generator of its own instead of torch's global
+    # one (the base seed is unused: no worker processes). A validation round or a resumed fit then draws no number
+    # that training would have drawn (TorchRLModule's minibatch order), so a resumed run trains as the uninterrupted
+    # one, whenever it evaluated.
+
     def train_dataloader(self) -> DataLoader:
-        return _ResumableLoader(_StoredBatches(self), batch_size=None, collate_fn=_as_is)
+        return _ResumableLoader(_StoredBatches(self), batch_size=None, collate_fn=_as_is, generator=torch.Generator())
+
+    def val_dataloader(self) -> DataLoader:
+        return _own_generator(super().val_dataloader())
+
+    def test_dataloader(self) -> DataLoader:
+        return _own_generator(super().test_dataloader())
+
+    def predict_dataloader(self) -> DataLoader:
+        return _own_generator(super().predict_dataloader())
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "dataset_id": self.info.dataset_id, "path": self.path}
