@@ -234,6 +234,7 @@ class TorchRLOffPolicyModule(TorchRLBase, OffPolicyModule):
                 "updaters move. Remove it and pass target_updater=SoftUpdate(loss_module, tau=...) (its tau) or "
                 "HardUpdate(loss_module, value_network_update_interval=interval - 1) to the model."
             )
+        # self.target_updater is the base's TargetNetUpdaterHook (this model's torchrl one is target_net_updater).
         return [cb for cb in super().configure_callbacks() if cb is not self.target_updater]
 
 
