@@ -108,7 +108,7 @@ def load_hparams(config: Path) -> dict[str, Any]:
             "buffer_storage": "memory",
             "prioritized": False,
             "n_step": 1,
-            "target_update": "soft",
+            "target_update_interval": 1,
             "auto_alpha": True,
             "max_grad_norm": None,
             "frame_skip": 1,

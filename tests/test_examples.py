@@ -10,8 +10,11 @@ import pytest
 
 from tests.conftest import ROOT
 
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name != "deploy_onnx.py")
-"""The training examples; deploy_onnx.py runs an exported policy without torch (tests/test_inference.py)."""
+EXAMPLES = sorted(
+    p for p in (ROOT / "examples").glob("*.py") if p.name != "deploy_onnx.py" and not p.name.startswith("torchrl_")
+)
+"""The training examples; deploy_onnx.py runs an exported policy without torch (tests/test_inference.py), the
+torchrl_*.py ones need torchrl's environment and run in tests/test_torchrl_port.py."""
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])

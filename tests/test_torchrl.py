@@ -139,14 +139,28 @@ def test_clip_ppo_loss_trains_and_its_checkpoint_loads_into_the_same_modules(tmp
         TorchRLModule.load_from_checkpoint(checkpoint.last_model_path, loss_module=other)
 
 
+def test_without_a_batch_size_each_update_trains_on_the_whole_batch(tmp_path: Path) -> None:
+    """``batch_size=None``: one update per epoch on all of the batch's transitions (which the collector wrote under
+    inference mode: the loss must still be able to backpropagate through what it computes from them)."""
+    pl.seed_everything(0)
+    loss, gae = ppo_parts()
+    data = tiny_data()
+    model = TorchRLModule(data.observation_space, data.action_space, loss, advantage=gae, n_epochs=3)
+    sizes = MinibatchKeys()
+    quiet_trainer(tmp_path, callbacks=[sizes]).fit(model, datamodule=data)
+    assert model.updates == 4 * 3 and sizes.sizes == [64] * 12
+
+
 class MinibatchKeys(RLCallback):
-    """Records the keys of every minibatch the loss is given."""
+    """Records the keys and the number of transitions of every minibatch the loss is given."""
 
     def __init__(self) -> None:
         self.keys: list[set[str]] = []
+        self.sizes: list[int] = []
 
     def on_process_optim_batch(self, trainer: pl.Trainer, pl_module: RLModule, batch: TensorDict) -> None:
         self.keys.append(set(batch.keys()))
+        self.sizes.append(batch.numel())
 
 
 def test_runs_every_rl_hook_in_order_with_the_hook_classes_under_bf16(tmp_path: Path) -> None:

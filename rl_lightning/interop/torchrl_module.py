@@ -127,7 +127,7 @@ class TorchRLBase(RLModule):
         """One optimizer over all parameters (the loss module's networks, SAC's ``log_alpha`` included): the
         ``optimizer`` factory's, or Adam with ``lr``."""
         if self.optimizer_factory is None:
-            return torch.optim.Adam(self.parameters(), lr=self.lr)
+            return torch.optim.Adam(self.parameters(), lr=self.lr, fused=True)  # rl_lightning's algorithms' Adam
         optimizer = self.optimizer_factory(self.parameters())
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
@@ -318,7 +318,7 @@ class TorchRLModule(TorchRLBase):
     def optim_batches(self, batch: TensorDict, epoch: int) -> Iterator[TensorDict]:
         flat = batch.reshape(-1)
         if self.batch_size is None:
-            yield flat
+            yield flat.clone()  # a view of the collector's inference tensors, which autograd cannot save
             return
         order = torch.randperm(flat.shape[0], device=flat.device)
         for indices in order.split(self.batch_size):
