@@ -18,10 +18,9 @@ stable-baselines3``. Three sides per algorithm, in one process, with one config'
   (the same logger and ``ModelCheckpoint``; not the PPO example's ``FunctionHook`` functions).
 
 Each side makes the same environment steps and the same number of updates on minibatches of the same size. What
-differs in the work: the torchrl sides use torch's default initialization and Adam's default implementation
-(rl_lightning's: orthogonal, fused Adam); torchrl's PPO keeps its learning rate constant (``TorchRLModule`` has no
-scheduler; ``ppo.yaml`` anneals it), ``ClipPPOLoss`` also computes ESS, ratio statistics and the explained variance
-at every update, and torchrl's ``GAE`` runs the critic on every observation and every next observation
+differs in the work: the torchrl sides use torch's default initialization (rl_lightning's: orthogonal); torchrl's
+PPO keeps its learning rate constant (``TorchRLModule`` has no scheduler; ``ppo.yaml`` anneals it), ``ClipPPOLoss``
+also computes ESS, ratio statistics and the explained variance at every update, and torchrl's ``GAE`` runs the critic on every observation and every next observation
 (rl_lightning's PPO skips the next observations that are the following step's); ``SACLoss`` runs its twin Q networks
 through ``vmap`` over stacked parameters (rl_lightning's SAC: one network after the other).
 
@@ -47,34 +46,10 @@ import sac_pendulum
 import torch
 import torchrl
 import yaml
-from _harness import ROOT, Result, Runner, fit_rl_lightning, parser, profile, quiet, read_hparams, require
-
-from rl_lightning import SAC
+from _harness import ROOT, Result, Runner, fit_rl_lightning, parser, profile, quiet
 
 TORCHRL_PPO_CONFIG = ROOT / "configs" / "torchrl_ppo.yaml"
 TORCHRL_SAC_CONFIG = ROOT / "configs" / "torchrl_sac.yaml"
-
-
-def sac_hparams() -> dict[str, Any]:
-    """``configs/sac.yaml``'s hyperparameters over SAC's and RLDataModule's defaults, checked against what
-    ``sac_pendulum.run_plain`` implements (as ``sac_pendulum.load_hparams``, with SAC's current argument names)."""
-    cfg, hp = read_hparams(sac_pendulum.CONFIG, SAC)
-    hp["torch_threads"] = cfg.get("torch_threads")
-    require(
-        hp,
-        {
-            "buffer_storage": "memory",
-            "prioritized": False,
-            "n_step": 1,
-            "target_update_interval": 1,
-            "auto_alpha": True,
-            "max_grad_norm": None,
-            "frame_skip": 1,
-            "wrappers": None,
-            "vectorization": "sync",
-        },
-    )
-    return hp
 
 
 def two_equal_layers(hp: dict[str, Any], activation: str, example: str, **more: bool) -> int:
@@ -192,7 +167,7 @@ def main() -> None:
     args = p.parse_args()
     quiet()
     sys.path.insert(0, str(ROOT))  # the torchrl configs name examples.torchrl_ppo.TorchRLPPO, examples.torchrl_sac...
-    ppo, sac = ppo_cartpole.load_hparams(ppo_cartpole.CONFIG), sac_hparams()
+    ppo, sac = ppo_cartpole.load_hparams(ppo_cartpole.CONFIG), sac_pendulum.load_hparams(sac_pendulum.CONFIG)
     threads = args.threads if args.threads is not None else ppo["torch_threads"]
     if threads is not None:
         torch.set_num_threads(threads)

@@ -87,8 +87,7 @@ def main(total_frames: int, root: str) -> TorchRLModule:
         policy=actor,
         advantage=gae,  # run on each collected batch, after the batch_process hooks
         lr=1e-3,
-        n_epochs=20,
-        batch_size=256,  # 20 epochs over the whole batch of 256 transitions
+        n_epochs=20,  # 20 epochs over the whole batch of 256 transitions
         max_grad_norm=0.5,
     )
     trainer = make_trainer(
@@ -120,7 +119,8 @@ class TorchRLPPO(TorchRLModule):
         clip_epsilon: ``ClipPPOLoss``'s clipping range of the probability ratio.
         lr: Adam's learning rate.
         n_epochs: passes over each collector batch.
-        batch_size: transitions per optimizer step; must divide a collector batch's transitions.
+        batch_size: transitions per optimizer step; must divide a collector batch's transitions. ``None``: the
+            whole batch.
         max_grad_norm: clip the global gradient norm to this value (``None``: no clipping).
     """
 
@@ -134,7 +134,7 @@ class TorchRLPPO(TorchRLModule):
         clip_epsilon: float = 0.2,
         lr: float = 1e-3,
         n_epochs: int = 20,
-        batch_size: int | None = 256,
+        batch_size: int | None = None,
         max_grad_norm: float | None = 0.5,
     ) -> None:
         if observation_space is None or action_space is None:
