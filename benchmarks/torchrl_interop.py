@@ -20,9 +20,10 @@ stable-baselines3``. Three sides per algorithm, in one process, with one config'
 Each side makes the same environment steps and the same number of updates on minibatches of the same size. What
 differs in the work: the torchrl sides use torch's default initialization (rl_lightning's: orthogonal); torchrl's
 PPO keeps its learning rate constant (``TorchRLModule`` has no scheduler; ``ppo.yaml`` anneals it), ``ClipPPOLoss``
-also computes ESS, ratio statistics and the explained variance at every update, and torchrl's ``GAE`` runs the critic on every observation and every next observation
-(rl_lightning's PPO skips the next observations that are the following step's); ``SACLoss`` runs its twin Q networks
-through ``vmap`` over stacked parameters (rl_lightning's SAC: one network after the other).
+also computes ESS, ratio statistics and the explained variance at every update, and torchrl's ``GAE`` runs the
+critic on every observation and every next observation (rl_lightning's PPO skips the next observations that are the
+following step's); ``SACLoss`` runs its twin Q networks through ``vmap`` over stacked parameters (rl_lightning's
+SAC: one network after the other).
 
 Metric: throughput, frames/s over ``--throughput-frames`` (PPO) / ``--sac-frames`` (SAC, ``init_random_frames`` of
 random actions included) frames with evaluation off, timed around ``trainer.fit`` (rl_lightning, torchrl) or from
