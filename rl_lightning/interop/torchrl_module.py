@@ -353,7 +353,7 @@ def policy_or_default(
         return policy
     for name in attributes:
         module = getattr(loss_module, name, None)
-        if isinstance(module, nn.Module):
+        if isinstance(module, TensorDictModuleBase):
             return module
     raise ValueError(
         f"{type(loss_module).__name__} has no {' or '.join(attributes)} to collect with. Pass the policy it trains "
