@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from rl_lightning.offline import (
     write_dataset,
 )
 from rl_lightning.spaces import space_to_dict
-from tests.conftest import quiet_trainer
+from tests.conftest import ROOT, quiet_trainer
 
 PENDULUM = gym.make("Pendulum-v1")
 OBSERVATIONS, ACTIONS = PENDULUM.observation_space, PENDULUM.action_space
@@ -221,6 +224,51 @@ def test_ranks_train_on_their_own_share_of_each_global_batch(tmp_path: Path) -> 
         for rank in range(world_size)
     }
     assert sorted(torch.cat(list(shares.values())).tolist()) == list(range(100))
+
+
+DDP_SCRIPT = """
+import sys, torch
+from pathlib import Path
+import lightning.pytorch as pl
+from rl_lightning.offline import OfflineDataModule
+from tests.conftest import quiet_trainer
+from tests.test_offline import BatchRecorder, BehaviourCloning
+
+out = Path(sys.argv[2])
+pl.seed_everything(0)
+data = OfflineDataModule(sys.argv[1], frames_per_batch=10, epochs=2, eval_episodes=2, eval_envs=2)
+model = BehaviourCloning(data.observation_space, data.action_space)
+recorder = BatchRecorder()
+trainer = quiet_trainer(out, strategy="ddp", devices=2, callbacks=[recorder], val_check_interval=5)
+trainer.fit(model, datamodule=data)
+rank = trainer.global_rank
+torch.save({"batches": recorder.batches, "frames": model.frames, "episodes": model.episodes,
+            "weights": model.net[0].weight.detach(), "val": float(trainer.callback_metrics["val/episode_return"])},
+           out / f"rank{rank}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_train_on_their_own_shares_and_count_the_frames_of_both(tmp_path: Path) -> None:
+    data = numbered_dataset(tmp_path / "data")  # 100 transitions; 2 ranks x 10 per batch, 2 epochs: 10 batches each
+    script = tmp_path / "fit_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(data), str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert all(r["frames"] == 200 and r["episodes"] == 0 and len(r["batches"]) == 10 for r in ranks)
+    for epoch in range(2):
+        seen = [i for r in ranks for b in r["batches"][epoch * 5 : (epoch + 1) * 5] for i in b.tolist()]
+        assert sorted(seen) == list(range(100))  # every transition once per epoch, no two ranks on the same one
+    torch.testing.assert_close(ranks[0]["weights"], ranks[1]["weights"])  # gradients all-reduced: one model
+    assert ranks[0]["val"] == ranks[1]["val"]  # evaluation synced over the ranks
 
 
 def test_logs_what_happened_and_evaluates_in_the_env(tmp_path: Path) -> None:
