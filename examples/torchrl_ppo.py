@@ -4,8 +4,9 @@
 
 The torchrl parts (policy, ``ClipPPOLoss``, ``GAE``) and the functions given to ``trainer.register_op`` are unchanged;
 the collector, optimizer and ``Trainer`` become an ``RLDataModule``, a ``TorchRLModule`` and a Lightning ``Trainer``
-with one ``FunctionHook`` per registered function. ``TorchRLPPO`` below is the same model as a class with typed
-hyperparameters, which is how the CLI reaches it (run from the repository root, so that ``examples`` imports):
+with one ``FunctionHook`` per registered function (``convention="torchrl"``: the arguments torchrl passes).
+``TorchRLPPO`` below is the same model as a class with typed hyperparameters, which is how the CLI reaches it (run from
+the repository root, so that ``examples`` imports):
 
     .venv-torchrl/bin/python -m rl_lightning fit --config configs/torchrl_ppo.yaml
 
@@ -95,9 +96,9 @@ def main(total_frames: int, root: str) -> TorchRLModule:
         enable_progress_bar=False,
         log_every_n_steps=10,  # collector batches: torchrl's log_interval=2560 frames
         callbacks=[
-            FunctionHook("batch_process", scale_reward),
-            FunctionHook("pre_steps_log", log_batch_reward),
-            FunctionHook("post_optim_log", log_advantage),
+            FunctionHook("batch_process", scale_reward, convention="torchrl"),
+            FunctionHook("pre_steps_log", log_batch_reward, convention="torchrl"),
+            FunctionHook("post_optim_log", log_advantage, convention="torchrl"),
         ],
     )
     trainer.fit(model, datamodule=data)

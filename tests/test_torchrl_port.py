@@ -117,6 +117,7 @@ def test_the_config_trains_through_the_cli_and_the_checkpoint_loads_without_the_
     assert isinstance(model, TorchRLPPO) and model.frames == 512 and model.updates == 2 * 2 * 2
     hooks = {h.fn: h for h in run.trainer.callbacks if isinstance(h, FunctionHook)}  # type: ignore[attr-defined]
     assert set(hooks) == {scale_reward, log_batch_reward, log_advantage}
+    assert all(hook.convention == "torchrl" for hook in hooks.values())
     assert [hooks[f].calls for f in (scale_reward, log_batch_reward, log_advantage)] == [2, 2, model.updates]
     assert run.trainer.callback_metrics["batch_reward"] == pytest.approx(0.1)
 
