@@ -94,6 +94,9 @@ class RLLightningCLI(LightningCLI):
             help="predict only: record the first evaluation env's episodes to an mp4 beside the output (the video "
             "extra).",
         )
+        # The data is an RLDataModule unless the config names a subclass (data.class_path: an OfflineDataModule, a
+        # TorchRLDataModule); `data: {env_id: ...}` and `--data.env_id` keep meaning RLDataModule's arguments.
+        parser.set_defaults({"data": {"class_path": f"{RLDataModule.__module__}.{RLDataModule.__name__}"}})
         parser.link_arguments(
             "data", "model.init_args.observation_space", compute_fn=_observation_space, apply_on="instantiate"
         )
@@ -209,9 +212,11 @@ def checkpoint_arguments(ckpt_path: str | Path) -> list[str]:
         "--model="
         + json.dumps({"class_path": f"{model_class.__module__}.{model_class.__name__}", "init_args": init_args})
     ]
-    data = {k: v for k, v in checkpoint.get("datamodule_hyper_parameters", {}).items() if not k.startswith("_")}
+    saved = checkpoint.get("datamodule_hyper_parameters", {})
+    data = {k: v for k, v in saved.items() if not k.startswith("_")}
     if data:
-        arguments.append("--data=" + json.dumps(data))
+        data_class = saved.get("_class_path") or checkpoint["rl_lightning"].get("data_class")
+        arguments.append("--data=" + json.dumps({"class_path": data_class, "init_args": data} if data_class else data))
     return arguments
 
 
@@ -254,6 +259,7 @@ def cli(args: list[str] | None = None, run: bool = True) -> RLLightningCLI:
             RLModule,
             RLDataModule,
             subclass_mode_model=True,
+            subclass_mode_data=True,
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
             args=args,

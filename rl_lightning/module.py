@@ -490,6 +490,9 @@ class RLModule(pl.LightningModule, ABC):
             "episode_window": self.episode_stats.state_dict_window(sync=gathers(self._trainer)),
             "rng_ranks_seeded": True,  # the ranks' generators were set apart (seed_rank): restore them as they are
         }
+        data = getattr(self._trainer, "datamodule", None)
+        if data is not None:  # what `rl-lightning predict --ckpt_path` builds again
+            checkpoint["rl_lightning"]["data_class"] = f"{type(data).__module__}.{type(data).__qualname__}"
 
     @classmethod
     def load_from_checkpoint(

@@ -19,8 +19,13 @@ from rl_lightning import PPO, FunctionHook, RLModule, build
 from rl_lightning.cli import cli, main
 from tests.conftest import ROOT, tiny_ppo_run
 
-CONFIGS = sorted(c for c in (ROOT / "configs").glob("*.yaml") if not c.name.endswith("_atari.yaml"))
-"""The configs a few batches test as they are; the Atari ones (long games, big batches) run in tests/test_atari.py."""
+CONFIGS = sorted(
+    c
+    for c in (ROOT / "configs").glob("*.yaml")
+    if not c.name.endswith("_atari.yaml") and not c.name.startswith("torchrl_")
+)
+"""The configs a few batches test as they are; the Atari ones (long games, big batches) run in tests/test_atari.py,
+the torchrl_*.yaml ones in torchrl's environment (tests/test_torchrl_port.py)."""
 
 
 def _model_class(class_path: str) -> type[RLModule]:
@@ -145,7 +150,8 @@ def test_help_and_print_config(capsys: pytest.CaptureFixture[str], monkeypatch: 
     assert "fit" in capsys.readouterr().out
     assert _exit_code_of_main(monkeypatch, "fit", "--config=configs/ppo.yaml", "--print_config") in (0, None)
     config: dict[str, Any] = yaml.safe_load(capsys.readouterr().out)
-    assert config["data"]["env_id"] == "CartPole-v1"
+    assert config["data"]["init_args"]["env_id"] == "CartPole-v1"
+    assert config["data"]["class_path"] == "rl_lightning.RLDataModule"  # the default: configs need not name it
     assert config["model"]["class_path"] == "rl_lightning.PPO"
 
 

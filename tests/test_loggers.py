@@ -148,7 +148,7 @@ def _read_mlflow(run: Any, tmp_path: Path) -> tuple[dict[str, Any], History]:
     data = client.get_run(logger.run_id).data
     history = {k: [(m.step, m.value) for m in client.get_metric_history(logger.run_id, k)] for k in data.metrics}
     config = client.download_artifacts(logger.run_id, "config.yaml", str(tmp_path))
-    assert yaml.safe_load(Path(config).read_text())["data"]["env_id"] == "CartPole-v1"  # the CLI config artifact
+    assert yaml.safe_load(Path(config).read_text())["data"]["init_args"]["env_id"] == "CartPole-v1"  # the CLI config
     return dict(data.params), history
 
 
