@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from tensordict.nn import NormalParamExtractor, TensorDictModule
@@ -29,6 +31,7 @@ from torchrl.objectives import IQLLoss, SoftUpdate
 from rl_lightning import TD3, RLDataModule, make_trainer
 from rl_lightning.interop.torchrl_module import TorchRLModule
 from rl_lightning.offline import INFO_FILE, OfflineDataModule, generate_dataset, read_dataset_info
+from rl_lightning.spaces import SpaceLike, space_from_dict
 
 ACTION_BOUND = 2.0
 """Pendulum's torque limit."""
@@ -52,27 +55,81 @@ class QNetwork(nn.Module):
 
 
 def make_iql(
-    temperature: float = 3.0, expectile: float = 0.7, gamma: float = 0.99, tau: float = 0.005
+    temperature: float = 3.0,
+    expectile: float = 0.7,
+    gamma: float = 0.99,
+    tau: float = 0.005,
+    observation_size: int = 3,
+    action_size: int = 1,
+    action_bound: float = ACTION_BOUND,
 ) -> tuple[IQLLoss, SoftUpdate]:
-    """IQL for Pendulum as a torchrl user writes it: a TanhNormal actor, a Q network (twinned by the loss) and a
-    state-value network, the loss and the soft update of its target Q networks.
+    """IQL for Pendulum (or another flat Box env with symmetric action bounds) as a torchrl user writes it: a
+    TanhNormal actor, a Q network (twinned by the loss) and a state-value network, the loss and the soft update of its
+    target Q networks.
 
-    The actor's support reaches a little past the torque limit: a noisy behaviour policy's actions are clipped to the
+    The actor's support reaches a little past the action bound: a noisy behaviour policy's actions are clipped to the
     bounds, so many stored actions lie exactly on them, where a TanhNormal bounded there has no density (its
     log-probability, which IQL's actor loss weighs, would be -inf). The env takes the evaluated actions clipped to
     the bounds (the collector and ``RLModule.forward`` clip them)."""
-    support = ACTION_BOUND * 1.05
+    support = action_bound * 1.05
     actor = ProbabilisticActor(
-        TensorDictModule(nn.Sequential(mlp(3, 2), NormalParamExtractor()), ["observation"], ["loc", "scale"]),
+        TensorDictModule(
+            nn.Sequential(mlp(observation_size, 2 * action_size), NormalParamExtractor()),
+            ["observation"],
+            ["loc", "scale"],
+        ),
         in_keys=["loc", "scale"],
         distribution_class=TanhNormal,
         distribution_kwargs={"low": -support, "high": support},
     )
-    qvalue = ValueOperator(QNetwork(), in_keys=["observation", "action"])
-    value = ValueOperator(mlp(3, 1), in_keys=["observation"])
+    qvalue = ValueOperator(QNetwork(observation_size, action_size), in_keys=["observation", "action"])
+    value = ValueOperator(mlp(observation_size, 1), in_keys=["observation"])
     loss = IQLLoss(actor, qvalue, value, temperature=temperature, expectile=expectile, loss_function="l2")
     loss.make_value_estimator(gamma=gamma)
     return loss, SoftUpdate(loss, tau=tau)
+
+
+class TorchRLIQL(TorchRLModule):
+    """:func:`make_iql`'s torchrl IQL as a model class: typed hyperparameters, the torchrl parts built in
+    ``__init__``, so ``configs/torchrl_iql.yaml`` names it by its import path and a checkpoint's hyperparameters are
+    all ``TorchRLIQL.load_from_checkpoint(path)`` and ``rl-lightning predict --ckpt_path`` need.
+
+    Args:
+        observation_space: the env's observation space, a flat ``Box`` (the CLI links it from the data).
+        action_space: the env's action space, a ``Box`` with symmetric bounds (the CLI links it from the data).
+        temperature: IQL's inverse temperature of the advantage-weighted actor loss.
+        expectile: IQL's expectile of the value loss.
+        gamma: discount factor.
+        tau: the target Q networks' soft-update rate.
+        lr: Adam's learning rate.
+        batch_size: transitions per update; must divide a training batch's transitions.
+    """
+
+    def __init__(
+        self,
+        observation_space: SpaceLike | None,
+        action_space: SpaceLike | None,
+        temperature: float = 3.0,
+        expectile: float = 0.7,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+    ) -> None:
+        if observation_space is None or action_space is None:
+            raise ValueError(
+                "TorchRLIQL needs observation_space and action_space. The CLI links them from the data; in Python "
+                "pass them from the DataModule: TorchRLIQL(data.observation_space, data.action_space, ...)."
+            )
+        observation, action = space_from_dict(observation_space), space_from_dict(action_space)
+        if not (isinstance(observation, gym.spaces.Box) and len(observation.shape) == 1):
+            raise ValueError(f"TorchRLIQL needs a flat Box observation space, got {observation}. Use e.g. Pendulum-v1.")
+        if not (isinstance(action, gym.spaces.Box) and len(action.shape) == 1 and np.all(action.high == -action.low)):
+            raise ValueError(f"TorchRLIQL needs a Box action space with bounds -b..b, got {action}.")
+        loss, updater = make_iql(
+            temperature, expectile, gamma, tau, observation.shape[0], action.shape[0], float(action.high.max())
+        )
+        super().__init__(observation_space, action_space, loss, lr=lr, batch_size=batch_size, target_updater=updater)
 
 
 def record_behaviour(
@@ -100,7 +157,7 @@ def record_behaviour(
     return info.behaviour_mean_return
 
 
-def main(argv: list[str] | None = None) -> tuple[TorchRLModule, OfflineDataModule]:
+def main(argv: list[str] | None = None) -> tuple[TorchRLIQL, OfflineDataModule] | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="data/pendulum_td3", help="the dataset directory (made if missing)")
     parser.add_argument("--behaviour-frames", type=int, default=8_000, help="TD3's training frames")
@@ -110,6 +167,7 @@ def main(argv: list[str] | None = None) -> tuple[TorchRLModule, OfflineDataModul
     parser.add_argument("--frames-per-batch", type=int, default=2_560, help="transitions per training batch")
     parser.add_argument("--eval-every", type=int, default=25, help="training batches between evaluations")
     parser.add_argument("--root", default="runs", help="where the logs and checkpoints go")
+    parser.add_argument("--record-only", action="store_true", help="record the dataset, train nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small networks on a few CPU cores: one thread is fastest
 
@@ -119,15 +177,14 @@ def main(argv: list[str] | None = None) -> tuple[TorchRLModule, OfflineDataModul
         record_behaviour(dataset, Path(args.root), args.behaviour_frames, args.transitions, args.noise_std)
     info = read_dataset_info(dataset)
     print(f"{dataset}: {info.transitions} transitions of {info.policy}, mean return {info.behaviour_mean_return:.1f}")
+    if args.record_only:
+        return None
 
     torch.manual_seed(0)
     data = OfflineDataModule(
         str(dataset), frames_per_batch=args.frames_per_batch, total_frames=args.total_frames, eval_episodes=10
     )
-    loss, updater = make_iql()
-    model = TorchRLModule(
-        data.observation_space, data.action_space, loss, lr=1e-3, batch_size=256, target_updater=updater
-    )
+    model = TorchRLIQL(data.observation_space, data.action_space)
     trainer = make_trainer(
         accelerator="cpu",
         default_root_dir=args.root,

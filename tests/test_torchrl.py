@@ -279,7 +279,7 @@ def test_soft_update_moves_the_targets_by_tau_after_each_applied_update_only(tmp
         data.observation_space, data.action_space, loss, loss.value_network, batch_size=16, nonfinite="skip",
         target_updater=SoftUpdate(loss, tau=tau),
     )  # fmt: skip
-    assert model.hparams["target_update"] == "SoftUpdate(tau=0.25)"
+    assert model.hparams["_target_update"] == "SoftUpdate(tau=0.25)"
     online0, target0 = online_and_target(loss)
     assert all(torch.equal(o, t) for o, t in zip(online0, target0, strict=True))  # torchrl copied them at the start
     recorder = TargetRecorder()

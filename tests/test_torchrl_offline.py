@@ -18,11 +18,12 @@ pytest.importorskip(
 
 from torchrl.objectives import IQLLoss
 
-from examples.torchrl_offline_iql import main, make_iql, record_behaviour
+from examples.torchrl_offline_iql import TorchRLIQL, main, make_iql, record_behaviour
 from rl_lightning import TD3
+from rl_lightning.cli import cli
 from rl_lightning.interop.torchrl_module import TorchRLModule
 from rl_lightning.offline import OfflineDataModule, generate_dataset
-from tests.conftest import quiet_trainer
+from tests.conftest import ROOT, quiet_trainer
 
 PENDULUM = gym.make("Pendulum-v1")
 
@@ -104,3 +105,35 @@ def test_the_example_records_a_dataset_trains_on_it_and_reuses_it(tmp_path: Path
     written = (tmp_path / "data" / "dataset.json").stat().st_mtime_ns
     main([*options, *tiny])  # the dataset is there: trained on again, not recorded again
     assert (tmp_path / "data" / "dataset.json").stat().st_mtime_ns == written
+
+
+def test_the_config_trains_iql_from_the_cli_and_predict_rebuilds_the_offline_data_from_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configs/torchrl_iql.yaml through the CLI (the data's class_path is the OfflineDataModule); then
+    ``rl-lightning predict --ckpt_path`` alone builds TorchRLIQL and the OfflineDataModule of the checkpoint."""
+    monkeypatch.chdir(ROOT)  # the config names examples.torchrl_offline_iql.TorchRLIQL
+    torch.manual_seed(0)
+    behaviour = TD3(PENDULUM.observation_space, PENDULUM.action_space, hidden_sizes=[8])
+    generate_dataset(behaviour, tmp_path / "data", "Pendulum-v1", transitions=512, noise_std=0.5, num_envs=2)
+    run = cli(
+        [
+            "fit",
+            "--config=configs/torchrl_iql.yaml",
+            f"--data.init_args.path={tmp_path / 'data'}",
+            "--data.init_args.frames_per_batch=256",
+            "--data.init_args.total_frames=768",
+            "--data.init_args.eval_episodes=1",
+            "--trainer.val_check_interval=3",
+            "--trainer.log_every_n_steps=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    assert isinstance(run.model, TorchRLIQL) and isinstance(run.datamodule, OfflineDataModule)
+    assert run.model.frames == 768 and run.model.updates == 3  # one update of 256 per stored batch of 256
+    last = next(tmp_path.rglob("last.ckpt"))
+    output = tmp_path / "episodes.csv"
+    scored = cli(["predict", f"--ckpt_path={last}", f"--output={output}", "--data.init_args.eval_episodes=2"])
+    assert isinstance(scored.model, TorchRLIQL) and isinstance(scored.datamodule, OfflineDataModule)
+    assert len(output.read_text().splitlines()) == 1 + 2  # a header and the two episodes

@@ -68,9 +68,10 @@ class TorchRLBase(RLModule):
         check_loss_module(loss_module)
         check_positive("lr", lr, "Use e.g. lr=3e-4.")
         check_target_updater(target_updater, loss_module)
-        self.hparams["loss_class"] = qualified_name(loss_module)
-        # Under names that are no arguments: load_from_checkpoint passes the saved hyperparameters that are.
-        self.hparams["target_update"] = None if target_updater is None else describe_updater(target_updater)
+        # Descriptions, not arguments: the leading underscore keeps load_from_checkpoint and `rl-lightning predict
+        # --ckpt_path` (which pass the saved hyperparameters back to __init__) from passing them.
+        self.hparams["_loss_class"] = qualified_name(loss_module)
+        self.hparams["_target_update"] = None if target_updater is None else describe_updater(target_updater)
         self.loss_module = loss_module
         self.optimizer_factory = optimizer
         self.lr = lr
@@ -160,7 +161,7 @@ class TorchRLBase(RLModule):
             checkpoint["rl_lightning"]["target_updater"] = self.target_net_updater.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("hyper_parameters", {}).get("loss_class")
+        saved = checkpoint.get("hyper_parameters", {}).get("_loss_class")
         ours = qualified_name(self.loss_module)
         if saved is not None and saved != ours:
             raise ValueError(

@@ -191,7 +191,7 @@ class TorchRLOffPolicyModule(TorchRLBase, OffPolicyModule):
         self.save_hyperparameters(ignore=[*TORCHRL_PARTS, "replay_buffer"])
         self.hparams["observation_space"] = space_to_dict(self.observation_space)
         self.hparams["action_space"] = space_to_dict(self.action_space)
-        self.hparams["torchrl_replay_buffer"] = None if replay_buffer is None else type(replay_buffer).__name__
+        self.hparams["_torchrl_replay_buffer"] = None if replay_buffer is None else type(replay_buffer).__name__
         self.set_torchrl_parts(loss_module, optimizer, lr, target_updater)
         self.actor = policy
         self.exploration = [m for m in policy.modules() if isinstance(m, ANNEALED_EXPLORATION)]
