@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from rl_lightning.callbacks.rollout_recorder import RolloutRecorder
     from rl_lightning.callbacks.select_keys import SelectKeys
     from rl_lightning.callbacks.target_net_updater import TargetNetUpdaterHook
+    from rl_lightning.callbacks.update_weights import UpdateWeights
     from rl_lightning.callbacks.utdr import UTDRHook
     from rl_lightning.cli import build
     from rl_lightning.collector import Collector, evaluate
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from rl_lightning.envs import FrameSkip, make_env, make_vec_env
     from rl_lightning.loop import RL_HOOKS, RLLoop
     from rl_lightning.module import RLModule
+    from rl_lightning.offline import OfflineDataModule, generate_dataset
     from rl_lightning.replay import ReplayBuffer
 
 __version__ = "0.1.0"
@@ -68,6 +70,7 @@ __all__ = [
     "LogScalar",
     "LogTiming",
     "LogValidationReward",
+    "OfflineDataModule",
     "OptimizerHook",
     "RLCallback",
     "RLDataModule",
@@ -80,8 +83,10 @@ __all__ = [
     "SelectKeys",
     "TargetNetUpdaterHook",
     "UTDRHook",
+    "UpdateWeights",
     "build",
     "evaluate",
+    "generate_dataset",
     "keys",
     "make_env",
     "make_trainer",
@@ -109,6 +114,7 @@ _EXPORTS = {
     "LogScalar": "rl_lightning.callbacks.log_scalar",
     "LogTiming": "rl_lightning.callbacks.log_timing",
     "LogValidationReward": "rl_lightning.callbacks.log_validation_reward",
+    "OfflineDataModule": "rl_lightning.offline",
     "OptimizerHook": "rl_lightning.callbacks.optimizer_hook",
     "RLCallback": "rl_lightning.callbacks.rl_callback",
     "RLDataModule": "rl_lightning.data",
@@ -121,8 +127,10 @@ _EXPORTS = {
     "SelectKeys": "rl_lightning.callbacks.select_keys",
     "TargetNetUpdaterHook": "rl_lightning.callbacks.target_net_updater",
     "UTDRHook": "rl_lightning.callbacks.utdr",
+    "UpdateWeights": "rl_lightning.callbacks.update_weights",
     "build": "rl_lightning.cli",
     "evaluate": "rl_lightning.collector",
+    "generate_dataset": "rl_lightning.offline",
     "keys": "rl_lightning.keys",  # a module: importing it sets it as this package's attribute
     "make_env": "rl_lightning.envs",
     "make_trainer": "rl_lightning.builders",

@@ -8,5 +8,9 @@ torchrl adapters share.
 :mod:`rl_lightning.interop.torchrl_off_policy`: a torchrl off-policy loss (``SACLoss``, ``TD3Loss``, ``DQNLoss``, ...)
 trained on replay samples, on the off-policy base's replay buffer or a torchrl ``ReplayBuffer``.
 
-Both need the ``torchrl`` environment (see ``scripts/setup_torchrl.sh``).
+:mod:`rl_lightning.interop.torchrl_data`: a torchrl collector (``Collector``, ``MultiSyncCollector``) or env as the
+data (``TorchRLDataModule``), with :class:`~rl_lightning.callbacks.UpdateWeights` for collectors whose workers hold a
+copy of the policy.
+
+All three need the ``torchrl`` environment (see ``scripts/setup_torchrl.sh``).
 """
