@@ -129,12 +129,6 @@ def test_the_config_trains_through_the_cli_and_the_checkpoint_loads_without_the_
     assert torch.equal(loaded(observation), model(observation))  # the same deterministic policy
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SystemExit,
-    reason="TorchRLModule saves loss_class (and target_updater) among the hyperparameters, which the CLI passes back "
-    "as init args TorchRLPPO does not take: they need a leading underscore (see the porting helper's notes)",
-)
 def test_predict_from_the_checkpoint_alone(cli_fit: tuple[RLLightningCLI, Path], tmp_path: Path) -> None:
     """``rl-lightning predict --ckpt_path`` builds TorchRLPPO from the checkpoint's import path and hyperparameters."""
     from examples.torchrl_ppo import TorchRLPPO
