@@ -10,7 +10,7 @@ import gymnasium as gym
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 
 from rl_lightning._checks import check_int
@@ -92,7 +92,8 @@ def _as_is(item: Any) -> Any:
 
 
 class _Rollouts(IterableDataset):
-    """Yields collector batches until the global frame budget is spent, resuming from the module's count."""
+    """Yields the data's training batches (:meth:`RLDataModule.training_batch`) until the global frame budget is
+    spent, resuming from the module's count."""
 
     def __init__(self, data: RLDataModule) -> None:
         self.data = data
@@ -101,10 +102,10 @@ class _Rollouts(IterableDataset):
         # The batches this fit will yield (a resumed run: those left), what progress bars show as the total.
         return self.data.num_batches - self.data.done_batches
 
-    def __iter__(self) -> Iterator[TensorDict]:
+    def __iter__(self) -> Iterator[TensorDictBase]:
         data = self.data
-        for _ in range(data.done_batches, data.num_batches):
-            yield data.collector.collect()
+        for index in range(data.done_batches, data.num_batches):
+            yield data.training_batch(index)
 
 
 class _Evaluation(IterableDataset):
@@ -451,6 +452,11 @@ class RLDataModule(pl.LightningDataModule):
         )
 
     # -- Lightning hooks -----------------------------------------------------------------------------
+
+    def training_batch(self, index: int) -> TensorDictBase:
+        """Global training batch ``index`` of this rank: here, the next batch the collector collects with the
+        module's current policy. Subclasses serve other data (stored transitions, a torchrl collector's batches)."""
+        return self.collector.collect()
 
     def train_dataloader(self) -> DataLoader:
         # Lightning warns about this loader's design in trainer.fit: see LIGHTNING_WARNINGS_BY_DESIGN.

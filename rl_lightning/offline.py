@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast, runtime_checkable
@@ -36,12 +36,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from tensordict import TensorDict
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from rl_lightning import keys
 from rl_lightning._checks import check_int, check_non_negative
 from rl_lightning.collector import Collector, Observation, close_envs
-from rl_lightning.data import Agent, RLDataModule, _as_is
+from rl_lightning.data import Agent, RLDataModule, _as_is, _Rollouts
 from rl_lightning.envs import WrapperSpec, make_vec_env
 from rl_lightning.spaces import space_from_dict, space_to_dict
 
@@ -476,22 +476,6 @@ _BASE_ONLY_ARGUMENTS = [
 """RLDataModule's arguments that OfflineDataModule reads from the dataset instead (env id, wrappers, ...)."""
 
 
-class _StoredBatches(IterableDataset):
-    """Yields this rank's batches of stored transitions until ``total_frames`` transitions (all ranks) are trained
-    on, resuming from the module's count."""
-
-    def __init__(self, data: OfflineDataModule) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return self.data.num_batches - self.data.done_batches
-
-    def __iter__(self) -> Iterator[TensorDict]:
-        data = self.data
-        for batch in range(data.done_batches, data.num_batches):
-            yield data.batch(batch)
-
-
 def _own_generator(loader: DataLoader) -> DataLoader:
     loader.generator = torch.Generator()
     return loader
@@ -658,7 +642,7 @@ class OfflineDataModule(RLDataModule):
             count -= take
         return torch.cat(parts)
 
-    def batch(self, index: int) -> TensorDict:
+    def training_batch(self, index: int) -> TensorDict:
         """This rank's share of global training batch ``index``: ``frames_per_batch`` transitions (a copy)."""
         start = index * self.global_frames_per_batch + self.rank * self.frames_per_batch
         return self.transitions[self.stream_indices(start, self.frames_per_batch)]
@@ -708,7 +692,7 @@ class OfflineDataModule(RLDataModule):
     # one, whenever it evaluated.
 
     def train_dataloader(self) -> DataLoader:
-        return _ResumableLoader(_StoredBatches(self), batch_size=None, collate_fn=_as_is, generator=torch.Generator())
+        return _ResumableLoader(_Rollouts(self), batch_size=None, collate_fn=_as_is, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return _own_generator(super().val_dataloader())

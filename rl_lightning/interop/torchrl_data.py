@@ -11,7 +11,7 @@ episodes and checkpoint state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from torch.utils.data import DataLoader, IterableDataset
 
 from rl_lightning import keys
 from rl_lightning._checks import check_int
-from rl_lightning.data import RLDataModule, _as_is
+from rl_lightning.data import RLDataModule
 from rl_lightning.envs import WrapperSpec
 
 try:
@@ -119,21 +118,6 @@ class _EpisodeTracker:
         batch.set(keys.IS_INIT, torch.from_numpy(is_init))
         batch.set(keys.NEXT_EPISODE_RETURN, episode_return)
         batch.set(keys.NEXT_EPISODE_LENGTH, episode_length)
-
-
-class _TorchRLRollouts(IterableDataset):
-    """Yields the collector's batches until the global frame budget is spent, resuming from the module's count."""
-
-    def __init__(self, data: TorchRLDataModule) -> None:
-        self.data = data
-
-    def __len__(self) -> int:
-        return self.data.num_batches - self.data.done_batches
-
-    def __iter__(self) -> Iterator[TensorDictBase]:
-        data = self.data
-        for _ in range(data.done_batches, data.num_batches):
-            yield data.next_batch()
 
 
 class TorchRLDataModule(RLDataModule):
@@ -350,7 +334,7 @@ class TorchRLDataModule(RLDataModule):
 
     # -- batches ----------------------------------------------------------------------------------------
 
-    def next_batch(self) -> TensorDictBase:
+    def training_batch(self, index: int) -> TensorDictBase:
         """The collector's next batch in the data contract, ``[num_envs, T]`` (see the class docstring)."""
         collector = self.torchrl_collector
         raw = collector.next()
@@ -406,9 +390,6 @@ class TorchRLDataModule(RLDataModule):
             )
 
     # -- Lightning hooks ---------------------------------------------------------------------------------
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_TorchRLRollouts(self), batch_size=None, collate_fn=_as_is)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self._given_collector is not None:
