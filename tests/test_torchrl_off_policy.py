@@ -40,7 +40,7 @@ from torchrl.modules import (
 )
 from torchrl.objectives import DQNLoss, HardUpdate, SACLoss, SoftUpdate, TD3Loss
 
-from rl_lightning import RL_HOOKS, ReplayBuffer, RLCallback, RLDataModule, keys
+from rl_lightning import RL_HOOKS, ReplayBuffer, RLCallback, RLDataModule, RLModule, keys
 from rl_lightning.callbacks import ReplayBufferTrainer, TargetNetUpdaterHook
 from rl_lightning.interop.torchrl_module import TorchRLModule
 from rl_lightning.interop.torchrl_off_policy import TorchRLOffPolicyModule, TorchRLReplay
@@ -320,31 +320,55 @@ def test_torchrl_sac_loss_reaches_minus_200_on_pendulum_within_20000_frames(tmp_
 
 DDP_FRAMES_PER_BATCH = 32  # per rank
 DDP_BATCHES = 4  # per rank
+DDP_KINDS = ("on", "off", "data")
+"""The fits of one DDP launch: TorchRLModule on rl_lightning's data, TorchRLOffPolicyModule, TorchRLModule on a
+torchrl env (TorchRLDataModule)."""
 
 
 def ddp_fit(directory: Path) -> None:
     """One rank of two 2-rank DDP fits, one after the other in the same process group: TorchRLModule (ClipPPOLoss on
     CartPole), then TorchRLOffPolicyModule (SACLoss on Pendulum); each rank saves its end states to
     ``directory/<on|off>``."""
+    from rl_lightning.interop.torchrl_data import TorchRLDataModule
     from tests.probe import SaveRankState
     from tests.test_torchrl import ppo_parts
+    from tests.torchrl_workers import cartpole as torchrl_cartpole
 
     torch.set_num_threads(1)
     frames = {"frames_per_batch": DDP_FRAMES_PER_BATCH, "total_frames": 2 * DDP_BATCHES * DDP_FRAMES_PER_BATCH}
-    for kind in ("on", "off"):
+    for kind in DDP_KINDS:
         pl.seed_everything(0)
         model: TorchRLModule | TorchRLOffPolicyModule
-        if kind == "on":
-            data = cartpole(**frames)
+        data: RLDataModule
+        if kind == "off":
+            data = pendulum(**frames)
+            model = build("sac", data, init_random_frames=64)
+        else:
+            if kind == "on":
+                data = cartpole(**frames)
+            else:  # a torchrl env as the data, each rank with its own
+                data = TorchRLDataModule(env=torchrl_cartpole, env_id="CartPole-v1", seed=0, **frames)
             loss, gae = ppo_parts()
             spaces = data.observation_space, data.action_space
             model = TorchRLModule(*spaces, loss, advantage=gae, n_epochs=2, batch_size=32)
-        else:
-            data = pendulum(**frames)
-            model = build("sac", data, init_random_frames=64)
-        probe = SaveRankState(str(directory / kind))
-        trainer = quiet_trainer(directory, strategy="ddp", devices=2, limit_val_batches=0, callbacks=[probe])
+        callbacks = [SaveRankState(str(directory / kind)), FirstObservation(str(directory / kind))]
+        trainer = quiet_trainer(directory, strategy="ddp", devices=2, limit_val_batches=0, callbacks=callbacks)
         trainer.fit(model, datamodule=data)
+
+
+class FirstObservation(RLCallback):
+    """Rank ``r`` saves the first observation of its first batch to ``dirpath/first{r}.pt``: what its envs' seed
+    decided."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved = False
+
+    def on_batch_process(self, trainer: pl.Trainer, module: RLModule, batch: TensorDict) -> None:
+        if not self.saved:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            torch.save(batch[keys.OBSERVATION][0, 0].cpu().clone(), self.dirpath / f"first{trainer.global_rank}.pt")
+            self.saved = True
 
 
 def run_ddp(directory: Path, timeout: float = 240) -> dict[str, dict[int, dict[str, Any]]]:
@@ -361,16 +385,19 @@ def run_ddp(directory: Path, timeout: float = 240) -> dict[str, dict[int, dict[s
         _, stderr = process.communicate()
         pytest.fail(f"the DDP run did not end within {timeout} s; its stderr:\n{stderr[-3000:]}")
     assert process.returncode == 0, stderr[-3000:]
-    return {
-        kind: {rank: torch.load(directory / kind / f"rank{rank}.pt", weights_only=True) for rank in range(2)}
-        for kind in ("on", "off")
-    }
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for kind in DDP_KINDS:
+        runs[kind] = {rank: torch.load(directory / kind / f"rank{rank}.pt", weights_only=True) for rank in range(2)}
+        for rank in range(2):
+            runs[kind][rank]["first_observation"] = torch.load(directory / kind / f"first{rank}.pt")
+    return runs
 
 
 def test_both_adapters_keep_ddp_ranks_identical_and_count_the_frames_of_both(tmp_path: Path) -> None:
-    """TorchRLModule (ClipPPOLoss) and TorchRLOffPolicyModule (SACLoss: replay, target updates, log_alpha) on 2 gloo
-    ranks: the same weights, targets and Adam state on both after the fit, frames counted over both ranks, each rank
-    with its own envs (and replay buffer)."""
+    """TorchRLModule (ClipPPOLoss, on rl_lightning's data and on a torchrl env through TorchRLDataModule) and
+    TorchRLOffPolicyModule (SACLoss: replay, target updates, log_alpha) on 2 gloo ranks: the same weights, targets and
+    Adam state on both after the fit, frames counted over both ranks, each rank with its own envs, seeded apart (and
+    its own replay buffer)."""
     runs = run_ddp(tmp_path)
     for kind, (zero, one) in ((kind, (ranks[0], ranks[1])) for kind, ranks in runs.items()):
         assert zero["params"].keys() == one["params"].keys()
@@ -384,6 +411,7 @@ def test_both_adapters_keep_ddp_ranks_identical_and_count_the_frames_of_both(tmp
             assert rank["frames"] == 2 * DDP_BATCHES * DDP_FRAMES_PER_BATCH and rank["batches"] == DDP_BATCHES
         assert zero["updates"] == one["updates"] > 0
         assert zero["env_seed"] != one["env_seed"]
+        assert not torch.equal(zero["first_observation"], one["first_observation"]), kind  # the seeds took effect
     zero, one = runs["off"][0], runs["off"][1]
     assert any("target_qvalue" in name for name in zero["params"])
     # each rank stored its own transitions: different data, the same weights
