@@ -22,9 +22,10 @@ from torchrl.weight_update import SharedMemWeightSyncScheme
 
 from rl_lightning import DQN, PPO, RLCallback, RLModule, keys
 from rl_lightning.callbacks import UpdateWeights
+from rl_lightning.cli import cli
 from rl_lightning.interop.torchrl_data import TorchRLDataModule
 from rl_lightning.interop.torchrl_module import TorchRLModule
-from tests.conftest import quiet_trainer
+from tests.conftest import ROOT, quiet_trainer
 from tests.test_torchrl import ppo_parts
 from tests.torchrl_workers import cartpole, cartpole_actor
 
@@ -201,9 +202,46 @@ def test_update_weights_pushes_the_weights_to_a_multi_process_collectors_workers
     assert not torch.allclose(log.batches[1]["logits"], logits)
 
 
+def cartpole_factory_collector(policy: TensorDictModuleBase) -> Collector:
+    return Collector(cartpole(), policy, frames_per_batch=64, total_frames=-1)
+
+
+def test_the_cli_trains_on_a_torchrl_env_given_by_import_path_and_predict_rebuilds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``data: {class_path: ...TorchRLDataModule, init_args: {env: tests.torchrl_workers.cartpole}}`` from the CLI (the
+    function builds the env); ``predict --ckpt_path`` alone builds the data again, for evaluation only (a checkpoint
+    holds no env or collector, which evaluation does not need)."""
+    monkeypatch.chdir(ROOT)
+    run = cli(
+        [
+            "fit",
+            "--config=configs/torchrl_ppo.yaml",
+            "--data=rl_lightning.interop.torchrl_data.TorchRLDataModule",
+            "--data.env=tests.torchrl_workers.cartpole",
+            "--data.num_envs=1",
+            "--data.frames_per_batch=256",
+            "--data.total_frames=512",
+            "--data.eval_episodes=1",
+            "--trainer.val_check_interval=2",
+            "--trainer.log_every_n_steps=1",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    assert isinstance(run.datamodule, TorchRLDataModule) and run.model.frames == 512
+    last = next(tmp_path.rglob("last.ckpt"))
+    scored = cli(["predict", f"--ckpt_path={last}", f"--output={tmp_path / 'episodes.csv'}"])
+    assert isinstance(scored.datamodule, TorchRLDataModule)
+    assert len((tmp_path / "episodes.csv").read_text().splitlines()) == 1 + 1
+
+
 def test_bad_input_is_refused_before_any_frame_is_collected() -> None:
-    with pytest.raises(ValueError, match="takes a torchrl collector or a torchrl env, but neither"):
-        TorchRLDataModule(env_id="CartPole-v1")
+    with pytest.raises(ValueError, match="takes a torchrl collector or a torchrl env, but both"):
+        TorchRLDataModule(cartpole_factory_collector, env=cartpole, env_id="CartPole-v1")
+    evaluation_only = TorchRLDataModule(env_id="CartPole-v1", frames_per_batch=64, total_frames=64)
+    with pytest.raises(ValueError, match="neither a torchrl collector nor a torchrl env to train on"):
+        evaluation_only.setup("fit")
     with pytest.raises(TypeError, match="collector is a str, not a torchrl collector"):
         TorchRLDataModule("Collector", env_id="CartPole-v1")
     with pytest.raises(ValueError, match="categorical_action_encoding=True"):

@@ -202,10 +202,9 @@ class TorchRLDataModule(RLDataModule):
         wrappers: list[WrapperSpec] | None = None,
         env_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if (collector is None) == (env is None):
-            given = "both" if collector is not None else "neither"
+        if collector is not None and env is not None:
             raise ValueError(
-                f"TorchRLDataModule takes a torchrl collector or a torchrl env, but {given} was given. Pass "
+                "TorchRLDataModule takes a torchrl collector or a torchrl env, but both were given. Pass "
                 "collector=Collector(...) (or a function of the policy that builds one), or env=GymEnv(...) (or a "
                 "function that builds one) to be stepped by the module's policy."
             )
@@ -392,6 +391,12 @@ class TorchRLDataModule(RLDataModule):
     # -- Lightning hooks ---------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self._given_collector is None and self._collector_factory is None and self._env is None:
+            raise ValueError(
+                "TorchRLDataModule has neither a torchrl collector nor a torchrl env to train on (without them it only "
+                "evaluates: validate, test, predict). Pass collector=Collector(...) (or a function of the policy that "
+                "builds one), or env=GymEnv(...) (or a function that builds one; from YAML, its import path)."
+            )
         if stage == "fit" and self._given_collector is not None:
             self._check_collector(self._given_collector)  # the world size is known now: this rank's share
 
