@@ -508,8 +508,10 @@ class OfflineDataModule(RLDataModule):
     seeded with ``(seed, e)``, the epochs follow each other without a gap (a batch may span two), and global batch
     ``b`` is the stream's ``[b * G, (b + 1) * G)`` with ``G = frames_per_batch * world_size``, rank ``r`` taking the
     ``r``-th ``frames_per_batch`` of it. Every transition is trained on once per epoch over all ranks, each rank on
-    its own share. The position follows from the module's frame count alone, so a run resumed from a checkpoint
-    taken mid-epoch trains on exactly the batches the uninterrupted run would have.
+    its own share. The run ends at the first batch boundary at or after the budget, so with ``epochs=E`` up to one
+    global batch of epoch ``E + 1`` is trained on too (``frames`` counts it). The position follows from the module's
+    frame count alone, so a run resumed from a checkpoint taken mid-epoch trains on exactly the batches the
+    uninterrupted run would have; a resume with another number of ranks or ``frames_per_batch`` is refused.
 
     **The batch.** One training item is a TensorDict ``[frames_per_batch]`` of transitions with the dataset's keys
     (:data:`REQUIRED_KEYS`, plus ``is_init`` and the episode statistics of generated data): what losses that read
@@ -671,6 +673,13 @@ class OfflineDataModule(RLDataModule):
                 "time order), which stored transitions in shuffled batches are not. Train offline with a module whose "
                 "loss reads transitions, e.g. TorchRLModule(loss_module=torchrl.objectives.IQLLoss(...))."
             )
+        if getattr(module, "advantage", None) is not None:
+            raise ValueError(
+                f"{name} runs its advantage estimator ({type(module.advantage).__name__}) over each batch "
+                "as [num_envs, T] trajectories in time order, which shuffled stored transitions are not: its "
+                "advantages would be computed across unrelated transitions. Train offline without an advantage "
+                "module, with a loss that reads transitions (e.g. torchrl's IQLLoss or CQLLoss)."
+            )
         present = set(self.transitions.keys(include_nested=True, leaves_only=False))
         missing = [key for key in getattr(module, "batch_keys", ()) if key not in present]
         if missing:
@@ -692,6 +701,15 @@ class OfflineDataModule(RLDataModule):
     # one, whenever it evaluated.
 
     def train_dataloader(self) -> DataLoader:
+        frames = self.module.frames  # restored by now on a resumed run
+        if frames % self.global_frames_per_batch:
+            raise ValueError(
+                f"The run resumes at frames={frames}, which is not a whole number of global batches of "
+                f"{self.global_frames_per_batch} transitions ({self.world_size} ranks x frames_per_batch="
+                f"{self.frames_per_batch}): the checkpoint was written with another number of ranks or "
+                "frames_per_batch, and the stored batches would no longer line up. Resume with the checkpoint's "
+                "ranks and frames_per_batch."
+            )
         return _ResumableLoader(_Rollouts(self), batch_size=None, collate_fn=_as_is, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:

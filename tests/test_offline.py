@@ -298,6 +298,9 @@ def test_resume_mid_epoch_trains_on_the_batches_of_the_uninterrupted_run(tmp_pat
     for key, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
+    with pytest.raises(ValueError, match=r"resumes at frames=90, which is not a whole number of global batches of 40"):
+        fit(offline_data(path, frames_per_batch=40), tmp_path / "other", ckpt_path=checkpoint.last_model_path)
+
     numbered_dataset(tmp_path / "other")  # the same transitions, but another dataset (another id)
     with pytest.raises(ValueError, match=r"trained on the offline dataset .*data.* another dataset"):
         fit(offline_data(tmp_path / "other", epochs=2), tmp_path / "wrong", ckpt_path=checkpoint.last_model_path)
@@ -336,8 +339,11 @@ def test_models_that_cannot_train_on_it_are_refused_before_training(tmp_path: Pa
     cartpole = BehaviourCloning(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2))
     ppo = PPO(OBSERVATIONS, ACTIONS, hidden_sizes=[8])
     td3 = TD3(OBSERVATIONS, ACTIONS, hidden_sizes=[8], batch_size=16, init_random_frames=0)
+    gae = BehaviourCloning(OBSERVATIONS, ACTIONS)
+    gae.advantage = torch.nn.Identity()  # what a TorchRLModule(advantage=GAE(...)) holds: a time-ordered estimator
     refusals = [
         (cartpole, r"data's env 'Pendulum-v1' has observation space .* Build the model from this data's spaces"),
+        (gae, r"runs its advantage estimator \(Identity\) over each batch as \[num_envs, T\] trajectories"),
         (ppo, r"PPO reads the keys \['action_log_prob'\], which the offline dataset .* does not hold"),
         (td3, r"TD3 fills a replay buffer from collected batches .* TorchRLModule"),
     ]

@@ -246,6 +246,13 @@ def test_bad_input_is_refused_before_any_frame_is_collected() -> None:
         TorchRLDataModule("Collector", env_id="CartPole-v1")
     with pytest.raises(ValueError, match="categorical_action_encoding=True"):
         TorchRLDataModule(env=GymEnv("CartPole-v1"), env_id="CartPole-v1", frames_per_batch=64, total_frames=64)
+    acrobot = GymEnv("Acrobot-v1", categorical_action_encoding=True)
+    with pytest.raises(
+        ValueError, match=r"does not step 'CartPole-v1'.*observations of shape \[6\].*3 discrete actions"
+    ):
+        TorchRLDataModule(env=acrobot, env_id="CartPole-v1", frames_per_batch=64, total_frames=64)
+    with pytest.raises(ValueError, match=r"does not step 'Pendulum-v1'.*action bounds \[-1.0\]..\[1.0\]"):
+        TorchRLDataModule(env=GymEnv("MountainCarContinuous-v0"), env_id="Pendulum-v1", frames_per_batch=64)
     with pytest.raises(ValueError, match=r"batch_size=\[2\] \(2 envs\), but num_envs=1. Set num_envs=2"):
         TorchRLDataModule(env=SerialEnv(2, cartpole), env_id="CartPole-v1", frames_per_batch=64, total_frames=64)
     env = cartpole()

@@ -240,7 +240,7 @@ class TorchRLDataModule(RLDataModule):
         if isinstance(collector, BaseCollector):
             self._check_collector(collector)
         if isinstance(env, EnvBase):
-            _check_env(env, num_envs, self.action_space)
+            _check_env(env, num_envs, self.observation_space, self.action_space, env_id)
         self._torchrl_collector: BaseCollector | None = None
         self._tracker: _EpisodeTracker | None = None
         self._batches_checked = False
@@ -287,6 +287,14 @@ class TorchRLDataModule(RLDataModule):
             try:
                 _check_collector_argument(collector, built=True)
                 self._check_collector(collector)
+                if isinstance(policy, _ModulePolicy) and not isinstance(collector, Collector):
+                    raise ValueError(
+                        f"The collector function built a {type(collector).__name__} around "
+                        f"{type(self.module).__name__}'s act, which only runs in the trainer's process: its workers "
+                        "would step a frozen copy of the module that no weight update reaches. Build a torchrl "
+                        "Collector (in-process), or train a TorchRLModule, whose policy is a TensorDictModule that "
+                        "UpdateWeights keeps current in the workers."
+                    )
             except (TypeError, ValueError):
                 if isinstance(collector, BaseCollector):
                     collector.shutdown()  # its workers would otherwise outlive the failed fit
@@ -298,11 +306,20 @@ class TorchRLDataModule(RLDataModule):
                 f"env() returned a {type(env).__name__}, not a torchrl env. Return a torchrl EnvBase, e.g. "
                 "GymEnv('CartPole-v1', categorical_action_encoding=True)."
             )
-        _check_env(env, self.num_envs, self.action_space)
+        _check_env(env, self.num_envs, self.observation_space, self.action_space, self.env_id)
         # The env is stepped as given (torchrl 0.14 warns that 0.15 will add the transforms a policy reads, e.g.
         # InitTracker, by itself; a recurrent policy's user adds them to the env).
+        # The policy runs where the module is (a GPU), the env and the batches stay on the CPU (the loop moves each
+        # batch to the module's device, as RLDataModule's).
         return Collector(
-            env, policy, frames_per_batch=self.frames_per_batch, total_frames=-1, auto_register_policy_transforms=False
+            env,
+            policy,
+            frames_per_batch=self.frames_per_batch,
+            total_frames=-1,
+            auto_register_policy_transforms=False,
+            policy_device=self.trainer.strategy.root_device,
+            env_device="cpu",
+            storing_device="cpu",
         )
 
     def _check_collector(self, collector: BaseCollector) -> None:
@@ -377,7 +394,21 @@ class TorchRLDataModule(RLDataModule):
                 "losses read torchrl's keys: collect from an env with an 'observation' entry and terminated and "
                 "truncated flags (torchrl's GymEnv has them), with a policy that writes 'action'."
             )
+        observation = batch.get(keys.OBSERVATION)
+        if isinstance(self.observation_space, gym.spaces.Box) and tuple(observation.shape[2:]) != tuple(
+            self.observation_space.shape
+        ):
+            raise ValueError(
+                f"The collector's observations have shape {list(observation.shape[2:])} per step, but {self.env_id!r} "
+                f"has the observation space {self.observation_space}, which the model is built for and evaluated on. "
+                "Collect from the env of env_id, or set env_id to the gymnasium id of the collector's env."
+            )
         action = batch.get(keys.ACTION)
+        if isinstance(self.action_space, gym.spaces.Box) and tuple(action.shape[2:]) != tuple(self.action_space.shape):
+            raise ValueError(
+                f"The collector's actions have shape {list(action.shape[2:])} per step, but {self.env_id!r} has the "
+                f"action space {self.action_space}. Collect from the env of env_id, or set env_id to its gymnasium id."
+            )
         if isinstance(self.action_space, gym.spaces.Discrete) and (
             action.dim() != 2 or action.is_floating_point() or action.dtype == torch.bool
         ):
@@ -427,7 +458,9 @@ def _check_collector_argument(collector: Any, built: bool = False) -> None:
         )
 
 
-def _check_env(env: EnvBase, num_envs: int, action_space: gym.Space) -> None:
+def _check_env(env: EnvBase, num_envs: int, observation_space: gym.Space, action_space: gym.Space, env_id: str) -> None:
+    """The torchrl env steps ``num_envs`` envs whose observations and actions are those of ``env_id``'s spaces (what
+    the model is built for and evaluated on)."""
     envs = int(env.batch_size.numel())
     if envs != num_envs:
         raise ValueError(
@@ -440,4 +473,31 @@ def _check_env(env: EnvBase, num_envs: int, action_space: gym.Space) -> None:
             f"The torchrl env's action spec has shape {list(spec.shape)} per step ({type(spec).__name__}), but the "
             f"action space {action_space} takes one index: torchrl's GymEnv encodes discrete actions one-hot by "
             "default. Build it with GymEnv(..., categorical_action_encoding=True)."
+        )
+    batch_dims = len(env.batch_size)
+    observation_spec = env.full_observation_spec.get(keys.OBSERVATION, None)
+    differs: list[str] = []
+    if observation_spec is None:
+        differs.append(f"it has no 'observation' entry (its observations: {list(env.full_observation_spec.keys())})")
+    elif isinstance(observation_space, gym.spaces.Box) and tuple(observation_spec.shape[batch_dims:]) != tuple(
+        observation_space.shape
+    ):
+        differs.append(f"observations of shape {list(observation_spec.shape[batch_dims:])}, not {observation_space}")
+    if isinstance(action_space, gym.spaces.Discrete):
+        n = getattr(getattr(spec, "space", None), "n", None)
+        if n is not None and int(n) != int(action_space.n):
+            differs.append(f"{n} discrete actions, not {action_space}")
+    elif isinstance(action_space, gym.spaces.Box):
+        low, high = getattr(spec, "low", None), getattr(spec, "high", None)
+        if tuple(spec.shape[batch_dims:]) != tuple(action_space.shape):
+            differs.append(f"actions of shape {list(spec.shape[batch_dims:])}, not {action_space}")
+        elif low is not None and high is not None:
+            env_low, env_high = low.cpu().numpy(), high.cpu().numpy()  # broadcast over the env's batch dims
+            if not (np.allclose(env_low, action_space.low) and np.allclose(env_high, action_space.high)):
+                differs.append(f"action bounds {env_low.tolist()}..{env_high.tolist()}, not {action_space}")
+    if differs:
+        raise ValueError(
+            f"The torchrl env does not step {env_id!r}, whose spaces the model is built for and evaluated on: "
+            f"{'; '.join(differs)}. Give the env of env_id (e.g. GymEnv({env_id!r}, "
+            "categorical_action_encoding=True)), or set env_id to the gymnasium id of the env you give."
         )

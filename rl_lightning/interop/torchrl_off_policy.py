@@ -74,8 +74,10 @@ class TorchRLOffPolicyModule(TorchRLBase, OffPolicyModule):
       collected batch and checkpointed through its own ``state_dict`` (see :class:`TorchRLReplay`).
     - **Not supported.** n-step returns of the base buffer (``n_step > 1``): the stored rewards would be n-step sums,
       while the torchrl loss discounts the next value once with its own gamma. Prioritized replay of the base buffer:
-      torchrl's losses do not read its importance weights; give a torchrl ``TensorDictPrioritizedReplayBuffer``
-      instead (its priorities are updated from the ``td_error`` the loss writes).
+      torchrl's losses do not read its importance weights. A torchrl ``TensorDictPrioritizedReplayBuffer`` has its
+      priorities updated from the ``td_error`` the loss writes, but its ``priority_weight`` is not applied either (the
+      sampling bias stays uncorrected), and it is untested here: the torchrl 0.14.1 wheel this project pins lacks the
+      compiled segment tree ``PrioritizedSampler`` needs.
 
     Checkpoints hold the networks, the loss's target parameters and SAC's ``log_alpha`` (all in the loss module),
     Adam's state, the exploration state, the replay contents and counters. ``load_from_checkpoint`` needs the modules
