@@ -673,9 +673,10 @@ class OfflineDataModule(RLDataModule):
                 "time order), which stored transitions in shuffled batches are not. Train offline with a module whose "
                 "loss reads transitions, e.g. TorchRLModule(loss_module=torchrl.objectives.IQLLoss(...))."
             )
-        if getattr(module, "advantage", None) is not None:
+        advantage = getattr(module, "advantage", None)
+        if advantage is not None:
             raise ValueError(
-                f"{name} runs its advantage estimator ({type(module.advantage).__name__}) over each batch "
+                f"{name} runs its advantage estimator ({type(advantage).__name__}) over each batch "
                 "as [num_envs, T] trajectories in time order, which shuffled stored transitions are not: its "
                 "advantages would be computed across unrelated transitions. Train offline without an advantage "
                 "module, with a loss that reads transitions (e.g. torchrl's IQLLoss or CQLLoss)."

@@ -317,7 +317,7 @@ class TorchRLDataModule(RLDataModule):
             frames_per_batch=self.frames_per_batch,
             total_frames=-1,
             auto_register_policy_transforms=False,
-            policy_device=self.trainer.strategy.root_device,
+            policy_device=self.trainer.strategy.root_device if self.trainer is not None else None,
             env_device="cpu",
             storing_device="cpu",
         )
