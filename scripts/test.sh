@@ -12,8 +12,9 @@ bash scripts/setup.sh all
 # tests/conftest.py), and the slowest start first. Arguments go after, so `-n 0` runs them in one process.
 .venv/bin/python -m pytest -n 2 --durations=20 "$@"
 # The torchrl environment: torchrl 0.14.1 needs tensordict<0.15 (the core pins 0.15.3). Its interop tests (all tiers:
-# CartPole solved by ClipPPOLoss, Pendulum by SACLoss, offline IQL beating its data) and the core's tensordict-heavy tests on the 0.14 line: about 40 s on 2 cores, once
-# .venv-torchrl exists (its first set-up installs it, about a minute), plus mypy on the 0.14 line.
+# CartPole solved by ClipPPOLoss, Pendulum by SACLoss, offline IQL beating its data; DDP of the adapters) and the
+# core's tensordict-heavy tests on the 0.14 line: about a minute on 2 cores, once .venv-torchrl exists (its first
+# set-up installs it, about a minute), plus mypy on the 0.14 line.
 bash scripts/setup_torchrl.sh
 .venv-torchrl/bin/mypy --cache-dir .mypy_cache/torchrl  # the interop against torchrl's own types; ~18 s cold, ~1 s warm
 .venv-torchrl/bin/python -m pytest -n 2 --durations=10 -m "not slow" tests/test_torchrl*.py rl_lightning/interop \
