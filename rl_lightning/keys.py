@@ -57,3 +57,15 @@ NEXT_TERMINATED = (NEXT, TERMINATED)
 NEXT_TRUNCATED = (NEXT, TRUNCATED)
 NEXT_EPISODE_RETURN = (NEXT, EPISODE_RETURN)
 NEXT_EPISODE_LENGTH = (NEXT, EPISODE_LENGTH)
+
+TRANSITION_KEYS: tuple[str | tuple[str, ...], ...] = (
+    OBSERVATION,
+    ACTION,
+    NEXT_OBSERVATION,
+    NEXT_REWARD,
+    NEXT_TERMINATED,
+    NEXT_TRUNCATED,
+    NEXT_DONE,
+)
+"""What one transition is: what replay buffers store, offline datasets hold, and off-policy losses (torchrl's too)
+read."""

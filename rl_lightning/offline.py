@@ -49,15 +49,7 @@ FORMAT = "rl_lightning.offline/1"
 """The ``format`` entry of ``dataset.json``: a dataset written in another format is refused when loaded."""
 INFO_FILE = "dataset.json"
 TRANSITIONS_DIR = "transitions"
-REQUIRED_KEYS: tuple[str | tuple[str, str], ...] = (
-    keys.OBSERVATION,
-    keys.ACTION,
-    keys.NEXT_OBSERVATION,
-    keys.NEXT_REWARD,
-    keys.NEXT_DONE,
-    keys.NEXT_TERMINATED,
-    keys.NEXT_TRUNCATED,
-)
+REQUIRED_KEYS = keys.TRANSITION_KEYS
 """The keys every stored transition has (what torchrl's offline losses read)."""
 _CHUNK_STEPS = 1024
 """Vector steps collected per chunk while a dataset is generated (memory stays bounded by one chunk)."""

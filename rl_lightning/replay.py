@@ -37,15 +37,7 @@ TD_ERROR = "td_error"
 PRIORITY_EPS = 1e-6
 """``ReplayBuffer``'s default ``priority_eps``, added to ``|priority|`` so that no transition has a zero chance."""
 
-TRANSITION_KEYS: tuple[Key, ...] = (
-    keys.OBSERVATION,
-    keys.ACTION,
-    keys.NEXT_OBSERVATION,
-    keys.NEXT_REWARD,
-    keys.NEXT_TERMINATED,
-    keys.NEXT_TRUNCATED,
-    keys.NEXT_DONE,
-)
+TRANSITION_KEYS = keys.TRANSITION_KEYS
 """The keys ``extend`` needs in a batch; every other key of the batch is dropped."""
 STORED_KEYS: tuple[Key, ...] = (*TRANSITION_KEYS, NEXT_DISCOUNT)
 """The keys of a stored (and sampled) transition."""

@@ -15,6 +15,8 @@ statement: at module level, under ``if TYPE_CHECKING:`` and inside functions), w
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -175,3 +177,11 @@ def test_importing_the_module_does_not_load_video_recording() -> None:
     code = f"import sys, rl_lightning.module\nprint(sorted(m for m in sys.modules if m.startswith({unwanted})))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+@pytest.mark.parametrize("name", ["torchrl_module", "torchrl_off_policy", "torchrl_data"])
+def test_an_interop_module_without_torchrl_names_the_environment_that_has_it(name: str) -> None:
+    if importlib.util.find_spec("torchrl") is not None:
+        pytest.skip("torchrl is importable here (the torchrl environment)")
+    with pytest.raises(ImportError, match=rf"rl_lightning\.interop\.{name} needs torchrl.*scripts/setup_torchrl\.sh"):
+        importlib.import_module(f"rl_lightning.interop.{name}")

@@ -14,3 +14,12 @@ copy of the policy.
 
 All three need the ``torchrl`` environment (see ``scripts/setup_torchrl.sh``).
 """
+
+
+def torchrl_missing(module: str, err: ImportError) -> ImportError:
+    """The error an interop module raises where torchrl cannot be imported, naming the environment that has it."""
+    return ImportError(
+        f"{module} needs torchrl, which cannot be imported here ({err}). Install it in its own environment: "
+        "bash scripts/setup_torchrl.sh (torchrl 0.14 needs tensordict<0.15, the core pins 0.15), then run with "
+        ".venv-torchrl/bin/python."
+    )

@@ -24,16 +24,13 @@ from rl_lightning import keys
 from rl_lightning._checks import check_int
 from rl_lightning.data import RLDataModule
 from rl_lightning.envs import WrapperSpec
+from rl_lightning.interop import torchrl_missing
 
 try:
     from torchrl.collectors import BaseCollector, Collector, MultiAsyncCollector
     from torchrl.envs import EnvBase
 except ImportError as err:  # the core environment pins a tensordict that torchrl 0.14 does not accept
-    raise ImportError(
-        f"rl_lightning.interop.torchrl_data needs torchrl, which cannot be imported here ({err}). Install it in "
-        "its own environment: bash scripts/setup_torchrl.sh (torchrl 0.14 needs tensordict<0.15, the core pins "
-        "0.15), then run with .venv-torchrl/bin/python."
-    ) from err
+    raise torchrl_missing(__name__, err) from err
 
 CollectorFactory = Callable[[TensorDictModuleBase], BaseCollector]
 """Builds this rank's collector from the module's policy, e.g. ``lambda policy: MultiSyncCollector([make_env] * 2,
@@ -41,15 +38,6 @@ policy, frames_per_batch=256, total_frames=-1)``."""
 EnvFactory = Callable[[], EnvBase]
 """Builds this rank's torchrl env, e.g. ``lambda: GymEnv("CartPole-v1", categorical_action_encoding=True)``."""
 
-_REQUIRED_KEYS: tuple[str | tuple[str, ...], ...] = (
-    keys.OBSERVATION,
-    keys.ACTION,
-    keys.NEXT_OBSERVATION,
-    keys.NEXT_REWARD,
-    keys.NEXT_DONE,
-    keys.NEXT_TERMINATED,
-    keys.NEXT_TRUNCATED,
-)
 _TRAJ_IDS = ("collector", "traj_ids")
 
 
@@ -387,7 +375,7 @@ class TorchRLDataModule(RLDataModule):
     def _check_batch(self, batch: TensorDictBase) -> None:
         """The first batch has the contract's keys and the action layout the evaluation envs take."""
         present = set(batch.keys(include_nested=True))
-        missing = [key for key in _REQUIRED_KEYS if key not in present]
+        missing = [key for key in keys.TRANSITION_KEYS if key not in present]
         if missing:
             raise KeyError(
                 f"The collector's batch lacks {missing} (it has {sorted(map(str, present))}). rl_lightning's "

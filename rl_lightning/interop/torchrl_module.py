@@ -26,17 +26,14 @@ from rl_lightning._checks import check_choice, check_int, check_positive
 from rl_lightning.callbacks import TargetNetUpdaterHook
 from rl_lightning.data import RLDataModule
 from rl_lightning.encoders import Observation
+from rl_lightning.interop import torchrl_missing
 from rl_lightning.module import RLModule
 from rl_lightning.spaces import SpaceLike, space_to_dict
 
 try:
     from torchrl.objectives import LossModule, TargetNetUpdater
 except ImportError as err:  # the core environment pins a tensordict that torchrl 0.14 does not accept
-    raise ImportError(
-        f"rl_lightning.interop.torchrl_module needs torchrl, which cannot be imported here ({err}). Install it in "
-        "its own environment: bash scripts/setup_torchrl.sh (torchrl 0.14 needs tensordict<0.15, the core pins "
-        "0.15), then run with .venv-torchrl/bin/python."
-    ) from err
+    raise torchrl_missing(__name__, err) from err
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 """Builds the optimizer from the parameters, e.g. ``lambda params: torch.optim.Adam(params, lr=3e-4)``."""

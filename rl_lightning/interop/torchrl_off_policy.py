@@ -24,6 +24,7 @@ from rl_lightning._checks import check_int
 from rl_lightning.algorithms.off_policy import OffPolicyModule
 from rl_lightning.callbacks import TargetNetUpdaterHook
 from rl_lightning.encoders import Observation
+from rl_lightning.interop import torchrl_missing
 from rl_lightning.module import RLModule
 from rl_lightning.replay import TRANSITION_KEYS
 from rl_lightning.spaces import SpaceLike, space_to_dict
@@ -34,11 +35,7 @@ try:
     from torchrl.modules import AdditiveGaussianModule, EGreedyModule, OrnsteinUhlenbeckProcessModule
     from torchrl.objectives import LossModule, TargetNetUpdater
 except ImportError as err:  # the core environment pins a tensordict that torchrl 0.14 does not accept
-    raise ImportError(
-        f"rl_lightning.interop.torchrl_off_policy needs torchrl, which cannot be imported here ({err}). Install it in "
-        "its own environment: bash scripts/setup_torchrl.sh (torchrl 0.14 needs tensordict<0.15, the core pins "
-        "0.15), then run with .venv-torchrl/bin/python."
-    ) from err
+    raise torchrl_missing(__name__, err) from err
 
 from rl_lightning.interop.torchrl_module import (
     TORCHRL_PARTS,
