@@ -297,15 +297,16 @@ class TorchRLDataModule(RLDataModule):
         _check_env(env, self.num_envs, self.observation_space, self.action_space, self.env_id)
         # The env is stepped as given (torchrl 0.14 warns that 0.15 will add the transforms a policy reads, e.g.
         # InitTracker, by itself; a recurrent policy's user adds them to the env).
-        # The policy runs where the module is (a GPU), the env and the batches stay on the CPU (the loop moves each
-        # batch to the module's device, as RLDataModule's).
+        # A TensorDictModule policy runs where the module is (a GPU), the env and the batches stay on the CPU (the loop
+        # moves each batch to the module's device, as RLDataModule's). A wrapped act moves its data itself.
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
         return Collector(
             env,
             policy,
             frames_per_batch=self.frames_per_batch,
             total_frames=-1,
             auto_register_policy_transforms=False,
-            policy_device=self.trainer.strategy.root_device if self.trainer is not None else None,
+            policy_device=None if isinstance(policy, _ModulePolicy) else device,
             env_device="cpu",
             storing_device="cpu",
         )
