@@ -165,6 +165,19 @@ def compare(
     return solve, throughput
 
 
+def compare_throughput(runners: Mapping[str, Runner], seeds: list[int], frames: int, warm_frames: int) -> list[Result]:
+    """:func:`compare` without the solve runs: an untimed warm-up of each side, then per seed a throughput run
+    (evaluation off) of each side, the order of the sides rotating from seed to seed."""
+    sides = tuple(runners)
+    for side in sides:
+        runners[side](0, warm_frames, False)
+    results: list[Result] = []
+    for k, seed in enumerate(seeds):
+        for side in sides[k % len(sides) :] + sides[: k % len(sides)]:
+            results.append(runners[side](seed, frames, False))
+    return results
+
+
 def table(
     title: str, results: list[Result], threshold: float | None, updates: bool = False, reached: str = "solved"
 ) -> dict[str, dict[str, float]]:

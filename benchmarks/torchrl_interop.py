@@ -47,7 +47,7 @@ import sac_pendulum
 import torch
 import torchrl
 import yaml
-from _harness import ROOT, Result, Runner, fit_rl_lightning, parser, profile, quiet
+from _harness import ROOT, Result, Runner, compare_throughput, fit_rl_lightning, parser, profile, quiet
 
 TORCHRL_PPO_CONFIG = ROOT / "configs" / "torchrl_ppo.yaml"
 TORCHRL_SAC_CONFIG = ROOT / "configs" / "torchrl_sac.yaml"
@@ -126,18 +126,6 @@ def fit_torchrl(config: Path, args: list[str], seed: int, total_frames: int, eva
     return replace(fit_rl_lightning(config, seed, total_frames, evaluation, args), side="torchrl")
 
 
-def measure(runners: dict[str, Runner], seeds: list[int], frames: int, warm_frames: int) -> list[Result]:
-    """An untimed warm-up of each side, then per seed one throughput run of each side, the order rotating."""
-    sides = list(runners)
-    for side in sides:
-        runners[side](0, warm_frames, False)
-    results = []
-    for k, seed in enumerate(seeds):
-        for side in sides[k % len(sides) :] + sides[: k % len(sides)]:
-            results.append(runners[side](seed, frames, False))
-    return results
-
-
 def report(title: str, results: list[Result], sides: list[str]) -> dict[str, float]:
     """One row per run and a mean row per side (frames over seconds, all runs); returns each side's frames/s."""
     print(f"\n{title}")
@@ -178,7 +166,8 @@ def main() -> None:
     )
     if args.only in (None, "ppo"):
         runners = ppo_runners(ppo, threads)
-        results = measure(runners, args.seeds, args.throughput_frames, warm_frames=2 * ppo["frames_per_batch"])
+        warm = 2 * ppo["frames_per_batch"]
+        results = compare_throughput(runners, args.seeds, args.throughput_frames, warm_frames=warm)
         report(
             f"PPO, {ppo['env_id']}, configs/ppo.yaml (num_envs={ppo['num_envs']}, frames_per_batch="
             f"{ppo['frames_per_batch']}, n_epochs={ppo['n_epochs']}, batch_size={ppo['batch_size']}, hidden_sizes="
@@ -193,7 +182,7 @@ def main() -> None:
             raise SystemExit(f"--sac-frames must exceed init_random_frames={sac['init_random_frames']}")
         runners = sac_runners(sac, threads)
         warm = sac["init_random_frames"] + 2 * sac["frames_per_batch"]
-        results = measure(runners, args.seeds, args.sac_frames, warm_frames=warm)
+        results = compare_throughput(runners, args.seeds, args.sac_frames, warm_frames=warm)
         report(
             f"SAC, {sac['env_id']}, configs/sac.yaml (num_envs={sac['num_envs']}, frames_per_batch="
             f"{sac['frames_per_batch']}, batch_size={sac['batch_size']}, utd_ratio={sac['utd_ratio']}, "

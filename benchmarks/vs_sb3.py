@@ -110,6 +110,7 @@ from _harness import (
     Result,
     Runner,
     compare,
+    compare_throughput,
     early_stopping,
     fit_rl_lightning,
     parser,
@@ -614,19 +615,6 @@ def run_rl_lightning(
 
 
 SIDES = ("rl_lightning", "sb3")
-
-
-def compare_throughput(runners: dict[str, Runner], seeds: list[int], frames: int, warm_frames: int) -> list[Result]:
-    """``_harness.compare`` without the threshold runs: an untimed warm-up of each side, then per seed a
-    throughput run of each side, the side that goes first alternating from seed to seed."""
-    sides = tuple(runners)
-    for side in sides:
-        runners[side](0, warm_frames, False)
-    results = []
-    for k, seed in enumerate(seeds):
-        for side in sides[k % len(sides) :] + sides[: k % len(sides)]:
-            results.append(runners[side](seed, frames, False))
-    return results
 
 
 @dataclass
